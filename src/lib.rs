@@ -1,0 +1,9 @@
+//! smig: declarative secure migration of virtual machines out of a trusted environment.
+//!
+//! Data flows one way: `config` (HCL → [`model::Landscape`]) and `discover` (what runs →
+//! [`model::Observed`]) feed `plan` (diff → step DAG → invariant check), which `cli` renders
+//! and `apply` executes through drivers. `config`, `model` and `plan` do no I/O.
+
+pub mod discover;
+pub mod model;
+pub mod plan;
