@@ -55,8 +55,11 @@ mod tests {
 
     #[test]
     fn malformed_snapshot_is_a_clear_error() {
-        let e = Snapshot::parse("{\"version\": 1, \"hosts\": {\"a.b\": {\"domans\": {}}}}", "x.json")
-            .unwrap_err();
+        let e = Snapshot::parse(
+            "{\"version\": 1, \"hosts\": {\"a.b\": {\"domans\": {}}}}",
+            "x.json",
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("x.json") && msg.contains("domans"), "{msg}");
         let e = Snapshot::parse("{\"version\": 7}", "x.json").unwrap_err();

@@ -1,6 +1,7 @@
 //! Planning: from (desired landscape, discovered landscape) to a DAG of steps. Pure: no I/O,
 //! no tokio, no drivers.
 
+pub mod facts;
 pub mod step;
 
 pub use step::*;

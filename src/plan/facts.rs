@@ -1,0 +1,150 @@
+//! Evaluating [`Fact`]s against a discovered landscape. The walker uses this to skip steps
+//! whose effect already holds (idempotent re-runs) and to verify preconditions.
+
+use super::Fact;
+use crate::model::{DomainState, Observed};
+
+impl Fact {
+    /// Whether the fact holds in `observed`.
+    pub fn holds(&self, observed: &Observed) -> bool {
+        let domain_state = |domain: &str, host| {
+            observed
+                .hosts
+                .get(host)
+                .and_then(|h| h.domains.get(domain))
+                .map(|d| d.state)
+        };
+        let blocked = |vm: &str, host| {
+            observed
+                .hosts
+                .get(host)
+                .is_some_and(|h| h.block_rules.iter().any(|r| r.vm == vm))
+        };
+        let core = |env: &str| observed.routing_cores.get(env);
+        match self {
+            Fact::DomainRunning { domain, host } => {
+                domain_state(domain, host) == Some(DomainState::Running)
+            }
+            Fact::DomainPaused { domain, host } => {
+                domain_state(domain, host) == Some(DomainState::Paused)
+            }
+            Fact::DomainShutOff { domain, host } => {
+                domain_state(domain, host) == Some(DomainState::ShutOff)
+            }
+            Fact::DomainAbsent { domain, host } => domain_state(domain, host).is_none(),
+            Fact::Blocked { vm, host } => blocked(vm, host),
+            Fact::NotBlocked { vm, host } => !blocked(vm, host),
+            Fact::SaUp { link, host, remote } => observed.hosts.get(host).is_some_and(|h| {
+                h.ipsec
+                    .iter()
+                    .any(|c| &c.link == link && &c.remote == remote && c.sa_up)
+            }),
+            Fact::IpsecAbsent { link, host } => observed
+                .hosts
+                .get(host)
+                .is_none_or(|h| h.ipsec.iter().all(|c| &c.link != link)),
+            Fact::TunnelPresent { subnet, core: env } => {
+                core(env).is_some_and(|c| c.tunnels.iter().any(|t| &t.subnet == subnet))
+            }
+            Fact::TunnelAbsent { subnet, core: env } => {
+                core(env).is_none_or(|c| c.tunnels.iter().all(|t| &t.subnet != subnet))
+            }
+            Fact::RouteLearned {
+                core: env, cidr, ..
+            } => core(env).is_some_and(|c| {
+                c.routes
+                    .iter()
+                    .any(|r| !r.via_smig_tunnel && r.prefix.contains(cidr))
+            }),
+            Fact::ConnectionsSecured { vm, tls_ports } => {
+                observed.connections.get(vm).is_none_or(|conns| {
+                    conns.iter().all(|c| {
+                        c.ipsec
+                            || tls_ports.contains(&c.remote.port())
+                            || tls_ports.contains(&c.local.port())
+                    })
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn observed() -> Observed {
+        let mut o = Observed::empty();
+        let hv2 = HostId::new("dc", "hv2");
+        let mut host = ObservedHost::default();
+        host.domains.insert(
+            "db".into(),
+            Domain {
+                state: DomainState::Running,
+                persistent: true,
+                nic_link_up: Some(true),
+            },
+        );
+        host.block_rules.push(BlockRule {
+            vm: "db".into(),
+            address: "192.168.10.12".parse().unwrap(),
+            peers: vec![],
+        });
+        o.hosts.insert(hv2, host);
+        o.connections.insert(
+            "db".into(),
+            vec![Connection {
+                protocol: Protocol::Tcp,
+                local: "192.168.10.12:5432".parse().unwrap(),
+                remote: "192.168.10.11:40000".parse().unwrap(),
+                ipsec: false,
+            }],
+        );
+        o
+    }
+
+    #[test]
+    fn domain_and_block_facts() {
+        let o = observed();
+        let hv2 = HostId::new("dc", "hv2");
+        let c1 = HostId::new("cloud", "c1");
+        let running = |host: &HostId| Fact::DomainRunning {
+            domain: "db".into(),
+            host: host.clone(),
+        };
+        assert!(running(&hv2).holds(&o));
+        assert!(!running(&c1).holds(&o));
+        assert!(Fact::DomainAbsent {
+            domain: "db".into(),
+            host: c1.clone()
+        }
+        .holds(&o));
+        assert!(Fact::Blocked {
+            vm: "db".into(),
+            host: hv2.clone()
+        }
+        .holds(&o));
+        assert!(Fact::NotBlocked {
+            vm: "db".into(),
+            host: c1
+        }
+        .holds(&o));
+    }
+
+    #[test]
+    fn connections_on_tls_ports_count_as_secured() {
+        let o = observed();
+        let f = |ports: Vec<u16>| Fact::ConnectionsSecured {
+            vm: "db".into(),
+            tls_ports: ports,
+        };
+        assert!(!f(vec![443]).holds(&o));
+        assert!(f(vec![5432]).holds(&o));
+        assert!(Fact::ConnectionsSecured {
+            vm: "web".into(),
+            tls_ports: vec![]
+        }
+        .holds(&o));
+    }
+}
