@@ -23,7 +23,19 @@ pub struct Plan {
 }
 
 /// What happens to one resource, Terraform-style: the symbol is the value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeAction {
     Create,
@@ -46,7 +58,7 @@ impl ChangeAction {
 
 /// One changed resource with its discovered (`before`) and desired (`after`) state, as JSON
 /// objects with secrets redacted; renderers diff them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceChange {
     /// `vm.db`, `secure_link.web_db`, `subnet.app`.
     pub address: String,
