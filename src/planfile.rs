@@ -35,6 +35,7 @@ pub const MAX_PLAN_FILE_BYTES: u64 = 256 * 1024 * 1024;
 )]
 pub struct PlanFile {
     /// Version of this document format; readers refuse versions they do not know.
+    #[schemars(extend("const" = FORMAT_VERSION))]
     pub format_version: u32,
     /// Version of the smig that wrote it.
     pub smig_version: String,
@@ -45,7 +46,7 @@ pub struct PlanFile {
     /// The step DAG in a topological order: a step depends only on steps with lower numbers.
     pub steps: Vec<PlannedStep>,
     /// Result of the security invariant checks (SPEC.md invariants 1, 2, 3 and 7).
-    pub invariants: Vec<InvariantResult>,
+    pub invariants: Vec<InvariantCheck>,
     /// What the reviewer must see, e.g. insecure transport explicitly allowed.
     pub warnings: Vec<String>,
 }
@@ -141,14 +142,19 @@ impl PlannedStep {
 /// The outcome of one security invariant check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct InvariantResult {
+pub struct InvariantCheck {
     /// The invariant's number in SPEC.md.
     pub number: u8,
-    pub title: String,
+    /// The invariant, in one line.
+    pub statement: String,
     pub holds: bool,
-    /// Why it does not hold, one line per violation (empty when it holds).
+    /// What breaks it, naming the steps (empty when it holds).
     #[serde(default)]
     pub violations: Vec<String>,
+    /// Breaches the configuration explicitly allows (invariant 7 with
+    /// `allow_insecure_transport`); shown in red.
+    #[serde(default)]
+    pub waived: Vec<String>,
 }
 
 /// Why a plan file could not be read or written.
@@ -198,7 +204,7 @@ pub enum PlanFileError {
 
 impl PlanFile {
     /// Builds the document of `plan`.
-    pub fn new(plan: &Plan, invariants: Vec<InvariantResult>, fingerprints: Fingerprints) -> Self {
+    pub fn new(plan: &Plan, invariants: Vec<InvariantCheck>, fingerprints: Fingerprints) -> Self {
         let graph = &plan.graph;
         let steps: Vec<PlannedStep> = graph
             .node_indices()

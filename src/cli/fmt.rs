@@ -83,10 +83,13 @@ pub fn run(args: Args) -> miette::Result<Exit> {
         }
     }
     print(&out)?;
-    if let Some(first) = failures.into_iter().next() {
-        // Files that parsed were formatted; report the first file that did not (each
-        // report carries all of that file's errors).
-        return Err(first.into());
+    // Files that parsed were formatted; every file that did not is reported (each report
+    // carries all of that file's errors), the last one as the command's error.
+    if let Some(last) = failures.pop() {
+        for e in failures {
+            let _ = writeln!(std::io::stderr().lock(), "{:?}", miette::Report::new(e));
+        }
+        return Err(last.into());
     }
     Ok(if args.check && !changed.is_empty() {
         Exit::WouldReformat

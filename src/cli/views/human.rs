@@ -176,9 +176,12 @@ fn invariants(out: &mut String, plan: &PlanFile, p: Paint) {
         } else {
             p.red("✗")
         };
-        let _ = writeln!(out, "  {mark} {}. {}", inv.number, inv.title);
+        let _ = writeln!(out, "  {mark} {}. {}", inv.number, inv.statement);
         for v in &inv.violations {
             let _ = writeln!(out, "      {}", p.red(&format!("- {v}")));
+        }
+        for w in &inv.waived {
+            let _ = writeln!(out, "      {}", p.red(&format!("! allowed by policy: {w}")));
         }
     }
 }

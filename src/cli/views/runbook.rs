@@ -117,9 +117,12 @@ fn prerequisites(out: &mut String, plan: &PlanFile) {
     let _ = writeln!(out, "- [ ] The security invariants hold for this plan:");
     for inv in &plan.invariants {
         let mark = if inv.holds { "✓" } else { "✗" };
-        let _ = writeln!(out, "  - {mark} {}. {}", inv.number, inv.title);
+        let _ = writeln!(out, "  - {mark} {}. {}", inv.number, inv.statement);
         for v in &inv.violations {
             let _ = writeln!(out, "    - **violated:** {v}");
+        }
+        for w in &inv.waived {
+            let _ = writeln!(out, "    - **allowed by policy (insecure):** {w}");
         }
     }
     let _ = writeln!(out);

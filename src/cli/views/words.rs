@@ -115,6 +115,7 @@ pub fn action(a: &Action) -> String {
             remote,
             remote_address,
             proposals,
+            ..
         } => format!(
             "load the IPsec connection {} of secure_link {link} on {local} ({local_address}) towards {remote} ({remote_address}), proposals {}, with its key from the configuration, and bring the SA up",
             ipsec_connection_name(link, local, remote),
