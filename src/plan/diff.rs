@@ -335,12 +335,13 @@ impl<'a> Diff<'a> {
         }
 
         // 310/315: the VMs whose desired host differs from the discovered one.
+        let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
         let mut final_host = HashMap::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
             let cur = current[name.as_str()];
             if cur.host != &vm.host && selection.vm(name) {
-                if !observed.hosts.contains_key(&vm.host) {
+                if !observed.hosts.contains_key(&vm.host) && missing.insert(vm.host.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
                         host: vm.host.to_string(),
                         needed_by: format!("the move of vm.{name}"),
@@ -411,7 +412,7 @@ impl<'a> Diff<'a> {
                 continue;
             }
             for h in [&pair.a, &pair.b] {
-                if !observed.hosts.contains_key(h) {
+                if !observed.hosts.contains_key(h) && missing.insert(h.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
                         host: h.to_string(),
                         needed_by: format!("the IPsec of {pair}"),
@@ -489,7 +490,8 @@ impl<'a> Diff<'a> {
             });
         }
 
-        // 335: subnets whose VMs all end up in another environment, one of them moving now.
+        // 335: subnets whose VMs all end up in another environment, one of them leaving a trusted
+        // environment now.
         let mut by_subnet: HashMap<&str, Vec<&str>> = HashMap::new();
         for (name, vm) in &desired.vms {
             by_subnet
@@ -516,7 +518,8 @@ impl<'a> Diff<'a> {
                         .is_some_and(|m| m.from.environment() != env_new)
                 })
                 .collect();
-            let Some(first) = movers.first() else {
+            // The tunnel starts at the trusted environment the subnet leaves (FIG. 3).
+            let Some(first) = movers.iter().find(|v| desired.is_trusted(moving[*v].from)) else {
                 continue;
             };
             if !selection.subnet(sname, true) {
@@ -662,6 +665,13 @@ impl<'a> Diff<'a> {
                 .map(|(v, h)| (v.to_string(), (*h).clone()))
                 .collect(),
             established: self.established.clone(),
+            must_secure: self
+                .moves
+                .iter()
+                .map(|m| m.vm.name.as_str())
+                .filter(|vm| self.has_unsecured_connections(vm))
+                .map(str::to_string)
+                .collect(),
         }
     }
 

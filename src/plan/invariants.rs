@@ -252,13 +252,14 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                     }
                     v1.push(msg);
                 }
-                if s.kind == StepKind::Enable && secured_vms.contains(vm) {
+                let must = secured_vms.contains(vm) || plan.context.must_secure.contains(vm);
+                if s.kind == StepKind::Enable && must {
                     let secured = anc.iter().any(|&a| {
                         matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
                     });
                     if !secured {
                         v2.push(format!(
-                            "{} is not preceded by the planned connections.secure of vm.{vm}",
+                            "{} is not preceded by connections.secure of vm.{vm}, which has unsecured non-managed connections",
                             plan.label(n)
                         ));
                     }

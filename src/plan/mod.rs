@@ -67,6 +67,10 @@ pub struct PlanContext {
     pub placements: BTreeMap<String, HostId>,
     /// IPsec SAs discovered up (both ends) when the plan was made.
     pub established: BTreeSet<SaPair>,
+    /// Moving VMs with unsecured non-managed connections: each needs connections.secure
+    /// before it is enabled.
+    #[serde(default)]
+    pub must_secure: BTreeSet<String>,
 }
 
 /// One IPsec SA of a secure_link between two hosts (`a < b`): the unit smig installs.

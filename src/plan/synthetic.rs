@@ -403,6 +403,7 @@ impl Fixture {
     }
 
     /// A VM running on `discovered_on` and desired on `desired_on` (host ids `env.host`).
+    /// Declaring it again replaces it.
     pub fn vm(
         mut self,
         name: &str,
@@ -411,6 +412,9 @@ impl Fixture {
         discovered_on: &str,
         desired_on: &str,
     ) -> Self {
+        for h in self.observed.hosts.values_mut() {
+            h.domains.remove(name);
+        }
         if let Some(h) = self.observed.hosts.get_mut(&host_id(discovered_on)) {
             h.domains.insert(
                 name.to_string(),
