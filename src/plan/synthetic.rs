@@ -617,9 +617,13 @@ impl Fixture {
         }
         let p = &d.policy;
         let ports = list(&mut p.tls_ports.iter().map(|p| p.to_string()));
-        let _ = writeln!(s, "policy {{\n  tls_ports = [{ports}]");
         if p.allow_insecure_transport {
-            let _ = writeln!(s, "  allow_insecure_transport = true");
+            let _ = writeln!(
+                s,
+                "policy {{\n  tls_ports                = [{ports}]\n  allow_insecure_transport = true"
+            );
+        } else {
+            let _ = writeln!(s, "policy {{\n  tls_ports = [{ports}]");
         }
         s.push_str("}\n");
         s
