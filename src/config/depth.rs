@@ -14,13 +14,36 @@ enum Mode {
     Heredoc(Vec<u8>),
 }
 
+/// Something left open by the end of a line or of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unclosed {
+    /// A quoted string not closed on its line, starting at this offset.
+    String(usize),
+    /// A heredoc never ended, its `<<` at this offset.
+    Heredoc(usize),
+    /// A bracket, brace or parenthesis never closed, at this offset.
+    Bracket(usize),
+}
+
 /// Returns the byte offset where nesting first exceeds [`MAX_DEPTH`], if it does.
 ///
 /// The scan knows strings, comments and heredocs well enough that brackets inside them do not
 /// count; on malformed input it may over- or under-count, which the parser then reports.
 pub fn too_deep_at(text: &str) -> Option<usize> {
+    scan(text).0
+}
+
+/// The first thing left open in `text`, for a clearer syntax error than the parser's.
+pub fn unclosed(text: &str) -> Option<Unclosed> {
+    scan(text).1
+}
+
+fn scan(text: &str) -> (Option<usize>, Option<Unclosed>) {
     let b = text.as_bytes();
     let mut stack: Vec<Mode> = Vec::new();
+    // Where each open frame started (parallel to `stack`).
+    let mut starts: Vec<usize> = Vec::new();
+    let mut first_unclosed_string: Option<usize> = None;
     let mut depth = 0usize;
     let mut i = 0usize;
     while i < b.len() {
@@ -38,6 +61,7 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
                 }
                 b'"' => {
                     stack.push(Mode::Quoted);
+                    starts.push(i);
                     i += 1;
                 }
                 b'<' if b.get(i + 1) == Some(&b'<') => {
@@ -53,6 +77,7 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
                     }
                     if j > start && (b.get(j) == Some(&b'\n') || b.get(j) == Some(&b'\r')) {
                         stack.push(Mode::Heredoc(b[start..j].to_vec()));
+                        starts.push(i);
                         i = skip_line(b, j) + 1;
                     } else {
                         i += 2;
@@ -61,14 +86,16 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
                 b'(' | b'[' | b'{' => {
                     depth += 1;
                     if depth > MAX_DEPTH {
-                        return Some(i);
+                        return (Some(i), None);
                     }
                     stack.push(Mode::Open);
+                    starts.push(i);
                     i += 1;
                 }
                 b')' | b']' | b'}' => {
                     if matches!(stack.last(), Some(Mode::Open)) {
                         stack.pop();
+                        starts.pop();
                         depth -= 1;
                     }
                     i += 1;
@@ -79,15 +106,20 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
                 b'\\' => i += 2,
                 b'"' | b'\n' => {
                     stack.pop();
+                    let start = starts.pop();
+                    if c == b'\n' && first_unclosed_string.is_none() {
+                        first_unclosed_string = start;
+                    }
                     i += 1;
                 }
                 b'$' | b'%' if b.get(i + 1) == Some(&c) => i += 2,
                 b'$' | b'%' if b.get(i + 1) == Some(&b'{') => {
                     depth += 1;
                     if depth > MAX_DEPTH {
-                        return Some(i);
+                        return (Some(i), None);
                     }
                     stack.push(Mode::Open);
+                    starts.push(i);
                     i += 2;
                 }
                 _ => i += 1,
@@ -99,6 +131,7 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
                     let line = trim_ascii(&b[i..end]);
                     if line == delim.as_slice() {
                         stack.pop();
+                        starts.pop();
                         i = end;
                         continue;
                     }
@@ -108,9 +141,10 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
                     b'$' | b'%' if b.get(i + 1) == Some(&b'{') => {
                         depth += 1;
                         if depth > MAX_DEPTH {
-                            return Some(i);
+                            return (Some(i), None);
                         }
                         stack.push(Mode::Open);
+                        starts.push(i);
                         i += 2;
                     }
                     _ => i += 1,
@@ -118,7 +152,29 @@ pub fn too_deep_at(text: &str) -> Option<usize> {
             }
         }
     }
-    None
+    let unclosed = if let Some(at) = first_unclosed_string {
+        Some(Unclosed::String(at))
+    } else {
+        match (stack.first(), starts.first()) {
+            (Some(Mode::Heredoc(_)), Some(&at)) => Some(Unclosed::Heredoc(at)),
+            (Some(Mode::Quoted), Some(&at)) => Some(Unclosed::String(at)),
+            (Some(Mode::Open), Some(&at)) => {
+                // The innermost heredoc or string left open explains more than its brackets.
+                match stack
+                    .iter()
+                    .zip(&starts)
+                    .rev()
+                    .find(|(m, _)| !matches!(m, Mode::Open))
+                {
+                    Some((Mode::Heredoc(_), &h)) => Some(Unclosed::Heredoc(h)),
+                    Some((Mode::Quoted, &q)) => Some(Unclosed::String(q)),
+                    _ => Some(Unclosed::Bracket(at)),
+                }
+            }
+            _ => None,
+        }
+    };
+    (None, unclosed)
 }
 
 /// The index of the next `\n` at or after `i` (or the end).
@@ -187,6 +243,14 @@ mod tests {
         assert!(too_deep_at(&text).is_some());
         let text = format!("a = <<EOT\n{}\nEOT\n", "${".repeat(100));
         assert!(too_deep_at(&text).is_some());
+    }
+
+    #[test]
+    fn finds_what_is_left_open() {
+        assert_eq!(unclosed("a {\n  b = \"x\n}\n"), Some(Unclosed::String(10)));
+        assert_eq!(unclosed("a {\n  b = 1\n"), Some(Unclosed::Bracket(2)));
+        assert_eq!(unclosed("a = <<EOT\nxx\n"), Some(Unclosed::Heredoc(4)));
+        assert_eq!(unclosed("a = <<EOT\nxx\nEOT\nb = [1]\n"), None);
     }
 
     #[test]

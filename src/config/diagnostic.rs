@@ -10,6 +10,11 @@ use std::sync::Arc;
 /// The most diagnostics one load reports; the rest are summarised in a last entry.
 pub const MAX_REPORTED: usize = 100;
 
+impl ConfigErrors {
+    /// The most diagnostics one load reports; the rest are summarised in a last entry.
+    pub const MAX_REPORTED: usize = MAX_REPORTED;
+}
+
 /// A stable diagnostic code. Each renders as `smig::config::<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {

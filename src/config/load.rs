@@ -127,16 +127,27 @@ pub(crate) fn load(
             .collect(),
         ..Default::default()
     };
-    let mut blocks = Vec::new();
+    let mut bodies = Vec::new();
     let mut unparsed = false;
     for (i, s) in sources.iter().enumerate() {
         match syntax::parse_file(i, &s.text, &mut sink) {
-            Some(body) => blocks.extend(syntax::decode_root(i, &body, &mut sink)),
+            Some(body) => bodies.push((i, body)),
             None => unparsed = true,
         }
     }
     if unparsed {
         return Err(ConfigErrors::new(sink.errors));
+    }
+    // Diagnostics show source lines: mask the defaults of sensitive variables first.
+    for (i, body) in &bodies {
+        let spans = syntax::sensitive_default_spans(body);
+        if !spans.is_empty() {
+            sink.files[*i].text = Arc::from(mask(&sources[*i].text, &spans));
+        }
+    }
+    let mut blocks = Vec::new();
+    for (i, body) in &bodies {
+        blocks.extend(syntax::decode_root(*i, body, &mut sink));
     }
     let mut loader = Loader {
         sink,
@@ -508,13 +519,24 @@ impl Loader {
         }
         for file in &inputs.files {
             let idx = self.sink.files.len();
+            // Variables files hold secrets: a syntax error names the place but shows no text.
             self.sink.files.push(SharedSource {
                 name: Arc::from(file.name.as_str()),
-                text: Arc::from(file.text.as_str()),
+                text: Arc::from(mask(
+                    &file.text,
+                    std::slice::from_ref(&(0..file.text.len())),
+                )),
             });
             let Some(body) = syntax::parse_file(idx, &file.text, &mut self.sink) else {
                 continue;
             };
+            // Show the file with the values of sensitive variables masked.
+            let spans: Vec<std::ops::Range<usize>> = body
+                .attributes()
+                .filter(|a| vars.get(a.key.as_str()).is_none_or(|d| d.sensitive))
+                .filter_map(|a| hcl_edit::Span::span(&a.value))
+                .collect();
+            self.sink.files[idx].text = Arc::from(mask(&file.text, &spans));
             for s in body.iter() {
                 use hcl_edit::Span;
                 match s {
@@ -604,7 +626,7 @@ impl Loader {
                 Some((v, origin)) => Some((v, origin)),
                 None => match decl.block.attr("default") {
                     Some(a) => self.eval_const(a).and_then(|v| match decl.ty.convert(v) {
-                        Ok(v) => Some((v, "its default".to_string())),
+                        Ok(v) => Some((v, "the variable's default".to_string())),
                         Err(msg) => {
                             self.sink.error(
                                 Code::WrongType,
@@ -1050,6 +1072,22 @@ impl Loader {
         v.sort();
         v
     }
+}
+
+/// Replaces every character in `spans` by `*` (one per byte, newlines kept), so byte offsets
+/// stay valid while the masked text never shows.
+pub(crate) fn mask(text: &str, spans: &[std::ops::Range<usize>]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        if c != '\n' && spans.iter().any(|s| s.contains(&i)) {
+            for _ in 0..c.len_utf8() {
+                out.push('*');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The names of the functions the language offers.

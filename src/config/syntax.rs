@@ -214,21 +214,48 @@ pub(crate) fn parse_file(file: usize, text: &str, sink: &mut Sink) -> Option<Bod
         Err(e) => {
             let offset = e.location().offset().min(text.len());
             let end = next_char_boundary(text, offset);
-            let code = if e.message().contains("nesting depth") {
-                Code::TooDeep
-            } else {
-                Code::Syntax
+            if e.message().contains("nesting depth") {
+                sink.error(
+                    Code::TooDeep,
+                    &Loc {
+                        file,
+                        span: offset..end,
+                    },
+                    format!("syntax error: {}", e.message()),
+                    "too deep",
+                    "flatten the expression or block structure",
+                );
+                return None;
+            }
+            let (span, message, label) = match depth::unclosed(text) {
+                Some(depth::Unclosed::String(at)) => (
+                    at..at + 1,
+                    "unclosed string".to_string(),
+                    "this string is not closed on its line",
+                ),
+                Some(depth::Unclosed::Heredoc(at)) => (
+                    at..at + 2,
+                    "unclosed heredoc".to_string(),
+                    "this heredoc has no closing delimiter line",
+                ),
+                Some(depth::Unclosed::Bracket(at)) if at < offset => (
+                    at..at + 1,
+                    "unclosed bracket".to_string(),
+                    "opened here, never closed",
+                ),
+                _ => (
+                    offset..end,
+                    format!("syntax error: {}", e.message()),
+                    "here",
+                ),
             };
-            sink.error(
-                code,
-                &Loc {
-                    file,
-                    span: offset..end,
-                },
-                format!("syntax error: {}", e.message()),
-                "here",
-                "check for unclosed brackets, strings or heredocs near this point",
-            );
+            let help = if span.start == offset {
+                "check for unclosed brackets, strings or heredocs near this point".to_string()
+            } else {
+                let line = text[..offset].bytes().filter(|&b| b == b'\n').count() + 1;
+                format!("the parser stopped at line {line}: {}", e.message())
+            };
+            sink.error(Code::Syntax, &Loc { file, span }, message, label, help);
             None
         }
     }
@@ -410,16 +437,36 @@ fn decode_block(file: usize, block: &Block, parent: &Schema, sink: &mut Sink) ->
     })
 }
 
+/// The spans of the `default` values of variables declared `sensitive = true`.
+pub(crate) fn sensitive_default_spans(body: &Body) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    for b in body.blocks() {
+        if b.ident.as_str() != "variable" {
+            continue;
+        }
+        let sensitive = b
+            .body
+            .get_attribute("sensitive")
+            .is_some_and(|a| !matches!(a.value, Expression::Bool(ref v) if !*v.value()));
+        if sensitive {
+            if let Some(span) = b.body.get_attribute("default").and_then(|a| a.value.span()) {
+                out.push(span);
+            }
+        }
+    }
+    out
+}
+
 /// A "did you mean" help for `name` among `known`.
 pub(crate) fn suggestion(name: &str, known: &[&str], what: &str) -> String {
     let best = known
         .iter()
         .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .filter(|(d, k)| *d <= 1.max(k.len() / 3))
         .min();
     match best {
         Some((_, k)) => format!("did you mean `{k}`?"),
-        None if known.is_empty() => format!("no {what} are allowed here"),
+        None if known.is_empty() => format!("there are no {what} here"),
         None => format!("known {what}: {}", known.join(", ")),
     }
 }
