@@ -4,6 +4,7 @@
 //! [`model::Observed`]) feed `plan` (diff → step DAG → invariant check), which `cli` renders
 //! and `apply` executes through drivers. `config`, `model` and `plan` do no I/O.
 
+pub mod config;
 pub mod discover;
 pub mod model;
 pub mod plan;
