@@ -5,6 +5,7 @@
 //! and `apply` executes through drivers. `config`, `model` and `plan` do no I/O.
 
 pub mod cli;
+pub mod config;
 pub mod discover;
 pub mod model;
 pub mod plan;

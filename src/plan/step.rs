@@ -215,6 +215,10 @@ pub enum Action {
         remote: HostId,
         remote_address: Ipv4Addr,
         proposals: Vec<String>,
+        /// Bring the SA up from this end once loaded. The other end of a pair only loads
+        /// (it is installed first), so the initiating end finds its peer ready.
+        #[serde(default)]
+        initiate: bool,
     },
     IpsecRemove {
         link: String,
@@ -282,6 +286,12 @@ pub enum Fact {
     },
     /// No IPsec connection for the link on the host.
     IpsecAbsent { link: String, host: HostId },
+    /// No IPsec connection for the link on `host` towards `remote` (other pairs may remain).
+    SaAbsent {
+        link: String,
+        host: HostId,
+        remote: HostId,
+    },
     /// smig's tunnel for the subnet exists on the environment's routing core.
     TunnelPresent { subnet: String, core: String },
     /// No smig tunnel for the subnet on the routing core.
