@@ -9,7 +9,8 @@
 
 use crate::model::Observed;
 use crate::plan::{
-    Action, ChangeAction, Fact, Inverse, Plan, ResourceChange, Step, StepKind, Target,
+    Action, ChangeAction, Fact, InvariantReport, InvariantResult, Inverse, Plan, PlanContext,
+    ResourceChange, Step, StepKind, Target,
 };
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
@@ -46,9 +47,12 @@ pub struct PlanFile {
     /// The step DAG in a topological order: a step depends only on steps with lower numbers.
     pub steps: Vec<PlannedStep>,
     /// Result of the security invariant checks (SPEC.md invariants 1, 2, 3 and 7).
-    pub invariants: Vec<InvariantCheck>,
+    pub invariants: Vec<InvariantResult>,
     /// What the reviewer must see, e.g. insecure transport explicitly allowed.
     pub warnings: Vec<String>,
+    /// What the invariant checker needs beyond the steps (kept so that apply can check a
+    /// saved plan again).
+    pub context: PlanContext,
 }
 
 /// What the plan was made from. Both are `sha256:` followed by 64 hex digits.
@@ -139,24 +143,6 @@ impl PlannedStep {
     }
 }
 
-/// The outcome of one security invariant check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InvariantCheck {
-    /// The invariant's number in SPEC.md.
-    pub number: u8,
-    /// The invariant, in one line.
-    pub statement: String,
-    pub holds: bool,
-    /// What breaks it, naming the steps (empty when it holds).
-    #[serde(default)]
-    pub violations: Vec<String>,
-    /// Breaches the configuration explicitly allows (invariant 7 with
-    /// `allow_insecure_transport`); shown in red.
-    #[serde(default)]
-    pub waived: Vec<String>,
-}
-
 /// Why a plan file could not be read or written.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum PlanFileError {
@@ -193,6 +179,13 @@ pub enum PlanFileError {
         help("make the plan again with this smig, or use the smig that wrote it")
     )]
     UnsupportedVersion { path: String, found: String },
+    /// The configuration or the discovered landscape changed since the plan was made.
+    #[error("the plan {path} is stale: {what} changed since it was made")]
+    #[diagnostic(
+        code(smig::planfile::stale),
+        help("make a new plan with `smig plan --out` and review it")
+    )]
+    Stale { path: String, what: String },
     /// The document parses but its steps do not form a valid plan.
     #[error("the plan file {path} is inconsistent: {reason}")]
     #[diagnostic(
@@ -204,7 +197,7 @@ pub enum PlanFileError {
 
 impl PlanFile {
     /// Builds the document of `plan`.
-    pub fn new(plan: &Plan, invariants: Vec<InvariantCheck>, fingerprints: Fingerprints) -> Self {
+    pub fn new(plan: &Plan, fingerprints: Fingerprints) -> Self {
         let graph = &plan.graph;
         let steps: Vec<PlannedStep> = graph
             .node_indices()
@@ -236,14 +229,35 @@ impl PlanFile {
             summary: Summary::of(&plan.changes, steps.len()),
             changes: plan.changes.clone(),
             steps,
-            invariants,
+            invariants: plan.invariants.results.clone(),
             warnings: plan.warnings.clone(),
+            context: plan.context.clone(),
         }
     }
 
-    /// Rebuilds the plan (graph, changes, warnings) for apply.
+    /// Rebuilds the plan (graph, changes, warnings, invariants, context) for apply.
     pub fn to_plan(&self) -> Plan {
         Plan::from(self)
+    }
+
+    /// Refuses a plan made from another configuration or landscape than `current` (what
+    /// `smig apply PLANFILE` checks before it changes anything); `origin` names the plan.
+    pub fn check_fresh(&self, current: &Fingerprints, origin: &str) -> Result<(), PlanFileError> {
+        let mut changed = Vec::new();
+        if self.fingerprints.config != current.config {
+            changed.push("the configuration (files or variable values)");
+        }
+        if self.fingerprints.observed != current.observed {
+            changed.push("the discovered landscape");
+        }
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(PlanFileError::Stale {
+                path: origin.to_string(),
+                what: changed.join(" and "),
+            })
+        }
     }
 
     /// Whether every invariant check passed.
@@ -368,6 +382,10 @@ impl From<&PlanFile> for Plan {
         let mut plan = Plan {
             changes: doc.changes.clone(),
             warnings: doc.warnings.clone(),
+            invariants: InvariantReport {
+                results: doc.invariants.clone(),
+            },
+            context: doc.context.clone(),
             ..Plan::default()
         };
         let nodes: Vec<NodeIndex> = doc

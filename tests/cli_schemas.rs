@@ -7,7 +7,6 @@
 mod support;
 
 use serde_json::Value;
-use smig::planfile::PlanFile;
 use std::path::{Path, PathBuf};
 use support::*;
 
@@ -64,12 +63,9 @@ fn plan_documents_validate() {
         ("reference", reference_doc()),
         (
             "kitchen sink",
-            PlanFile::new(&kitchen_sink_plan(), invariants(false), fingerprints()),
+            doc_of(&kitchen_sink_plan(), invariants(false)),
         ),
-        (
-            "empty",
-            PlanFile::new(&smig::plan::Plan::default(), vec![], fingerprints()),
-        ),
+        ("empty", doc_of(&smig::plan::Plan::default(), vec![])),
     ] {
         let value: Value = serde_json::from_str(&doc.to_json()).unwrap();
         assert_valid(&v, &value, what);

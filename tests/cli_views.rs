@@ -95,7 +95,7 @@ fn human_plan_shows_failed_invariants_warnings_and_points_of_no_return() {
     if let Action::Migrate { tls, .. } = &mut plan.graph[ix].action {
         *tls = false;
     }
-    let doc = PlanFile::new(&plan, invariants(false), fingerprints());
+    let doc = doc_of(&plan, invariants(false));
     let out = human(&doc);
     insta::assert_snapshot!(out);
     assert!(out.contains("✗ 1."), "{out}");
@@ -108,7 +108,9 @@ fn human_plan_shows_failed_invariants_warnings_and_points_of_no_return() {
         "{out}"
     );
     assert!(
-        out.contains("! migration stream and libvirt control in cleartext"),
+        out.contains(
+            "! migration stream without TLS: guest memory crosses the network in cleartext"
+        ),
         "{out}"
     );
     assert!(out.contains("smig refuses to apply this plan"), "{out}");
@@ -125,7 +127,7 @@ fn human_plan_shows_failed_invariants_warnings_and_points_of_no_return() {
 
 #[test]
 fn human_plan_without_changes() {
-    let doc = PlanFile::new(&Plan::default(), invariants(true), fingerprints());
+    let doc = doc_of(&Plan::default(), invariants(true));
     let out = human(&doc);
     assert!(out.contains("No changes."), "{out}");
     assert!(!doc.summary.has_changes());
@@ -156,7 +158,7 @@ fn mermaid_graph() {
 fn graph_labels_are_escaped() {
     let mut plan = reference_plan();
     plan.graph[petgraph::graph::NodeIndex::new(0)].subject = "vm.\"x\";<y>\\".into();
-    let doc = PlanFile::new(&plan, invariants(true), fingerprints());
+    let doc = doc_of(&plan, invariants(true));
     let dot = Dot.render(&doc);
     assert!(dot.contains(r#"vm.\"x\";<y>\\ @"#), "{dot}");
     let mermaid = Mermaid.render(&doc);
@@ -172,7 +174,7 @@ fn runbook() {
     plan.graph[petgraph::graph::NodeIndex::new(1)].inverse = Inverse::PointOfNoReturn {
         reason: "post-copy switchover: the source no longer holds the guest's memory".into(),
     };
-    let doc = PlanFile::new(&plan, invariants(true), fingerprints());
+    let doc = doc_of(&plan, invariants(true));
     let out = Runbook.render(&doc);
     insta::assert_snapshot!(out);
     assert!(out.contains("## Prerequisites"));
@@ -197,7 +199,7 @@ fn views_never_print_a_secret() {
     // Even if a secret reached a change, it is serialized redacted.
     plan.changes[0].after =
         Some(serde_json::to_value(smig::model::Secret::new("canary-5e1f")).unwrap());
-    let doc = PlanFile::new(&plan, invariants(true), fingerprints());
+    let doc = doc_of(&plan, invariants(true));
     for out in [
         human(&doc),
         Runbook.render(&doc),

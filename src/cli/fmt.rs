@@ -56,44 +56,178 @@ fn rewrite(path: &Path, text: &str) -> Result<(), CliError> {
     result.map_err(err)
 }
 
+/// What formatting a set of files did.
+#[derive(Debug)]
+pub struct Formatted<E> {
+    /// For stdout: the name of each file that changes (or would), with its diff if asked.
+    pub listing: String,
+    /// How many files change (or would, with `check`).
+    pub changed: usize,
+    /// Files that could not be formatted (syntax errors), in file order.
+    pub failures: Vec<E>,
+}
+
+/// Formats `inputs` with `format`: lists each file whose text changes, with its diff when
+/// `diff`, and rewrites it unless `check`. Files that fail to parse are collected, not
+/// written.
+pub fn format_files<E>(
+    inputs: &[Input],
+    format: impl Fn(&config::SourceFile) -> Result<String, E>,
+    check: bool,
+    diff: bool,
+) -> Result<Formatted<E>, CliError> {
+    let mut out = Formatted {
+        listing: String::new(),
+        changed: 0,
+        failures: Vec::new(),
+    };
+    for input in inputs {
+        let formatted = match format(&pipeline::source_file(input)) {
+            Ok(f) => f,
+            Err(e) => {
+                out.failures.push(e);
+                continue;
+            }
+        };
+        if formatted == input.text {
+            continue;
+        }
+        out.changed += 1;
+        let name = input.name();
+        out.listing.push_str(&name);
+        out.listing.push('\n');
+        if diff {
+            out.listing
+                .push_str(&unified(&name, &input.text, &formatted));
+        }
+        if !check {
+            rewrite(&input.path, &formatted)?;
+        }
+    }
+    Ok(out)
+}
+
 pub fn run(args: Args) -> miette::Result<Exit> {
     let inputs: Vec<Input> = config_paths(&args.path)?
         .iter()
         .map(|p| read_input(p))
         .collect::<Result<_, _>>()?;
-    let mut failures = Vec::new();
-    let mut changed = Vec::new();
-    for input in &inputs {
-        match config::format(&pipeline::source_file(input)) {
-            Ok(formatted) if formatted != input.text => changed.push((input, formatted)),
-            Ok(_) => {}
-            Err(e) => failures.push(e),
-        }
-    }
-    let mut out = String::new();
-    for (input, formatted) in &changed {
-        let name = input.name();
-        out.push_str(&name);
-        out.push('\n');
-        if args.diff {
-            out.push_str(&unified(&name, &input.text, formatted));
-        }
-        if !args.check {
-            rewrite(&input.path, formatted)?;
-        }
-    }
-    print(&out)?;
+    let mut done = format_files(&inputs, config::format, args.check, args.diff)?;
+    print(&done.listing)?;
     // Files that parsed were formatted; every file that did not is reported (each report
     // carries all of that file's errors), the last one as the command's error.
-    if let Some(last) = failures.pop() {
-        for e in failures {
+    if let Some(last) = done.failures.pop() {
+        for e in done.failures {
             let _ = writeln!(std::io::stderr().lock(), "{:?}", miette::Report::new(e));
         }
         return Err(last.into());
     }
-    Ok(if args.check && !changed.is_empty() {
+    Ok(if args.check && done.changed > 0 {
         Exit::WouldReformat
     } else {
         Exit::Success
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in formatter: trims trailing spaces; `!` is a syntax error.
+    fn trim(source: &config::SourceFile) -> Result<String, String> {
+        if source.text.contains('!') {
+            return Err(format!("{}: syntax error", source.name));
+        }
+        Ok(source
+            .text
+            .lines()
+            .map(|l| l.trim_end().to_string() + "\n")
+            .collect())
+    }
+
+    fn files(dir: &Path, texts: &[(&str, &str)]) -> Vec<Input> {
+        texts
+            .iter()
+            .map(|(name, text)| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).unwrap();
+                Input {
+                    path,
+                    text: text.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn check_lists_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = files(
+            dir.path(),
+            &[("a.smig.hcl", "a = 1   \n"), ("b.smig.hcl", "b = 2\n")],
+        );
+        let done = format_files(&inputs, trim, true, false).unwrap();
+        assert_eq!(done.changed, 1);
+        assert_eq!(done.listing, format!("{}\n", inputs[0].name()));
+        assert_eq!(
+            std::fs::read_to_string(&inputs[0].path).unwrap(),
+            "a = 1   \n"
+        );
+    }
+
+    #[test]
+    fn rewrites_changed_files_only_and_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = files(
+            dir.path(),
+            &[("a.smig.hcl", "a = 1   \n"), ("b.smig.hcl", "b = 2\n")],
+        );
+        let before_b = std::fs::metadata(&inputs[1].path)
+            .unwrap()
+            .modified()
+            .unwrap();
+        let done = format_files(&inputs, trim, false, true).unwrap();
+        assert_eq!(done.changed, 1);
+        assert!(
+            done.listing.contains("-a = 1   \n+a = 1\n"),
+            "{}",
+            done.listing
+        );
+        assert!(done.listing.contains("--- a/"), "{}", done.listing);
+        assert_eq!(std::fs::read_to_string(&inputs[0].path).unwrap(), "a = 1\n");
+        assert_eq!(
+            std::fs::metadata(&inputs[1].path)
+                .unwrap()
+                .modified()
+                .unwrap(),
+            before_b
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "temporary file left behind");
+        // Formatting is then a no-op.
+        let again: Vec<Input> = inputs
+            .iter()
+            .map(|i| read_input(&i.path).unwrap())
+            .collect();
+        assert_eq!(format_files(&again, trim, true, false).unwrap().changed, 0);
+    }
+
+    #[test]
+    fn every_unparsable_file_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = files(
+            dir.path(),
+            &[
+                ("a.smig.hcl", "a = !\n"),
+                ("b.smig.hcl", "b = 2  \n"),
+                ("c.smig.hcl", "!"),
+            ],
+        );
+        let done = format_files(&inputs, trim, false, false).unwrap();
+        assert_eq!(done.failures.len(), 2);
+        assert!(done.failures[0].contains("a.smig.hcl"));
+        assert!(done.failures[1].contains("c.smig.hcl"));
+        assert_eq!(std::fs::read_to_string(&inputs[0].path).unwrap(), "a = !\n");
+        assert_eq!(std::fs::read_to_string(&inputs[1].path).unwrap(), "b = 2\n");
+    }
 }

@@ -5,13 +5,13 @@
 //! changes; 3 `fmt --check` with a file that would be rewritten.
 
 pub mod completions;
-// WIRE pub mod fmt;
-// WIRE pub mod graph;
+pub mod fmt;
+pub mod graph;
 pub mod inputs;
-// WIRE pub mod pipeline;
-// WIRE pub mod plan;
+pub mod pipeline;
+pub mod plan;
 pub mod show;
-// WIRE pub mod validate;
+pub mod validate;
 pub mod views;
 
 use clap::{Parser, Subcommand};
@@ -34,8 +34,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check the configuration (every *.smig.hcl of a directory) and report every error.
+    Validate(validate::Args),
+    /// Rewrite configuration files in the canonical format.
+    Fmt(fmt::Args),
+    /// Discover what runs, diff it with the configuration and show the migration plan.
+    Plan(plan::Args),
     /// Show a plan saved with `smig plan --out`.
     Show(show::Args),
+    /// Print the plan's step graph in DOT or Mermaid.
+    Graph(graph::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -135,7 +143,11 @@ pub fn print(text: &str) -> miette::Result<()> {
 pub fn run(cli: Cli) -> miette::Result<Exit> {
     let no_color = cli.no_color;
     match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Fmt(args) => fmt::run(args),
+        Command::Plan(args) => plan::run(args, no_color),
         Command::Show(args) => show::run(args, no_color),
+        Command::Graph(args) => graph::run(args),
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -25,11 +25,11 @@ pub fn source_file(input: &Input) -> SourceFile {
 
 /// The loader's view of the variable inputs.
 pub fn var_inputs(vars: &VarArgs) -> VarInputs {
-    let mut v = VarInputs::default();
-    v.env = vars.env.clone();
-    v.files = vars.files.iter().map(source_file).collect();
-    v.cli = vars.cli.clone();
-    v
+    VarInputs {
+        cli: vars.cli.clone(),
+        files: vars.files.iter().map(source_file).collect(),
+        env: vars.env.clone(),
+    }
 }
 
 /// Reads and loads the configuration named by `args`, with variables from the arguments and

@@ -72,9 +72,11 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
             let _ = std::io::stderr().lock().write_all(note.as_bytes());
         }
     }
-    Ok(if args.detailed_exitcode && planned.doc.summary.has_changes() {
-        Exit::Changes
-    } else {
-        Exit::Success
-    })
+    Ok(
+        if args.detailed_exitcode && planned.doc.summary.has_changes() {
+            Exit::Changes
+        } else {
+            Exit::Success
+        },
+    )
 }

@@ -61,7 +61,7 @@ impl Plan {
 
 /// Landscape facts the plan was built against, kept with it for the invariant checker and
 /// renderers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlanContext {
     /// The host each VM of the configuration runs on once the plan is applied.
     pub placements: BTreeMap<String, HostId>,
@@ -74,7 +74,9 @@ pub struct PlanContext {
 }
 
 /// One IPsec SA of a secure_link between two hosts (`a < b`): the unit smig installs.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct SaPair {
     pub link: String,
     pub a: HostId,

@@ -7,7 +7,8 @@ use smig::model::{HostId, MigrationMode};
 use smig::plan::{
     Action, ChangeAction, Fact, Inverse, Plan, ResourceChange, Step, StepKind, Target,
 };
-use smig::planfile::{Fingerprints, InvariantCheck, PlanFile};
+use smig::plan::{InvariantReport, InvariantResult};
+use smig::planfile::{Fingerprints, PlanFile};
 
 pub fn host(id: &str) -> HostId {
     HostId(id.to_string())
@@ -131,6 +132,7 @@ pub fn reference_plan() -> Plan {
                 remote: remote.clone(),
                 remote_address: ra.parse().unwrap(),
                 proposals: vec!["aes256-sha256-modp2048".into()],
+                initiate: local.0 == "cloud.c1",
             },
         );
         s.effect = vec![Fact::SaUp {
@@ -243,7 +245,7 @@ pub fn reference_plan() -> Plan {
     plan
 }
 
-pub fn invariants(all_hold: bool) -> Vec<InvariantCheck> {
+pub fn invariants(all_hold: bool) -> Vec<InvariantResult> {
     let titles = [
         (
             1,
@@ -263,7 +265,7 @@ pub fn invariants(all_hold: bool) -> Vec<InvariantCheck> {
         .into_iter()
         .map(|(number, title)| {
             let holds = all_hold || number != 1;
-            InvariantCheck {
+            InvariantResult {
                 number,
                 statement: title.into(),
                 waived: if !all_hold && number == 7 {
@@ -289,9 +291,18 @@ pub fn fingerprints() -> Fingerprints {
     }
 }
 
+/// The document of `plan` with these invariant results.
+pub fn doc_of(plan: &Plan, invariants: Vec<InvariantResult>) -> PlanFile {
+    let mut plan = plan.clone();
+    plan.invariants = InvariantReport {
+        results: invariants,
+    };
+    PlanFile::new(&plan, fingerprints())
+}
+
 /// The reference plan as a document.
 pub fn reference_doc() -> PlanFile {
-    PlanFile::new(&reference_plan(), invariants(true), fingerprints())
+    doc_of(&reference_plan(), invariants(true))
 }
 
 /// One action of every kind. The match in [`action_kinds_covered`] fails to compile when a
@@ -369,6 +380,7 @@ pub fn every_action() -> Vec<Action> {
             remote: r.clone(),
             remote_address: a,
             proposals: vec!["aes256-sha256-modp2048".into()],
+            initiate: true,
         },
         Action::IpsecRemove {
             link: "l".into(),
@@ -486,6 +498,7 @@ pub fn every_fact() -> Vec<Fact> {
             | Fact::NotBlocked { .. }
             | Fact::SaUp { .. }
             | Fact::IpsecAbsent { .. }
+            | Fact::SaAbsent { .. }
             | Fact::TunnelPresent { .. }
             | Fact::TunnelAbsent { .. }
             | Fact::RouteLearned { .. }

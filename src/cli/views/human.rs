@@ -3,6 +3,7 @@
 
 use super::diff::{diff, DiffLine};
 use super::{Paint, PlanView};
+use crate::model::MigrationMode;
 use crate::plan::{Action, ChangeAction, ResourceChange};
 use crate::planfile::{PlanFile, PlannedStep};
 use std::collections::BTreeMap;
@@ -85,10 +86,21 @@ fn change(out: &mut String, c: &ResourceChange, p: Paint) {
     }
 }
 
-/// Where a step acts: `on dc.hv2`, or `dc.hv2 → cloud.c1` for a migration.
+/// Where a step acts: `on dc.hv2`, or `dc.hv2 → cloud.c1` for a migration (with `(cold)` or
+/// `(arrives paused)` when it is not a plain live migration).
 pub fn placement(step: &PlannedStep) -> String {
     match &step.action {
-        Action::Migrate { from, to, .. } => format!("{from} → {to}"),
+        Action::Migrate {
+            from,
+            to,
+            mode,
+            paused,
+            ..
+        } => match (mode, paused) {
+            (MigrationMode::Cold, _) => format!("{from} → {to} (cold)"),
+            (MigrationMode::Live, true) => format!("{from} → {to} (arrives paused)"),
+            (MigrationMode::Live, false) => format!("{from} → {to}"),
+        },
         _ => format!("on {}", step.target),
     }
 }
@@ -151,7 +163,9 @@ fn steps(out: &mut String, steps: &[PlannedStep], p: Paint) {
                 out,
                 "  {:>num_w$}  {}",
                 "",
-                p.red("! migration stream and libvirt control in cleartext")
+                p.red(
+                    "! migration stream without TLS: guest memory crosses the network in cleartext"
+                )
             );
         }
         if let crate::plan::Inverse::PointOfNoReturn { reason } = &s.inverse {
@@ -171,10 +185,11 @@ fn invariants(out: &mut String, plan: &PlanFile, p: Paint) {
     }
     let _ = writeln!(out, "Security invariants:");
     for inv in &plan.invariants {
-        let mark = if inv.holds {
-            p.green("✓")
-        } else {
-            p.red("✗")
+        // A breach the policy explicitly allows is not a pass: it is marked, in red.
+        let mark = match (inv.holds, inv.waived.is_empty()) {
+            (false, _) => p.red("✗"),
+            (true, false) => p.red("!"),
+            (true, true) => p.green("✓"),
         };
         let _ = writeln!(out, "  {mark} {}. {}", inv.number, inv.statement);
         for v in &inv.violations {

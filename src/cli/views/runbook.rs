@@ -116,7 +116,11 @@ fn prerequisites(out: &mut String, plan: &PlanFile) {
     }
     let _ = writeln!(out, "- [ ] The security invariants hold for this plan:");
     for inv in &plan.invariants {
-        let mark = if inv.holds { "✓" } else { "✗" };
+        let mark = match (inv.holds, inv.waived.is_empty()) {
+            (false, _) => "✗",
+            (true, false) => "! (waived)",
+            (true, true) => "✓",
+        };
         let _ = writeln!(out, "  - {mark} {}. {}", inv.number, inv.statement);
         for v in &inv.violations {
             let _ = writeln!(out, "    - **violated:** {v}");

@@ -190,6 +190,10 @@ pub fn fact(f: &Fact) -> String {
         Fact::IpsecAbsent { link, host } => {
             format!("no IPsec connection of secure_link {link} on {host}")
         }
+        Fact::SaAbsent { link, host, remote } => format!(
+            "no IPsec connection of secure_link {link} ({}) on {host} towards {remote}",
+            ipsec_connection_name(link, host, remote)
+        ),
         Fact::TunnelPresent { subnet, core } => {
             format!("the smig tunnel for subnet {subnet} exists on the routing core of {core}")
         }
@@ -230,7 +234,9 @@ pub fn check_by_hand(f: &Fact) -> Option<String> {
             "on {host}: `swanctl --list-sas --ike {}`",
             ipsec_connection_name(link, host, remote)
         )),
-        Fact::IpsecAbsent { host, .. } => Some(format!("on {host}: `swanctl --list-conns`")),
+        Fact::IpsecAbsent { host, .. } | Fact::SaAbsent { host, .. } => {
+            Some(format!("on {host}: `swanctl --list-conns`"))
+        }
         Fact::RouteLearned { core, cidr, .. } => Some(format!(
             "on the routing core of {core}: `ip route show {cidr}`"
         )),
