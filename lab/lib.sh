@@ -64,7 +64,11 @@ host_dir() { echo "$LAB_RUN/hosts/$1"; }
 host_uri() { echo "qemu+tls://${HOST_ADDR[$1]}/system?pkipath=$CLIENT_PKI"; }
 vici_socket() { echo "$(host_dir "$1")/charon.vici"; }
 virsh_host() { local h=$1; shift; virsh -q -c "$(host_uri "$h")" "$@"; }
-swanctl_host() { local h=$1; shift; swanctl "$@" --uri "unix://$(vici_socket "$h")"; }
+swanctl_host() {
+	local h=$1
+	shift
+	STRONGSWAN_CONF="$(host_dir "$h")/strongswan.conf" swanctl "$@" --uri "unix://$(vici_socket "$h")"
+}
 
 # The pid of a host's libvirtd (the process whose mount/UTS namespaces are the host's).
 host_pid() {
