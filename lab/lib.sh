@@ -70,10 +70,11 @@ swanctl_host() {
 	STRONGSWAN_CONF="$(host_dir "$h")/strongswan.conf" swanctl "$@" --uri "unix://$(vici_socket "$h")"
 }
 
-# The pid of a host's libvirtd (the process whose mount/UTS namespaces are the host's).
-host_pid() {
-	local f
-	f="$(host_dir "$1")/libvirtd.pid"
+# The pid of the process holding a host's namespaces (mount, UTS, network), if it runs.
+host_pid() { pid_of "$(host_dir "$1")/holder.pid"; }
+# The pid in a pid file, if that process runs.
+pid_of() {
+	local f=$1
 	[[ -s $f ]] || return 1
 	local pid
 	pid=$(<"$f")

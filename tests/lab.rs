@@ -6,6 +6,8 @@
 //! root, or when the lab cannot come up, it fails with the reason.
 
 use serde_json::Value;
+use smig::discover::snapshot::Snapshot;
+use smig::model::Observed;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -164,6 +166,66 @@ fn assert_initial_landscape(check: &Value) {
     }
 }
 
+/// The recorded snapshot of the lab's initial state.
+fn recorded_snapshot() -> Observed {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/lab/observed.json");
+    Snapshot::new(&path)
+        .read()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Replaces the ephemeral ports of connections (they change with every boot) by 0, keeping
+/// well-known service ports (below 1024).
+fn without_ephemeral_ports(mut o: Observed) -> Observed {
+    for conns in o.connections.values_mut() {
+        for c in conns.iter_mut() {
+            for a in [&mut c.local, &mut c.remote] {
+                if a.port() >= 1024 {
+                    a.set_port(0);
+                }
+            }
+        }
+    }
+    o
+}
+
+#[test]
+fn recorded_snapshot_is_the_initial_lab() {
+    let o = recorded_snapshot();
+    let placements: Vec<_> = ["web", "db", "batch1", "batch2"]
+        .iter()
+        .map(|d| {
+            let at: Vec<_> = o.placements(d).map(|(h, _)| h.to_string()).collect();
+            (d.to_string(), at)
+        })
+        .collect();
+    assert_eq!(
+        placements,
+        vec![
+            ("web".to_string(), vec!["dc.hv1".to_string()]),
+            ("db".to_string(), vec!["dc.hv2".to_string()]),
+            ("batch1".to_string(), vec!["dc.hv1".to_string()]),
+            ("batch2".to_string(), vec!["dc.hv2".to_string()]),
+        ]
+    );
+    assert!(o
+        .hosts
+        .values()
+        .all(|h| h.block_rules.is_empty() && h.ipsec.is_empty() && h.tunnels.is_empty()));
+    assert!(o
+        .hosts
+        .contains_key(&smig::model::HostId::new("cloud", "c1")));
+    let routes = &o.routing_cores["dc"].routes;
+    assert!(routes
+        .iter()
+        .any(|r| r.prefix.to_string() == "192.168.10.0/24" && !r.via_smig_tunnel));
+    assert_eq!(
+        o.connections["web"].len(),
+        1,
+        "web's long-lived connection to db"
+    );
+}
+
 #[test]
 fn lab_comes_up_migrates_bare_and_leaves_nothing_behind() {
     assert!(
@@ -192,6 +254,16 @@ fn lab_comes_up_migrates_bare_and_leaves_nothing_behind() {
         "lab/check",
     );
     assert_initial_landscape(&check);
+
+    // What discovery should see equals the recorded snapshot (up to ephemeral ports).
+    let live = lab("snapshot", &[], true);
+    let live = Snapshot::parse(&String::from_utf8_lossy(&live.stdout), "lab/snapshot")
+        .unwrap_or_else(|e| panic!("lab/snapshot: {e}"));
+    assert_eq!(
+        without_ephemeral_ports(live),
+        without_ephemeral_ports(recorded_snapshot()),
+        "the live lab differs from testdata/lab/observed.json"
+    );
 
     // The capture must be able to fail: guest-subnet traffic sent across the WAN is reported.
     lab("capture", &["start"], true);
