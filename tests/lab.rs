@@ -244,6 +244,7 @@ fn lab_comes_up_migrates_bare_and_leaves_nothing_behind() {
 
     // A clean slate, then up, then up again (idempotent: nothing to create).
     lab("down", &[], true);
+    let pki_before = Path::new("/etc/pki").exists();
     let t_up = Instant::now();
     lab("up", &[], true);
     let up_secs = t_up.elapsed().as_secs_f64();
@@ -355,6 +356,11 @@ fn lab_comes_up_migrates_bare_and_leaves_nothing_behind() {
         .output()
         .expect("ip link");
     assert!(!link.status.success(), "link smiglab0 left behind");
+    assert_eq!(
+        Path::new("/etc/pki").exists(),
+        pki_before,
+        "lab/down did not restore /etc/pki"
+    );
     eprintln!(
         "lab test: up in {up_secs:.1} s, total {:.1} s",
         t0.elapsed().as_secs_f64()
