@@ -16,7 +16,12 @@ declare -A HOST_NS=([hv1]=dc-hv1 [hv2]=dc-hv2 [c1]=cloud-c1)
 declare -A HOST_ADDR=([hv1]=10.77.0.11 [hv2]=10.77.0.12 [c1]=10.78.0.21)
 declare -A HOST_UUID=([hv1]=5a1b0000-0000-4000-8000-000000000011 [hv2]=5a1b0000-0000-4000-8000-000000000012 [c1]=5a1b0000-0000-4000-8000-000000000021)
 # Overlay endpoint address each host owns (on lo), for IPsec tunnels between hosts.
-declare -A HOST_OVERLAY=([hv1]=172.31.0.11 [hv2]=172.31.0.12 [c1]=172.31.0.21)
+declare -A HOST_OVERLAY=([hv1]=172.31.0.11 [hv2]=172.31.0.12 [c1]=172.31.0.21 [core]=172.31.0.1)
+# The routing core runs a charon too (for a subnet tunnel secured by IPsec), but no libvirtd.
+CHARON_HOSTS=(hv1 hv2 c1 core)
+HOST_SITE[core]=dc
+HOST_NS[core]=dc-core
+HOST_ADDR[core]=10.77.0.1
 
 CORE_NS=dc-core
 WAN_NS=lab-wan

@@ -157,6 +157,11 @@ fn assert_initial_landscape(check: &Value) {
             "smig rules on {host}"
         );
     }
+    assert_eq!(
+        check["routing_core"]["sas"],
+        serde_json::json!([]),
+        "SAs on the routing core"
+    );
     let routes = check["routing_core"]["routes"].as_array().expect("routes");
     for (dst, dev) in [
         ("192.168.10.0/24", "br-app"),
