@@ -106,9 +106,18 @@ enum Ev {
 /// What is known about the values of each named thing while the graph is walked.
 #[derive(Default)]
 struct Scope {
-    values: HashMap<Key, Value>,
+    values: HashMap<Ns, HashMap<String, Value>>,
     unknown: HashSet<Key>,
     sensitive: HashSet<Key>,
+}
+
+impl Scope {
+    fn set(&mut self, key: Key, value: Value) {
+        self.values.entry(key.0).or_default().insert(key.1, value);
+    }
+    fn get(&self, key: &Key) -> Option<&Value> {
+        self.values.get(&key.0).and_then(|m| m.get(&key.1))
+    }
 }
 
 /// Loads and validates a configuration; see [`super::load`].
@@ -654,7 +663,7 @@ impl Loader {
             };
             match value {
                 Some((v, origin)) if self.validate_variable(name, decl, &v, &origin) => {
-                    self.scope.values.insert(key, v);
+                    self.scope.set(key, v);
                 }
                 Some(_) => {
                     self.scope.unknown.insert(key);
@@ -867,7 +876,7 @@ impl Loader {
         }
         Prepared {
             raw: a,
-            expr: a.expr.clone().into(),
+            expr: super::eval::compile(&a.expr.clone().into(), 0),
             refs,
             unknown,
             sensitive,
@@ -958,7 +967,7 @@ impl Loader {
                     Ns::Var => {
                         vars.contains_key(name)
                             || self.scope.unknown.contains(&key)
-                            || self.scope.values.contains_key(&key)
+                            || self.scope.get(&key).is_some()
                     }
                     _ => self.declared(&key),
                 };
@@ -1164,7 +1173,7 @@ struct LinkLocs {
 impl Loader {
     /// A context holding the functions and the values a set of attributes refers to.
     fn context_for(&self, prepared: &[&Prepared]) -> Context<'static> {
-        let mut ctx = Context::new();
+        let mut ctx = super::eval::template_context();
         let base = base_context();
         let mut funcs: Vec<&str> = Vec::new();
         let mut spaces: BTreeMap<Ns, Map<String, Value>> = BTreeMap::new();
@@ -1174,7 +1183,7 @@ impl Loader {
                     funcs.push(f);
                 }
             }
-            for r in &p.refs.refs {
+            for r in p.refs.refs.iter().filter(|r| r.in_template) {
                 let (Some(ns), Some(name)) = (Ns::from_root(&r.root), r.path.first()) else {
                     continue;
                 };
@@ -1182,7 +1191,7 @@ impl Loader {
                 if space.contains_key(name) {
                     continue;
                 }
-                if let Some(v) = self.scope.values.get(&(ns, name.clone())) {
+                if let Some(v) = self.scope.values.get(&ns).and_then(|m| m.get(name)) {
                     space.insert(name.clone(), v.clone());
                 }
             }
@@ -1201,7 +1210,18 @@ impl Loader {
         if p.unknown {
             return Ev::Unknown;
         }
-        match p.expr.evaluate(ctx) {
+        let values = &self.scope.values;
+        let lookup = |root: &str, name: &str| {
+            Ns::from_root(root)
+                .and_then(|ns| values.get(&ns))
+                .and_then(|m| m.get(name))
+        };
+        let result = match super::eval::resolve_plain(&p.expr, &lookup) {
+            Some(v) => Ok(v.clone()),
+            None => super::eval::bind(&p.expr, &lookup, ctx, &mut Vec::new())
+                .and_then(|e| e.evaluate(ctx)),
+        };
+        match result {
             Ok(v) => Ev::Val(v),
             Err(e) => {
                 let (code, loc) = match e.kind() {
@@ -1377,7 +1397,7 @@ impl Loader {
         if prepared.iter().any(|p| p.unknown) {
             self.scope.unknown.insert(key);
         } else {
-            self.scope.values.insert(key, value);
+            self.scope.set(key, value);
         }
     }
 
