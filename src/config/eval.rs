@@ -18,8 +18,9 @@ pub(crate) struct Ref {
     pub path: Vec<String>,
     /// From the root to the end of the static path.
     pub loc: Loc,
-    /// Inside a string template: evaluated by the template engine, which needs the value in
-    /// its context (elsewhere [`bind`] resolves references without copying whole namespaces).
+    /// Inside a template or a `for` expression's body: evaluated by the evaluator itself, which
+    /// needs the value in its context (elsewhere [`bind`] resolves references without copying
+    /// whole namespaces).
     pub in_template: bool,
 }
 
@@ -150,6 +151,7 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                 scope.push(k.as_str().to_string());
             }
             scope.push(f.intro.value_var.as_str().to_string());
+            out.template_depth += 1;
             if let Some(k) = &f.key_expr {
                 walk(out, file, k, scope);
             }
@@ -157,6 +159,7 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
             if let Some(c) = &f.cond {
                 walk(out, file, &c.expr, scope);
             }
+            out.template_depth -= 1;
             scope.truncate(before);
         }
     }
@@ -353,6 +356,26 @@ pub(crate) fn resolve_plain<'v>(e: &hcl::Expression, lookup: &Lookup<'v>) -> Opt
     Some(cur)
 }
 
+/// Where [`bind`] puts the values it resolves: variables of the evaluation context, so the
+/// evaluator copies each once instead of converting it to an expression and back.
+pub(crate) struct Binder<'c> {
+    pub ctx: &'c mut Context<'static>,
+    next: usize,
+}
+
+impl<'c> Binder<'c> {
+    pub fn new(ctx: &'c mut Context<'static>) -> Self {
+        Binder { ctx, next: 0 }
+    }
+
+    fn declare(&mut self, v: Value) -> hcl::Expression {
+        let name = format!("__smig_ref_{}", self.next);
+        self.next += 1;
+        self.ctx.declare_var(name.as_str(), v);
+        hcl::Expression::Variable(hcl::expr::Variable::unchecked(name))
+    }
+}
+
 /// The roots whose references [`bind`] resolves.
 pub(crate) const NAMESPACES: &[&str] =
     &["var", "local", "environment", "subnet", "vm", "secure_link"];
@@ -368,8 +391,7 @@ pub(crate) type Lookup<'v> = dyn Fn(&str, &str) -> Option<&'v Value> + 'v;
 pub(crate) fn bind<'v>(
     e: &hcl::Expression,
     lookup: &Lookup<'v>,
-    ctx: &Context,
-    shadow: &mut Vec<String>,
+    b: &mut Binder,
 ) -> Result<hcl::Expression, hcl::eval::Error> {
     use hcl::expr::{Expression as E, Operation, TraversalOperator as Op};
     Ok(match e {
@@ -381,7 +403,7 @@ pub(crate) fn bind<'v>(
         | E::Variable(_) => e.clone(),
         E::Array(a) => E::Array(
             a.iter()
-                .map(|x| bind(x, lookup, ctx, shadow))
+                .map(|x| bind(x, lookup, b))
                 .collect::<Result<_, _>>()?,
         ),
         E::Object(o) => {
@@ -389,65 +411,66 @@ pub(crate) fn bind<'v>(
             for (k, v) in o {
                 let k = match k {
                     hcl::ObjectKey::Expression(ke) => {
-                        hcl::ObjectKey::Expression(bind(ke, lookup, ctx, shadow)?)
+                        hcl::ObjectKey::Expression(bind(ke, lookup, b)?)
                     }
                     other => other.clone(),
                 };
-                out.insert(k, bind(v, lookup, ctx, shadow)?);
+                out.insert(k, bind(v, lookup, b)?);
             }
             E::Object(out)
         }
-        E::Parenthesis(p) => E::Parenthesis(Box::new(bind(p, lookup, ctx, shadow)?)),
+        E::Parenthesis(p) => E::Parenthesis(Box::new(bind(p, lookup, b)?)),
         E::FuncCall(f) => {
             let mut f = (**f).clone();
             for a in &mut f.args {
-                *a = bind(a, lookup, ctx, shadow)?;
+                *a = bind(a, lookup, b)?;
             }
             E::FuncCall(Box::new(f))
         }
         E::Conditional(c) => {
-            let mut c = (**c).clone();
-            c.cond_expr = bind(&c.cond_expr, lookup, ctx, shadow)?;
-            c.true_expr = bind(&c.true_expr, lookup, ctx, shadow)?;
-            c.false_expr = bind(&c.false_expr, lookup, ctx, shadow)?;
-            E::Conditional(Box::new(c))
+            // Only the branch taken is resolved (and copied).
+            let cond = bind(&c.cond_expr, lookup, b)?;
+            match cond.evaluate(b.ctx)? {
+                Value::Bool(true) => bind(&c.true_expr, lookup, b)?,
+                Value::Bool(false) => bind(&c.false_expr, lookup, b)?,
+                other => {
+                    let mut c = (**c).clone();
+                    c.cond_expr = E::from(other);
+                    E::Conditional(Box::new(c))
+                }
+            }
         }
         E::Operation(op) => E::Operation(Box::new(match &**op {
             Operation::Unary(u) => {
                 let mut u = u.clone();
-                u.expr = bind(&u.expr, lookup, ctx, shadow)?;
+                u.expr = bind(&u.expr, lookup, b)?;
                 Operation::Unary(u)
             }
-            Operation::Binary(b) => {
-                let mut b = b.clone();
-                b.lhs_expr = bind(&b.lhs_expr, lookup, ctx, shadow)?;
-                b.rhs_expr = bind(&b.rhs_expr, lookup, ctx, shadow)?;
-                Operation::Binary(b)
+            Operation::Binary(op) => {
+                let mut op = op.clone();
+                op.lhs_expr = bind(&op.lhs_expr, lookup, b)?;
+                op.rhs_expr = bind(&op.rhs_expr, lookup, b)?;
+                Operation::Binary(op)
             }
         })),
         E::ForExpr(f) => {
             let mut f = (**f).clone();
-            f.collection_expr = bind(&f.collection_expr, lookup, ctx, shadow)?;
+            f.collection_expr = bind(&f.collection_expr, lookup, b)?;
             // The loop body runs in the evaluator's own scope, where index expressions may use
             // the loop variables: leave it to the evaluator.
             E::ForExpr(Box::new(f))
         }
         E::Traversal(t) => {
             let root = match &t.expr {
-                E::Variable(v)
-                    if NAMESPACES.contains(&v.as_str())
-                        && !shadow.iter().any(|s| s == v.as_str()) =>
-                {
-                    Some(v.as_str())
-                }
+                E::Variable(v) if NAMESPACES.contains(&v.as_str()) => Some(v.as_str()),
                 _ => None,
             };
             let (Some(root), Some(Op::GetAttr(name))) = (root, t.operators.first()) else {
                 let mut t = (**t).clone();
-                t.expr = bind(&t.expr, lookup, ctx, shadow)?;
+                t.expr = bind(&t.expr, lookup, b)?;
                 for op in &mut t.operators {
                     if let Op::Index(ix) = op {
-                        *ix = bind(ix, lookup, ctx, shadow)?;
+                        *ix = bind(ix, lookup, b)?;
                     }
                 }
                 return Ok(E::Traversal(Box::new(t)));
@@ -462,8 +485,8 @@ pub(crate) fn bind<'v>(
                     Op::GetAttr(k) => cur.as_object().and_then(|o| o.get(k.as_str())),
                     Op::LegacyIndex(i) => cur.as_array().and_then(|a| a.get(*i as usize)),
                     Op::Index(ix) => {
-                        let bound = bind(ix, lookup, ctx, shadow)?;
-                        let idx = bound.evaluate(ctx)?;
+                        let bound = bind(ix, lookup, b)?;
+                        let idx = bound.evaluate(b.ctx)?;
                         let found = index_ref(cur, &idx);
                         if found.is_none() {
                             pending = Some(Op::Index(hcl::Expression::from(idx)));
@@ -487,11 +510,11 @@ pub(crate) fn bind<'v>(
             }
             for op in rest {
                 remaining.push(match op {
-                    Op::Index(ix) => Op::Index(bind(ix, lookup, ctx, shadow)?),
+                    Op::Index(ix) => Op::Index(bind(ix, lookup, b)?),
                     other => other.clone(),
                 });
             }
-            let value = E::from(cur.clone());
+            let value = b.declare(cur.clone());
             if remaining.is_empty() {
                 value
             } else {

@@ -1206,7 +1206,7 @@ impl Loader {
     }
 
     /// Evaluates a prepared attribute; evaluation errors are reported at its value.
-    fn eval(&mut self, p: &Prepared, ctx: &Context, in_link: bool) -> Ev {
+    fn eval(&mut self, p: &Prepared, ctx: &mut Context<'static>, in_link: bool) -> Ev {
         if p.unknown {
             return Ev::Unknown;
         }
@@ -1218,8 +1218,11 @@ impl Loader {
         };
         let result = match super::eval::resolve_plain(&p.expr, &lookup) {
             Some(v) => Ok(v.clone()),
-            None => super::eval::bind(&p.expr, &lookup, ctx, &mut Vec::new())
-                .and_then(|e| e.evaluate(ctx)),
+            None => {
+                let mut binder = super::eval::Binder::new(ctx);
+                super::eval::bind(&p.expr, &lookup, &mut binder)
+                    .and_then(|e| e.evaluate(binder.ctx))
+            }
         };
         match result {
             Ok(v) => Ev::Val(v),
@@ -1403,8 +1406,8 @@ impl Loader {
 
     fn eval_local(&mut self, node: &Node, a: &RawAttr, vars: &IndexMap<String, VarDecl>) {
         let p = self.prepare(node, a, false, false, vars);
-        let ctx = self.context_for(&[&p]);
-        let ev = self.eval(&p, &ctx, false);
+        let mut ctx = self.context_for(&[&p]);
+        let ev = self.eval(&p, &mut ctx, false);
         match ev {
             Ev::Val(v) => self.settle(node.key.clone(), v, &[&p]),
             Ev::Unknown => {
@@ -1485,7 +1488,7 @@ impl Loader {
             .chain(host_attrs.iter().flat_map(|(_, ps)| ps.iter()))
             .chain(core_attrs.iter())
             .collect();
-        let ctx = self.context_for(&refs);
+        let mut ctx = self.context_for(&refs);
 
         let mut trusted = false;
         match all.iter().find(|p| p.raw.name == "trusted") {
@@ -1495,7 +1498,7 @@ impl Loader {
                 "say whether the environment is trusted: `trusted = true` or `trusted = false`",
             ),
             Some(p) => {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 trusted = self.want_bool(p, ev).unwrap_or(false);
             }
         }
@@ -1507,7 +1510,7 @@ impl Loader {
             let mut address = None;
             let mut network = None;
             for p in ps {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 match p.raw.name.as_str() {
                     "libvirt" => {
                         libvirt = self.want_string(p, ev);
@@ -1564,7 +1567,7 @@ impl Loader {
         if let Some(c) = core {
             let mut network = None;
             for p in &core_attrs {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 network = self.want_string(p, ev);
             }
             if c.attr("network").is_none() {
@@ -1605,12 +1608,12 @@ impl Loader {
             .map(|a| self.prepare(node, a, false, false, vars))
             .collect();
         let refs: Vec<&Prepared> = ps.iter().collect();
-        let ctx = self.context_for(&refs);
+        let mut ctx = self.context_for(&refs);
         let mut cidr: Option<Ipv4Net> = None;
         match ps.iter().find(|p| p.raw.name == "cidr") {
             None => self.missing(b, "cidr", "the subnet's prefix, e.g. \"192.168.10.0/24\""),
             Some(p) => {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 if let Some(s) = self.want_string(p, ev) {
                     match s.parse::<Ipv4Net>() {
                         Ok(net) if net.trunc() == net => cidr = Some(net),
@@ -1656,7 +1659,7 @@ impl Loader {
         &mut self,
         b: &RawBlock,
         ps: &[Prepared],
-        ctx: &Context,
+        ctx: &mut Context<'static>,
         in_link: bool,
     ) -> Option<Expansion> {
         let count = ps.iter().find(|p| p.raw.name == "count");
@@ -1873,7 +1876,7 @@ impl Loader {
                 self.missing(b, attr, help);
             }
         }
-        let Some(exp) = self.expansion(b, &own, &ctx, false) else {
+        let Some(exp) = self.expansion(b, &own, &mut ctx, false) else {
             self.scope.unknown.insert(node.key.clone());
             return;
         };
@@ -1903,7 +1906,7 @@ impl Loader {
             };
             if let Some(i) = i_host {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 host = self.want_host(p, ev);
                 if host.is_some() {
                     locs.host = Some(p.raw.value.clone());
@@ -1911,7 +1914,7 @@ impl Loader {
             }
             if let Some(i) = i_subnet {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 subnet = self.want_named(p, ev, "a subnet reference like `subnet.app`");
                 if subnet.is_some() {
                     locs.subnet = Some(p.raw.value.clone());
@@ -1919,7 +1922,7 @@ impl Loader {
             }
             if let Some(i) = i_address {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 address = self.want_ipv4(p, ev);
                 if address.is_some() {
                     locs.address = Some((p.raw.value.clone(), p.sensitive));
@@ -1927,7 +1930,7 @@ impl Loader {
             }
             if let Some(i) = i_domain {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 if let Some(d) = self.want_string(p, ev) {
                     if d.is_empty() {
                         self.invalid(p, "`domain` must not be empty", "");
@@ -1938,7 +1941,7 @@ impl Loader {
             }
             let mut mig = Migration::default();
             for p in &migration {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 match p.raw.name.as_str() {
                     "mode" => match self.want_string(p, ev).as_deref() {
                         None => {}
@@ -2133,7 +2136,7 @@ impl Loader {
                 }
             }
         }
-        let Some(exp) = self.expansion(b, &own, &ctx, true) else {
+        let Some(exp) = self.expansion(b, &own, &mut ctx, true) else {
             self.scope.unknown.insert(node.key.clone());
             return;
         };
@@ -2149,7 +2152,7 @@ impl Loader {
             let mut locs = LinkLocs { between: None };
             if let Some(i) = i_between {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, true);
+                let ev = self.eval(p, &mut ctx, true);
                 if let Some(vms) = self.want_vms(p, ev) {
                     between = vms;
                     locs.between = Some(p.raw.value.clone());
@@ -2159,7 +2162,7 @@ impl Loader {
             let mut psk: Option<Secret> = None;
             let (mut cert, mut key, mut ca) = (None, None, None);
             for p in &ipsec {
-                let ev = self.eval(p, &ctx, true);
+                let ev = self.eval(p, &mut ctx, true);
                 match p.raw.name.as_str() {
                     "proposals" => {
                         if let Some(list) = self.want_strings(p, ev) {
@@ -2232,10 +2235,10 @@ impl Loader {
             .map(|a| self.prepare(node, a, false, false, vars))
             .collect();
         let refs: Vec<&Prepared> = ps.iter().collect();
-        let ctx = self.context_for(&refs);
+        let mut ctx = self.context_for(&refs);
         let mut policy = Policy::default();
         for p in &ps {
-            let ev = self.eval(p, &ctx, false);
+            let ev = self.eval(p, &mut ctx, false);
             match p.raw.name.as_str() {
                 "tls_ports" => match ev {
                     Ev::Val(Value::Array(a)) => {
