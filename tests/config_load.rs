@@ -275,3 +275,22 @@ fn ten_thousand_vms_load_in_bounded_time() {
     // Generous for unoptimised builds on a shared 2-core machine; release is measured apart.
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
 }
+
+#[test]
+fn hostile_nesting_gives_a_diagnostic() {
+    let deep = format!(
+        "locals {{\n  x = {}1{}\n}}\n",
+        "(".repeat(10_000),
+        ")".repeat(10_000)
+    );
+    assert_eq!(codes(&deep, Mode::Validate), vec![Code::TooDeep]);
+    assert_eq!(
+        codes(&"vm {\n".repeat(10_000), Mode::Validate),
+        vec![Code::TooDeep]
+    );
+    assert_eq!(
+        codes(&format!("a = {}", "[for x in ".repeat(100)), Mode::Validate),
+        vec![Code::TooDeep]
+    );
+    assert_eq!(codes("{:{", Mode::Validate), vec![Code::Syntax]);
+}
