@@ -106,3 +106,17 @@ fn schema_rejects_what_the_language_rejects() {
         assert!(!validator.is_valid(&json), "the schema accepts:\n{bad}");
     }
 }
+
+#[test]
+fn examples_are_canonically_formatted() {
+    for dir in example_dirs() {
+        for src in sources(&dir) {
+            let formatted = config::format(&src).expect("examples parse");
+            assert_eq!(
+                formatted, src.text,
+                "{} is not in canonical format",
+                src.name
+            );
+        }
+    }
+}

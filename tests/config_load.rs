@@ -294,3 +294,75 @@ fn hostile_nesting_gives_a_diagnostic() {
     );
     assert_eq!(codes("{:{", Mode::Validate), vec![Code::Syntax]);
 }
+
+#[test]
+fn sensitive_values_from_anywhere_never_reach_diagnostics() {
+    let src = r#"
+variable "psk" {
+  type      = string
+  sensitive = true
+  validation {
+    condition     = length(var.psk) > 100
+    error_message = "too short: ${var.psk}"
+  }
+}
+variable "n" {
+  type      = number
+  sensitive = true
+}
+environment "dc" {
+  trusted = false
+  host "h" {
+    libvirt = var.psk
+    address = var.psk
+    network = "netns:h"
+  }
+}
+locals {
+  a = var.psk + 1
+  b = cidrhost(var.psk, 1)
+  c = [for x in var.psk: x]
+}
+"#;
+    for (cli, env, file) in [
+        (
+            vec![
+                ("psk".to_string(), "canary-cli-1234".to_string()),
+                ("n".into(), "canary-n".into()),
+            ],
+            vec![],
+            None,
+        ),
+        (
+            vec![],
+            vec![
+                ("psk".to_string(), "canary-env-1234".to_string()),
+                ("n".into(), "canary-n".into()),
+            ],
+            None,
+        ),
+        (
+            vec![],
+            vec![],
+            Some("psk = \"canary-file-1234\"\nn = \"canary-n\"\nx = \"canary-x\"\n"),
+        ),
+    ] {
+        let vars = VarInputs {
+            cli,
+            env,
+            files: file
+                .map(|f| vec![SourceFile::new("secrets.hcl", f)])
+                .unwrap_or_default(),
+        };
+        let err =
+            config::load(&[SourceFile::new("s.smig.hcl", src)], &vars, Mode::Plan).unwrap_err();
+        let mut rendered = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .render_report(&mut rendered, &err)
+            .unwrap();
+        let debug = format!("{err:?}");
+        assert!(!rendered.contains("canary"), "{rendered}");
+        assert!(!debug.contains("canary"), "{debug}");
+        assert!(err.codes().contains(&Code::Validation), "{:?}", err.codes());
+    }
+}

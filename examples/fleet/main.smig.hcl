@@ -24,9 +24,9 @@ variable "fleet_psk" {
 }
 
 locals {
-  dc_hosts    = ["hv1", "hv2", "hv3"]
-  web_base    = 10
-  proposals   = ["aes256gcm16-prfsha384-ecp384"]
+  dc_hosts  = ["hv1", "hv2", "hv3"]
+  web_base  = 10
+  proposals = ["aes256gcm16-prfsha384-ecp384"]
 }
 
 environment "dc" {

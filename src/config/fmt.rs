@@ -92,11 +92,14 @@ fn prefix(raw: &str, indent: &str, first: bool) -> String {
     out
 }
 
-/// The canonical text after an item on its line: nothing, or one space and a comment.
+/// The canonical text after an item on its line: nothing, or a comment after the spacing
+/// its author chose (comments aligned in a column stay aligned), at least one space.
 fn suffix(raw: &str) -> String {
-    let t = raw.trim();
-    if t.is_empty() {
+    let t = raw.trim_end();
+    if t.trim_start().is_empty() {
         String::new()
+    } else if t.starts_with([' ', '\t']) {
+        t.to_string()
     } else {
         format!(" {t}")
     }
@@ -249,7 +252,7 @@ mod tests {
 
     #[test]
     fn indents_aligns_and_keeps_comments() {
-        let input = "# head\n\n\nvm   \"web\"   {   # the web VM\n      host = environment.dc.host.hv1\n  address =    \"10.0.0.1\" # fixed\n\n\n\n    # migration settings\n migration {\n mode = \"live\"\n   }\n   # end of vm\n}\n# end of file\n";
+        let input = "# head\n\n\nvm   \"web\"   { # the web VM\n      host = environment.dc.host.hv1\n  address =    \"10.0.0.1\" # fixed\n\n\n\n    # migration settings\n migration {\n mode = \"live\"\n   }\n   # end of vm\n}\n# end of file\n";
         let want = "# head\n\nvm \"web\" { # the web VM\n  host    = environment.dc.host.hv1\n  address = \"10.0.0.1\" # fixed\n\n  # migration settings\n  migration {\n    mode = \"live\"\n  }\n  # end of vm\n}\n# end of file\n";
         assert_eq!(fmt(input), want);
     }
