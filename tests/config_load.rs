@@ -366,3 +366,42 @@ locals {
         assert!(err.codes().contains(&Code::Validation), "{:?}", err.codes());
     }
 }
+
+#[test]
+fn unknown_values_in_validate_mode_are_not_errors() {
+    let src = r#"
+variable "n" { type = number }
+variable "target" { type = string }
+environment "dc" {
+  trusted = true
+  host "h" {
+    libvirt = "qemu+tls://h/system"
+    address = "10.9.0.1"
+    network = "netns:h"
+  }
+}
+subnet "app" { cidr = "10.0.0.0/24" }
+vm "web" {
+  count   = var.n
+  host    = environment.dc.host.h
+  subnet  = subnet.app
+  address = cidrhost(subnet.app.cidr, count.index + 1)
+}
+vm "db" {
+  host    = var.target
+  subnet  = subnet.app
+  address = "10.0.0.200"
+}
+secure_link "l" {
+  between = concat(vm.web, [vm.db])
+  ipsec {
+    proposals = ["aes256"]
+    psk       = "k"
+  }
+}
+"#;
+    assert_eq!(codes(src, Mode::Validate), vec![]);
+    let mut plan = codes(src, Mode::Plan);
+    plan.sort_by_key(|c| c.as_str());
+    assert_eq!(plan, vec![Code::MissingVariable, Code::MissingVariable]);
+}
