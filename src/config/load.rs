@@ -1100,7 +1100,7 @@ pub(crate) fn mask(text: &str, spans: &[std::ops::Range<usize>]) -> String {
 }
 
 /// The names of the functions the language offers.
-pub(crate) const FUNCTIONS: &[&str] = &[
+pub const FUNCTIONS: &[&str] = &[
     "cidrhost",
     "cidrsubnet",
     "concat",
