@@ -168,6 +168,7 @@ pub(crate) fn load(
         declared: HashSet::new(),
         vm_locs: HashMap::new(),
         link_locs: HashMap::new(),
+        referenced: HashSet::new(),
     };
     loader.run(&blocks, inputs);
     if loader.sink.has_errors() {
@@ -194,6 +195,8 @@ struct Loader {
     declared: HashSet<Key>,
     vm_locs: HashMap<String, VmLocs>,
     link_locs: HashMap<String, LinkLocs>,
+    /// Names something else refers to: only those need their value built.
+    referenced: HashSet<Key>,
 }
 
 impl Loader {
@@ -297,6 +300,7 @@ impl Loader {
                 }
                 if let Some(&j) = index.get(&key) {
                     graph.add_edge(NodeIndex::new(i), NodeIndex::new(j), r.loc.clone());
+                    self.referenced.insert(key);
                 }
             }
         }
@@ -1967,14 +1971,16 @@ impl Loader {
             let host = host.unwrap_or_else(|| HostId(String::new()));
             let subnet = subnet.unwrap_or_default();
             let address = address.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            let mut v = Map::new();
-            v.insert("id".into(), Value::from(inst.name.clone()));
-            v.insert("name".into(), Value::from(inst.name.clone()));
-            v.insert("domain".into(), Value::from(domain.clone()));
-            v.insert("host".into(), Value::from(host.0.clone()));
-            v.insert("subnet".into(), Value::from(subnet.clone()));
-            v.insert("address".into(), Value::from(address.to_string()));
-            values.push(Value::Object(v));
+            if self.referenced.contains(&node.key) {
+                let mut v = Map::new();
+                v.insert("id".into(), Value::from(inst.name.clone()));
+                v.insert("name".into(), Value::from(inst.name.clone()));
+                v.insert("domain".into(), Value::from(domain.clone()));
+                v.insert("host".into(), Value::from(host.0.clone()));
+                v.insert("subnet".into(), Value::from(subnet.clone()));
+                v.insert("address".into(), Value::from(address.to_string()));
+                values.push(Value::Object(v));
+            }
             self.vm_locs.insert(inst.name.clone(), locs);
             self.landscape.vms.insert(
                 inst.name.clone(),
@@ -2206,14 +2212,16 @@ impl Loader {
                     ca,
                 },
             };
-            let mut v = Map::new();
-            v.insert("id".into(), Value::from(inst.name.clone()));
-            v.insert("name".into(), Value::from(inst.name.clone()));
-            v.insert(
-                "between".into(),
-                Value::Array(between.iter().map(|s| Value::from(s.clone())).collect()),
-            );
-            values.push(Value::Object(v));
+            if self.referenced.contains(&node.key) {
+                let mut v = Map::new();
+                v.insert("id".into(), Value::from(inst.name.clone()));
+                v.insert("name".into(), Value::from(inst.name.clone()));
+                v.insert(
+                    "between".into(),
+                    Value::Array(between.iter().map(|s| Value::from(s.clone())).collect()),
+                );
+                values.push(Value::Object(v));
+            }
             self.link_locs.insert(inst.name.clone(), locs);
             self.landscape.secure_links.insert(
                 inst.name.clone(),
