@@ -1090,9 +1090,16 @@ impl Loader {
 /// Replaces every character in `spans` by `*` (one per byte, newlines kept), so byte offsets
 /// stay valid while the masked text never shows.
 pub(crate) fn mask(text: &str, spans: &[std::ops::Range<usize>]) -> String {
+    let mut spans: Vec<&std::ops::Range<usize>> = spans.iter().collect();
+    spans.sort_by_key(|r| r.start);
+    let mut next = spans.into_iter().peekable();
+    let mut current: Option<&std::ops::Range<usize>> = None;
     let mut out = String::with_capacity(text.len());
     for (i, c) in text.char_indices() {
-        if c != '\n' && spans.iter().any(|s| s.contains(&i)) {
+        while current.is_none_or(|r| r.end <= i) && next.peek().is_some_and(|r| r.start <= i) {
+            current = next.next();
+        }
+        if c != '\n' && current.is_some_and(|r| r.contains(&i)) {
             for _ in 0..c.len_utf8() {
                 out.push('*');
             }
