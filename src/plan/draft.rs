@@ -4,10 +4,11 @@
 //! plan's DAG in a topological order.
 
 use super::{PlanError, SaPair, Step};
+use foldhash::{HashMap, HashMapExt};
 use petgraph::algo::tred::{dag_to_toposorted_adjacency_list, dag_transitive_reduction_closure};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 /// The steps of one moving VM, by position in the draft.
 #[derive(Debug, Clone, Default)]

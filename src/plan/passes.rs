@@ -48,11 +48,11 @@ fn state_fact(domain: &str, host: &HostId, state: DomainState) -> Fact {
     }
 }
 
-fn sa_up_facts(diff: &Diff, m: &Move) -> Vec<Fact> {
-    diff.needs_at(&m.vm.name, m.to, Placement::Final)
-        .into_iter()
+fn sa_up_facts(m: &Move) -> Vec<Fact> {
+    m.needs
+        .iter()
         .flat_map(|p| {
-            let other = if &p.a == m.to { p.b } else { p.a };
+            let other = if &p.a == m.to { &p.b } else { &p.a };
             [
                 Fact::SaUp {
                     link: p.link.clone(),
@@ -60,8 +60,8 @@ fn sa_up_facts(diff: &Diff, m: &Move) -> Vec<Fact> {
                     remote: other.clone(),
                 },
                 Fact::SaUp {
-                    link: p.link,
-                    host: other,
+                    link: p.link.clone(),
+                    host: other.clone(),
                     remote: m.to.clone(),
                 },
             ]
@@ -84,7 +84,7 @@ impl Pass for BlockPass {
         for m in &diff.moves {
             let vm = &m.vm.name;
             let host = m.block_host().clone();
-            let peers = diff.peers(vm);
+            let peers = m.peers.clone();
             let (pre, secure_only) = match m.strategy {
                 Strategy::BlockFirst => (
                     state_fact(&m.vm.domain, m.from, m.state),
@@ -345,7 +345,7 @@ impl Pass for RestartPass {
                 )
             };
             let mut pre = vec![state_fact(&domain, &host, arrived)];
-            pre.extend(sa_up_facts(diff, m));
+            pre.extend(sa_up_facts(m));
             let s = step(
                 StepKind::Restart,
                 vm_subject(m),
@@ -427,7 +427,7 @@ impl Pass for IpsecPass {
         "ipsec.install"
     }
     fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
-        let moving: std::collections::HashMap<&str, &Move> =
+        let moving: foldhash::HashMap<&str, &Move> =
             diff.moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
         for sa in &diff.installs {
             // One copy per VM that needs it; the dedupe pass merges them.
@@ -479,7 +479,7 @@ impl Pass for ConnectionsPass {
                     host: m.to.clone(),
                 });
             }
-            pre.extend(sa_up_facts(diff, m));
+            pre.extend(sa_up_facts(m));
             let s = step(
                 StepKind::ConnectionsSecure,
                 vm_subject(m),
@@ -500,8 +500,8 @@ impl Pass for ConnectionsPass {
             let ix = draft.add(s);
             let steps = draft.vm(vm);
             draft.edge(steps.restart.or(steps.migrate), ix);
-            for pair in diff.needs_at(vm, m.to, Placement::Final) {
-                let init = draft.sa_up.get(&pair).copied();
+            for pair in &m.needs {
+                let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
             draft.vm.entry(vm.clone()).or_default().secure = Some(ix);
@@ -521,7 +521,7 @@ impl Pass for EnablePass {
         for m in &diff.moves {
             let vm = &m.vm.name;
             let host = m.to.clone();
-            let peers = diff.peers(vm);
+            let peers = m.peers.clone();
             let mut pre = Vec::new();
             if m.restarts() {
                 pre.push(Fact::DomainRunning {
@@ -529,7 +529,7 @@ impl Pass for EnablePass {
                     host: host.clone(),
                 });
             }
-            pre.extend(sa_up_facts(diff, m));
+            pre.extend(sa_up_facts(m));
             let steps = draft.vm(vm);
             if steps.secure.is_some() {
                 pre.push(Fact::ConnectionsSecured {
@@ -546,7 +546,7 @@ impl Pass for EnablePass {
                     host: host.clone(),
                     address: m.vm.address,
                     peers: peers.clone(),
-                    secure_only: diff.secure_only(vm, &host, Placement::Final),
+                    secure_only: !diff.desired.is_trusted(&host) || !m.needs.is_empty(),
                 },
                 pre,
                 vec![Fact::NotBlocked {
@@ -563,8 +563,8 @@ impl Pass for EnablePass {
             let ix = draft.add(s);
             draft.edge(steps.restart.or(steps.migrate), ix);
             draft.edge(steps.secure, ix);
-            for pair in diff.needs_at(vm, m.to, Placement::Final) {
-                let init = draft.sa_up.get(&pair).copied();
+            for pair in &m.needs {
+                let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
             draft.vm.entry(vm.clone()).or_default().enable = Some(ix);
