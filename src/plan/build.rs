@@ -45,7 +45,11 @@ pub fn build(
 ) -> Result<Plan, PlanError> {
     // 310, 315: select the VMs that move and their targets; what each needs.
     let diff = Diff::new(desired, observed, opts)?;
-    let mut draft = Draft::default();
+    // About eight steps per move, two per SA end, two per stale item.
+    let estimate = diff.moves.len() * 8
+        + diff.installs.len() * 2 * 2
+        + (diff.stale.len() + diff.stale_tunnels.len()) * 2;
+    let mut draft = Draft::with_capacity(estimate);
     for pass in PASSES {
         pass.apply(&diff, &mut draft)?;
     }

@@ -259,6 +259,8 @@ impl<'a> Diff<'a> {
             }
         }
 
+        // Hash sets of declared hosts: one lookup per VM, not two tree walks.
+        let declared: HashSet<&HostId> = desired.hosts().map(|h| &h.id).collect();
         let mut current: HashMap<&str, Current> = HashMap::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
             let found = placements
@@ -314,14 +316,14 @@ impl<'a> Diff<'a> {
                     None
                 }
             };
-            if desired.host(&vm.host).is_none() {
+            if !declared.contains(&vm.host) {
                 errors.push(PlanError::UnknownHost {
                     what: format!("vm.{name} is placed on"),
                     host: vm.host.to_string(),
                 });
             }
             if let Some((host, state)) = here {
-                if desired.host(host).is_none() {
+                if !declared.contains(host) {
                     errors.push(PlanError::UnknownHost {
                         what: format!("vm.{name} runs on"),
                         host: host.to_string(),

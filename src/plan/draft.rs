@@ -36,6 +36,16 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
+    /// An empty draft with room for about `steps` steps.
+    pub fn with_capacity(steps: usize) -> Self {
+        Draft {
+            steps: Vec::with_capacity(steps),
+            edges: Vec::with_capacity(steps + steps / 4),
+            vm: HashMap::with_capacity(steps / 6),
+            sa_up: HashMap::new(),
+        }
+    }
+
     /// Adds a step, returning its position.
     pub fn add(&mut self, step: Step) -> usize {
         self.steps.push(step);
@@ -80,12 +90,8 @@ impl Draft {
             self.edges.dedup();
             return;
         }
-        let steps = std::mem::take(&mut self.steps);
-        self.steps = steps
-            .into_iter()
-            .zip(&keep)
-            .filter_map(|(s, k)| k.then_some(s))
-            .collect();
+        let mut k = keep.iter();
+        self.steps.retain(|_| k.next().copied().unwrap_or(false));
         for e in &mut self.edges {
             *e = (remap[e.0], remap[e.1]);
         }
