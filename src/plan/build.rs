@@ -78,3 +78,29 @@ pub fn build(
 pub fn pass_names() -> Vec<&'static str> {
     PASSES.iter().map(|p| p.name()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_reads_in_fig_3_order() {
+        assert_eq!(
+            pass_names(),
+            [
+                "block",
+                "shutdown",
+                "migrate",
+                "tunnel.add",
+                "restart",
+                "ipsec.install",
+                "connections.secure",
+                "enable",
+                "route.check",
+                "cleanup",
+                "dedupe",
+                "transitive reduction",
+            ]
+        );
+    }
+}
