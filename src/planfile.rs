@@ -290,15 +290,30 @@ impl PlanFile {
             }
         };
         // The version is checked before the shape, so that a newer format gets the right
-        // message rather than a complaint about an unknown field.
-        let value: serde_json::Value = serde_json::from_str(text).map_err(classify)?;
-        let Some(object) = value.as_object() else {
-            return Err(PlanFileError::Malformed {
-                path,
-                reason: "the document is not a JSON object".into(),
-            });
-        };
-        match object.get("format_version") {
+        // message rather than a complaint about an unknown field. The probe skips everything
+        // else without building it.
+        #[derive(Deserialize)]
+        struct Probe {
+            // Present (even as null) gives Some; absent gives None.
+            #[serde(default, deserialize_with = "present")]
+            format_version: Option<serde_json::Value>,
+        }
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<serde_json::Value>, D::Error> {
+            serde_json::Value::deserialize(d).map(Some)
+        }
+        let probe: Probe = serde_json::from_str(text).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                PlanFileError::Malformed {
+                    path: path.clone(),
+                    reason: format!("the document is not a JSON object ({e})"),
+                }
+            } else {
+                classify(e)
+            }
+        })?;
+        match probe.format_version {
             None => {
                 return Err(PlanFileError::Malformed {
                     path,
@@ -313,7 +328,7 @@ impl PlanFile {
                 })
             }
         }
-        let doc: PlanFile = serde_json::from_value(value).map_err(classify)?;
+        let doc: PlanFile = serde_json::from_str(text).map_err(classify)?;
         doc.check()
             .map_err(|reason| PlanFileError::Inconsistent { path, reason })?;
         Ok(doc)
