@@ -53,6 +53,25 @@ pub struct PlanFile {
     /// What the invariant checker needs beyond the steps (kept so that apply can check a
     /// saved plan again).
     pub context: PlanContext,
+    /// `--target` and `--exclude` addresses the plan was limited by (empty: the whole
+    /// configuration).
+    #[serde(default)]
+    pub targeting: Targeting,
+}
+
+/// Resource targeting in effect when the plan was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Targeting {
+    pub targets: Vec<String>,
+    pub excludes: Vec<String>,
+}
+
+impl Targeting {
+    /// Whether the plan covers only part of the configuration.
+    pub fn is_partial(&self) -> bool {
+        !self.targets.is_empty() || !self.excludes.is_empty()
+    }
 }
 
 /// What the plan was made from. Both are `sha256:` followed by 64 hex digits.
@@ -232,7 +251,17 @@ impl PlanFile {
             invariants: plan.invariants.results.clone(),
             warnings: plan.warnings.clone(),
             context: plan.context.clone(),
+            targeting: Targeting::default(),
         }
+    }
+
+    /// Records the `--target` and `--exclude` addresses the plan was limited by.
+    pub fn with_targeting(mut self, targets: &[String], excludes: &[String]) -> Self {
+        self.targeting = Targeting {
+            targets: targets.to_vec(),
+            excludes: excludes.to_vec(),
+        };
+        self
     }
 
     /// Rebuilds the plan (graph, changes, warnings, invariants, context) for apply.
