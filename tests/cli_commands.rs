@@ -431,3 +431,23 @@ fn plan_with_targeting_says_so() {
     );
     assert!(doc.summary.has_changes());
 }
+
+#[test]
+fn a_missing_var_file_is_an_error() {
+    let o = smig_in_reference(
+        &[
+            "plan",
+            "--observed",
+            "observed.json",
+            "--var-file",
+            "nope.hcl",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read nope.hcl"),
+        "{}",
+        stderr(&o)
+    );
+}
