@@ -458,13 +458,41 @@ pub fn sha256_fingerprint(hasher: Sha256) -> String {
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
-/// The fingerprint of a discovered landscape: sha256 of its canonical JSON (maps are ordered,
-/// so equal landscapes give equal fingerprints).
+/// The fingerprint of a discovered landscape: sha256 of its canonical JSON. Canonical means
+/// object keys sorted and every list sorted too: discovery reports rules, SAs, routes and
+/// connections in whatever order the host lists them, and that order means nothing, so equal
+/// landscapes give equal fingerprints.
 pub fn observed_fingerprint(observed: &Observed) -> String {
     let mut h = Sha256::new();
     // Observed holds only strings, numbers, booleans, lists and string-keyed maps.
-    h.update(serde_json::to_vec(observed).unwrap_or_default());
+    let value = serde_json::to_value(observed).unwrap_or_default();
+    h.update(canonical_json(&value).as_bytes());
     sha256_fingerprint(h)
+}
+
+/// JSON text with object keys and list items in sorted order.
+fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, String)> = map
+                .iter()
+                .map(|(k, v)| (Value::String(k.clone()).to_string(), canonical_json(v)))
+                .collect();
+            entries.sort();
+            let inner: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let mut inner: Vec<String> = items.iter().map(canonical_json).collect();
+            inner.sort();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads and checks a plan file.
