@@ -93,6 +93,8 @@ pub async fn apply(
     meta: &ApplyMeta,
 ) -> Result<Run, ApplyError> {
     let mut guard = take_lock(backend, "apply")?;
+    // A state file smig cannot read stops everything before any change.
+    backend.read_state()?;
     if let Some(entries) = unfinished(backend)? {
         let apply_id = journal::header(&entries)
             .map(|(id, _)| id.to_string())
@@ -123,6 +125,7 @@ pub async fn resume(
     config_fingerprint: Option<&str>,
 ) -> Result<Run, ApplyError> {
     let mut guard = take_lock(backend, "apply --resume")?;
+    backend.read_state()?;
     let Some(entries) = unfinished(backend)? else {
         return Err(StateError::NoJournal {
             action: "resume".into(),
@@ -158,6 +161,7 @@ pub async fn resume(
 /// `smig rollback`: undoes what the unfinished apply did.
 pub async fn rollback(backend: &dyn StateBackend, engine: &Engine) -> Result<Run, ApplyError> {
     let mut guard = take_lock(backend, "rollback")?;
+    backend.read_state()?;
     if unfinished(backend)?.is_none() {
         return Err(StateError::NoJournal {
             action: "roll back".into(),

@@ -359,16 +359,15 @@ impl LandscapeDouble {
             if let Some(c) = g.calls.get_mut(seq as usize) {
                 c.result = text;
             }
-            let call = g.calls.get(seq as usize).cloned();
-            let snapshot = mutating.then(|| g.observed.clone());
             let abort = mutating && g.config.abort_after_calls.is_some_and(|k| g.mutations >= k);
+            // Logged and saved under the lock: the file always holds the latest landscape.
+            if let Some(call) = g.calls.get(seq as usize) {
+                self.log_call(call);
+            }
+            if mutating {
+                self.save(&g.observed)?;
+            }
             drop(g);
-            if let Some(call) = call {
-                self.log_call(&call);
-            }
-            if let Some(o) = snapshot {
-                self.save(&o)?;
-            }
             if abort {
                 let _ = std::io::stderr()
                     .write_all(b"test double: aborting after the configured call\n");
