@@ -105,6 +105,7 @@ pub async fn perform(
             remote,
             remote_address,
             proposals,
+            initiate,
         } => {
             let spec = ctx.landscape.secure_links.get(link).ok_or_else(|| {
                 DriverError::failed(
@@ -122,7 +123,7 @@ pub async fn perform(
                 },
             };
             let name = ipsec_connection_name(link, local, remote);
-            let here = IpsecConfig {
+            let config = IpsecConfig {
                 name: name.clone(),
                 link: link.clone(),
                 local: local.clone(),
@@ -132,16 +133,12 @@ pub async fn perform(
                 proposals: proposals.clone(),
                 credential,
             };
-            let there = IpsecConfig {
-                local: remote.clone(),
-                local_address: *remote_address,
-                remote: local.clone(),
-                remote_address: *local_address,
-                ..here.clone()
-            };
-            d.ipsec.load(remote, &there).await?;
-            d.ipsec.load(local, &here).await?;
-            d.ipsec.initiate(local, &name).await
+            // One end per step: the responder loads; the initiator loads and brings the SA up.
+            d.ipsec.load(local, &config).await?;
+            if *initiate {
+                d.ipsec.initiate(local, &name).await?;
+            }
+            Ok(())
         }
         Action::IpsecRemove {
             link,
@@ -149,8 +146,7 @@ pub async fn perform(
             remote,
         } => {
             let name = ipsec_connection_name(link, local, remote);
-            d.ipsec.unload(local, &name).await?;
-            d.ipsec.unload(remote, &name).await
+            d.ipsec.unload(local, &name).await
         }
         Action::SecureConnections {
             host,
@@ -226,10 +222,10 @@ pub async fn perform(
             {
                 d.network.unblock(host, vm, false).await?;
             }
+            // This host's ends only: the other ends are steps of their own.
             for c in d.ipsec.connections(host).await? {
                 if ipsec_links.contains(&c.link) {
                     d.ipsec.unload(host, &c.name).await?;
-                    d.ipsec.unload(&c.remote, &c.name).await?;
                 }
             }
             Ok(())

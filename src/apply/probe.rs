@@ -63,7 +63,7 @@ pub fn fact_queries(fact: &Fact, locator: &Locator, out: &mut BTreeSet<Query>) {
         Fact::Blocked { host, .. } | Fact::NotBlocked { host, .. } => {
             out.insert(Query::BlockRules(host.clone()));
         }
-        Fact::SaUp { host, .. } | Fact::IpsecAbsent { host, .. } => {
+        Fact::SaUp { host, .. } | Fact::IpsecAbsent { host, .. } | Fact::SaAbsent { host, .. } => {
             out.insert(Query::Ipsec(host.clone()));
         }
         Fact::TunnelPresent { core, .. } | Fact::TunnelAbsent { core, .. } => {
@@ -230,20 +230,22 @@ pub fn action_holds(action: &Action, o: &Observed) -> bool {
             link,
             local,
             remote,
+            initiate,
             ..
         } => {
             let name = ipsec_connection_name(link, local, remote);
-            ipsec(local, &name).is_some_and(|c| c.sa_up)
-                && ipsec(remote, &name).is_some_and(|c| c.sa_up)
+            if *initiate {
+                ipsec(local, &name).is_some_and(|c| c.sa_up)
+                    && ipsec(remote, &name).is_some_and(|c| c.sa_up)
+            } else {
+                ipsec(local, &name).is_some()
+            }
         }
         Action::IpsecRemove {
             link,
             local,
             remote,
-        } => {
-            let name = ipsec_connection_name(link, local, remote);
-            ipsec(local, &name).is_none() && ipsec(remote, &name).is_none()
-        }
+        } => ipsec(local, &ipsec_connection_name(link, local, remote)).is_none(),
         Action::SecureConnections { vm, tls_ports, .. } => Fact::ConnectionsSecured {
             vm: vm.clone(),
             tls_ports: tls_ports.clone(),

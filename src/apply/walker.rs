@@ -489,6 +489,9 @@ impl Walker {
                 .await
                 .map_err(|e| e.to_string());
             if result.is_ok() {
+                result = self.restore_running(step).await;
+            }
+            if result.is_ok() {
                 result = match probe::observe(&self.ctx.drivers, &q).await {
                     Ok(o) if action_holds(&action, &o) => Ok(()),
                     Ok(_) => Err("the undo reported success but its effect does not hold".into()),
@@ -550,6 +553,30 @@ impl Walker {
             }
         }
         self.sweep(plan, shared, added_blocks).await
+    }
+
+    /// After undoing a step: a domain its precondition had running, now paused there (a
+    /// paused domain stays paused when migrated back), is resumed, as before the step.
+    async fn restore_running(&self, step: &Step) -> Result<(), String> {
+        let Inverse::Action {
+            action: Action::Migrate { to, .. },
+        } = &step.inverse
+        else {
+            return Ok(());
+        };
+        for f in &step.precondition {
+            if let crate::plan::Fact::DomainRunning { domain, host } = f {
+                if host != to {
+                    continue;
+                }
+                let d = &self.ctx.drivers.hypervisor;
+                let state = d.domain(host, domain).await.map_err(|e| e.to_string())?;
+                if state.is_some_and(|s| s.state == DomainState::Paused) {
+                    d.resume(host, domain).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Before an IPsec connection goes away: every VM of the link that the plan moves and that

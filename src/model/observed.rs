@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// The snapshot format version this build reads and writes.
 pub const OBSERVED_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Observed {
     pub version: u32,
@@ -27,7 +27,7 @@ pub struct Observed {
     pub connections: BTreeMap<String, Vec<Connection>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObservedHost {
     /// libvirt domains by domain name. A domain not listed is absent from the host.
@@ -44,7 +44,7 @@ pub struct ObservedHost {
     pub tunnels: Vec<Tunnel>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Domain {
     pub state: DomainState,
@@ -55,7 +55,7 @@ pub struct Domain {
     pub nic_link_up: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DomainState {
     Running,
@@ -64,7 +64,7 @@ pub enum DomainState {
 }
 
 /// Traffic between `vm` and `peers` is dropped on this host (fail closed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockRule {
     pub vm: String,
@@ -73,7 +73,7 @@ pub struct BlockRule {
     pub peers: Vec<Ipv4Addr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpsecConnection {
     /// smig-owned connection name, see [`ipsec_connection_name`].
@@ -97,7 +97,7 @@ pub fn ipsec_connection_name(link: &str, a: &HostId, b: &HostId) -> String {
     format!("smig-{link}-{x}-{y}")
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tunnel {
     /// The subnet whose traffic the tunnel redirects.
@@ -106,7 +106,7 @@ pub struct Tunnel {
     pub remote: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObservedRoutingCore {
     #[serde(default)]
@@ -116,7 +116,7 @@ pub struct ObservedRoutingCore {
     pub tunnels: Vec<Tunnel>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub prefix: Ipv4Net,
@@ -130,7 +130,7 @@ pub struct Route {
 }
 
 /// A connection that smig does not manage, seen on a VM's host (conntrack / sock_diag).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Connection {
     pub protocol: Protocol,
@@ -141,7 +141,7 @@ pub struct Connection {
     pub ipsec: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

@@ -43,6 +43,11 @@ impl Fact {
                 .hosts
                 .get(host)
                 .is_none_or(|h| h.ipsec.iter().all(|c| &c.link != link)),
+            Fact::SaAbsent { link, host, remote } => observed.hosts.get(host).is_none_or(|h| {
+                h.ipsec
+                    .iter()
+                    .all(|c| &c.link != link || &c.remote != remote)
+            }),
             Fact::TunnelPresent { subnet, core: env } => {
                 core(env).is_some_and(|c| c.tunnels.iter().any(|t| &t.subnet == subnet))
             }

@@ -10,7 +10,19 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 /// The step kinds of SPEC.md, in FIG. 3 order. The string form is what users see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum StepKind {
     /// 320: block data communication between the VM and its peers (fail closed).
     #[serde(rename = "block")]
@@ -103,7 +115,9 @@ impl fmt::Display for StepKind {
 }
 
 /// Where a step acts.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// A hypervisor host.
@@ -124,7 +138,7 @@ impl fmt::Display for Target {
 /// What a step does, with every parameter a driver needs. Secrets are not here: an
 /// `IpsecInstall` names its secure_link and the driver takes the key from the loaded
 /// configuration, so plans and journals never hold one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Action {
     /// Drop traffic between `vm` (at `address`) and `peers` on `host`.
@@ -201,6 +215,10 @@ pub enum Action {
         remote: HostId,
         remote_address: Ipv4Addr,
         proposals: Vec<String>,
+        /// Bring the SA up from this end once loaded. The other end of a pair only loads
+        /// (it is installed first), so the initiating end finds its peer ready.
+        #[serde(default)]
+        initiate: bool,
     },
     IpsecRemove {
         link: String,
@@ -232,7 +250,7 @@ pub enum Action {
 }
 
 /// How a step is undone during rollback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Inverse {
     /// Run this action.
@@ -245,7 +263,7 @@ pub enum Inverse {
 
 /// A checkable statement about the discovered landscape. Preconditions and effects are lists
 /// of facts; the walker evaluates them against fresh discovery (see `plan::facts`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "fact", rename_all = "snake_case")]
 pub enum Fact {
     /// The domain is defined on the host and running.
@@ -268,6 +286,12 @@ pub enum Fact {
     },
     /// No IPsec connection for the link on the host.
     IpsecAbsent { link: String, host: HostId },
+    /// No IPsec connection for the link on `host` towards `remote` (other pairs may remain).
+    SaAbsent {
+        link: String,
+        host: HostId,
+        remote: HostId,
+    },
     /// smig's tunnel for the subnet exists on the environment's routing core.
     TunnelPresent { subnet: String, core: String },
     /// No smig tunnel for the subnet on the routing core.
@@ -283,7 +307,7 @@ pub enum Fact {
 }
 
 /// One vertex of the plan DAG.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Step {
     /// Stable, unique key (`<kind>:<subject>@<target>`), used to deduplicate shared steps and
     /// to match journal entries to steps.

@@ -291,6 +291,28 @@ pub fn reference_plan(migrate_inverse: Option<Inverse>) -> Plan {
             .unwrap_or_else(|| undo(migrate("db", "cloud.c1", "dc.hv2"))),
         &[&b0, &b1],
     );
+    let responder = b.step(
+        StepKind::IpsecInstall,
+        "secure_link.web_db",
+        hh("dc.hv1"),
+        Action::IpsecInstall {
+            link: "web_db".into(),
+            local: h("dc.hv1"),
+            local_address: "10.77.0.11".parse().unwrap(),
+            remote: h("cloud.c1"),
+            remote_address: "10.78.0.21".parse().unwrap(),
+            proposals: vec!["aes256-sha256-modp2048".into()],
+            initiate: false,
+        },
+        vec![],
+        vec![],
+        undo(Action::IpsecRemove {
+            link: "web_db".into(),
+            local: h("dc.hv1"),
+            remote: h("cloud.c1"),
+        }),
+        &[&m],
+    );
     let i = b.step(
         StepKind::IpsecInstall,
         "secure_link.web_db",
@@ -302,6 +324,7 @@ pub fn reference_plan(migrate_inverse: Option<Inverse>) -> Plan {
             remote: h("dc.hv1"),
             remote_address: "10.77.0.11".parse().unwrap(),
             proposals: vec!["aes256-sha256-modp2048".into()],
+            initiate: true,
         },
         vec![blocked("db", "cloud.c1")],
         vec![Fact::SaUp {
@@ -314,7 +337,7 @@ pub fn reference_plan(migrate_inverse: Option<Inverse>) -> Plan {
             local: h("cloud.c1"),
             remote: h("dc.hv1"),
         }),
-        &[&m],
+        &[&responder],
     );
     let c = b.step(
         StepKind::ConnectionsSecure,

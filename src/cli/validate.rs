@@ -1,0 +1,17 @@
+//! `smig validate [DIR]`: load the configuration and report every error at once.
+
+use super::pipeline;
+use super::{print, ConfigArgs, Exit};
+use crate::config::Mode;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+pub fn run(args: Args) -> miette::Result<Exit> {
+    pipeline::load(&args.config, Mode::Validate)?;
+    print("Success! The configuration is valid.\n")?;
+    Ok(Exit::Success)
+}

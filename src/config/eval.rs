@@ -1,0 +1,697 @@
+//! Expressions: the references an expression makes (with spans), the functions the language
+//! offers, and evaluation errors turned into messages that never print a value.
+
+use super::diagnostic::Loc;
+use hcl::eval::{Context, ErrorKind, FuncArgs, FuncDef, ParamType};
+use hcl::{Map, Number, Value};
+use hcl_edit::expr::{Expression, ObjectKey, TraversalOperator};
+use hcl_edit::template::{Directive, Element, Template};
+use hcl_edit::Span;
+use std::net::Ipv4Addr;
+
+/// A reference from an expression to a named thing: `var.x`, `vm.web`, `environment.dc.host.hv1`.
+#[derive(Debug, Clone)]
+pub(crate) struct Ref {
+    /// The root name (`var`, `local`, `vm`, `each`, ...).
+    pub root: String,
+    /// The attribute names that follow the root statically (`["dc", "host", "hv1"]`).
+    pub path: Vec<String>,
+    /// From the root to the end of the static path.
+    pub loc: Loc,
+}
+
+/// Everything an expression refers to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Refs {
+    pub refs: Vec<Ref>,
+    pub funcs: Vec<(String, Loc)>,
+}
+
+impl Refs {
+    /// Collects the references of `expr` (in file `file`) into `self`.
+    pub fn collect(&mut self, file: usize, expr: &Expression) {
+        let mut scope = Vec::new();
+        walk(self, file, expr, &mut scope);
+    }
+}
+
+fn span_loc(file: usize, span: Option<std::ops::Range<usize>>) -> Loc {
+    Loc {
+        file,
+        span: span.unwrap_or(0..0),
+    }
+}
+
+fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>) {
+    match expr {
+        Expression::Null(_)
+        | Expression::Bool(_)
+        | Expression::Number(_)
+        | Expression::String(_) => {}
+        Expression::Array(a) => {
+            for e in a.iter() {
+                walk(out, file, e, scope);
+            }
+        }
+        Expression::Object(o) => {
+            for (k, v) in o.iter() {
+                if let ObjectKey::Expression(k) = k {
+                    // A bare name in parentheses or a traversal used as a key is evaluated.
+                    if !matches!(k, Expression::Variable(_)) {
+                        walk(out, file, k, scope);
+                    }
+                }
+                walk(out, file, v.expr(), scope);
+            }
+        }
+        Expression::StringTemplate(t) => walk_template(out, file, t, scope),
+        Expression::HeredocTemplate(h) => walk_template(out, file, &h.template, scope),
+        Expression::Parenthesis(p) => walk(out, file, p.inner(), scope),
+        Expression::Variable(v) => {
+            let name = v.as_str();
+            if !scope.iter().any(|s| s == name) {
+                out.refs.push(Ref {
+                    root: name.to_string(),
+                    path: Vec::new(),
+                    loc: span_loc(file, v.span()),
+                });
+            }
+        }
+        Expression::Conditional(c) => {
+            walk(out, file, &c.cond_expr, scope);
+            walk(out, file, &c.true_expr, scope);
+            walk(out, file, &c.false_expr, scope);
+        }
+        Expression::FuncCall(f) => {
+            let mut name = String::new();
+            for ns in &f.name.namespace {
+                name.push_str(ns.as_str());
+                name.push_str("::");
+            }
+            name.push_str(f.name.name.as_str());
+            out.funcs.push((name, span_loc(file, f.name.name.span())));
+            for a in f.args.iter() {
+                walk(out, file, a, scope);
+            }
+        }
+        Expression::Traversal(t) => {
+            let mut static_ops = 0;
+            if let Expression::Variable(v) = &t.expr {
+                let name = v.as_str();
+                if !scope.iter().any(|s| s == name) {
+                    let mut path = Vec::new();
+                    let start = v.span().map_or(0, |s| s.start);
+                    let mut end = v.span().map_or(0, |s| s.end);
+                    for op in &t.operators {
+                        match op.value() {
+                            TraversalOperator::GetAttr(id) => {
+                                path.push(id.as_str().to_string());
+                                if let Some(s) = op.span().or(id.span()) {
+                                    end = s.end;
+                                }
+                                static_ops += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    out.refs.push(Ref {
+                        root: name.to_string(),
+                        path,
+                        loc: Loc {
+                            file,
+                            span: start..end.max(start),
+                        },
+                    });
+                }
+            } else {
+                walk(out, file, &t.expr, scope);
+            }
+            for op in t.operators.iter().skip(static_ops) {
+                if let TraversalOperator::Index(e) = op.value() {
+                    walk(out, file, e, scope);
+                }
+            }
+        }
+        Expression::UnaryOp(u) => walk(out, file, &u.expr, scope),
+        Expression::BinaryOp(b) => {
+            walk(out, file, &b.lhs_expr, scope);
+            walk(out, file, &b.rhs_expr, scope);
+        }
+        Expression::ForExpr(f) => {
+            walk(out, file, &f.intro.collection_expr, scope);
+            let before = scope.len();
+            if let Some(k) = &f.intro.key_var {
+                scope.push(k.as_str().to_string());
+            }
+            scope.push(f.intro.value_var.as_str().to_string());
+            if let Some(k) = &f.key_expr {
+                walk(out, file, k, scope);
+            }
+            walk(out, file, &f.value_expr, scope);
+            if let Some(c) = &f.cond {
+                walk(out, file, &c.expr, scope);
+            }
+            scope.truncate(before);
+        }
+    }
+}
+
+fn walk_template(out: &mut Refs, file: usize, t: &Template, scope: &mut Vec<String>) {
+    for el in t.iter() {
+        match el {
+            Element::Literal(_) => {}
+            Element::Interpolation(i) => walk(out, file, &i.expr, scope),
+            Element::Directive(d) => match d.as_ref() {
+                Directive::If(i) => {
+                    walk(out, file, &i.if_expr.cond_expr, scope);
+                    walk_template(out, file, &i.if_expr.template, scope);
+                    if let Some(e) = &i.else_expr {
+                        walk_template(out, file, &e.template, scope);
+                    }
+                }
+                Directive::For(f) => {
+                    let fe = &f.for_expr;
+                    walk(out, file, &fe.collection_expr, scope);
+                    let before = scope.len();
+                    if let Some(k) = &fe.key_var {
+                        scope.push(k.as_str().to_string());
+                    }
+                    scope.push(fe.value_var.as_str().to_string());
+                    walk_template(out, file, &fe.template, scope);
+                    scope.truncate(before);
+                }
+            },
+        }
+    }
+}
+
+/// The type name of a value, for messages.
+pub(crate) fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "list",
+        Value::Object(_) => "object",
+    }
+}
+
+/// An evaluation error as a message that names types, never values.
+pub(crate) fn describe_error(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::UndefinedVar(v) => format!("unknown name `{v}`"),
+        ErrorKind::UndefinedFunc(f) => format!("unknown function `{f}`"),
+        ErrorKind::Unexpected(v, expected) => {
+            format!("expected {expected}, found a {}", type_name(v))
+        }
+        ErrorKind::Index(i) => format!("index {i} is out of range"),
+        ErrorKind::UnaryOp(op, v) => {
+            format!("operator `{op}` cannot be applied to a {}", type_name(v))
+        }
+        ErrorKind::BinaryOp(l, op, r) => format!(
+            "operator `{op}` cannot be applied to a {} and a {}",
+            type_name(l),
+            type_name(r)
+        ),
+        ErrorKind::NoSuchKey(k) => format!("no key or attribute `{k}`"),
+        ErrorKind::KeyExists(k) => format!("the key `{k}` is produced twice"),
+        ErrorKind::FuncCall(f, msg) => format!("`{f}`: {msg}"),
+        ErrorKind::Message(m) => m.clone(),
+        _ => "the expression cannot be evaluated".to_string(),
+    }
+}
+
+/// The largest list a function may build (`range`), to keep hostile input bounded.
+pub(crate) const MAX_COLLECTION: usize = 1_000_000;
+
+/// A context holding the language's functions.
+pub(crate) fn base_context() -> Context<'static> {
+    let mut ctx = Context::new();
+    let funcs: &[(&str, usize, bool, hcl::eval::Func)] = &[
+        ("format", 1, true, f_format),
+        ("cidrhost", 2, false, f_cidrhost),
+        ("cidrsubnet", 3, false, f_cidrsubnet),
+        ("length", 1, false, f_length),
+        ("concat", 0, true, f_concat),
+        ("flatten", 1, false, f_flatten),
+        ("keys", 1, false, f_keys),
+        ("values", 1, false, f_values),
+        ("merge", 0, true, f_merge),
+        ("lookup", 3, false, f_lookup),
+        ("range", 1, true, f_range),
+        ("tostring", 1, false, f_tostring),
+        ("tonumber", 1, false, f_tonumber),
+        ("lower", 1, false, f_lower),
+        ("upper", 1, false, f_upper),
+        ("join", 2, false, f_join),
+        ("split", 2, false, f_split),
+        ("min", 1, true, f_min),
+        ("max", 1, true, f_max),
+        ("element", 2, false, f_element),
+        ("contains", 2, false, f_contains),
+        ("toset", 1, false, f_distinct),
+        ("distinct", 1, false, f_distinct),
+        ("tolist", 1, false, f_tolist),
+        ("replace", 3, false, f_replace),
+        ("zipmap", 2, false, f_zipmap),
+    ];
+    for (name, params, variadic, f) in funcs {
+        let mut b = FuncDef::builder();
+        for _ in 0..*params {
+            b = b.param(ParamType::Any);
+        }
+        if *variadic {
+            b = b.variadic_param(ParamType::Any);
+        }
+        ctx.declare_func(*name, b.build(*f));
+    }
+    ctx
+}
+
+fn arg_str<'a>(v: &'a Value, what: &str) -> Result<&'a str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("{what} must be a string, found a {}", type_name(v)))
+}
+
+fn arg_list<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>, String> {
+    v.as_array()
+        .ok_or_else(|| format!("{what} must be a list, found a {}", type_name(v)))
+}
+
+fn arg_i64(v: &Value, what: &str) -> Result<i64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| format!("{what} must be a whole number")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{what} must be a whole number")),
+        other => Err(format!(
+            "{what} must be a number, found a {}",
+            type_name(other)
+        )),
+    }
+}
+
+fn arg_f64(v: &Value, what: &str) -> Result<f64, String> {
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("{what} must be a number")),
+        other => Err(format!(
+            "{what} must be a number, found a {}",
+            type_name(other)
+        )),
+    }
+}
+
+fn num_value(f: f64) -> Value {
+    if f.fract() == 0.0 && f.abs() < 9e15 {
+        Value::from(f as i64)
+    } else {
+        Number::from_f64(f).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// Renders a primitive as a string the way templates do.
+pub(crate) fn to_plain_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn f_format(args: FuncArgs) -> Result<Value, String> {
+    let fmt = arg_str(&args[0], "the format")?.to_string();
+    let mut rest = args.iter().skip(1);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(v @ ('s' | 'd' | 'v')) => {
+                let arg = rest.next().ok_or("too few arguments for the format")?;
+                if v == 'd' {
+                    out.push_str(&arg_i64(arg, "a %d argument")?.to_string());
+                } else {
+                    out.push_str(
+                        &to_plain_string(arg)
+                            .ok_or("a %s argument must be a string, number or bool")?,
+                    );
+                }
+            }
+            _ => return Err("unsupported format verb (use %s, %d, %v or %%)".into()),
+        }
+        if out.len() > 1 << 20 {
+            return Err("the result is too long".into());
+        }
+    }
+    Ok(Value::String(out))
+}
+
+fn parse_net(v: &Value) -> Result<ipnet::Ipv4Net, String> {
+    arg_str(v, "the prefix")?
+        .parse::<ipnet::Ipv4Net>()
+        .map_err(|_| "the prefix must be an IPv4 CIDR like 10.0.0.0/24".to_string())
+}
+
+fn f_cidrhost(args: FuncArgs) -> Result<Value, String> {
+    let net = parse_net(&args[0])?;
+    let n = arg_i64(&args[1], "the host number")?;
+    let size: i64 = 1i64 << (32 - u32::from(net.prefix_len()));
+    let idx = if n < 0 { size + n } else { n };
+    if idx < 0 || idx >= size {
+        return Err("the host number does not fit in the prefix".into());
+    }
+    let base = u32::from(net.network()) as i64;
+    let addr = Ipv4Addr::from((base + idx) as u32);
+    Ok(Value::String(addr.to_string()))
+}
+
+fn f_cidrsubnet(args: FuncArgs) -> Result<Value, String> {
+    let net = parse_net(&args[0])?;
+    let newbits = arg_i64(&args[1], "newbits")?;
+    let num = arg_i64(&args[2], "netnum")?;
+    let len = i64::from(net.prefix_len()) + newbits;
+    if !(0..=32).contains(&len) || newbits < 0 || num < 0 || num >= (1i64 << newbits.min(32)) {
+        return Err("the subnet does not fit in the prefix".into());
+    }
+    let base = u32::from(net.network()) as i64;
+    let addr = (base + (num << (32 - len))) as u32;
+    let sub = ipnet::Ipv4Net::new(Ipv4Addr::from(addr), len as u8).map_err(|_| "invalid subnet")?;
+    Ok(Value::String(sub.to_string()))
+}
+
+fn f_length(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::from(match &args[0] {
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        Value::String(s) => s.chars().count(),
+        other => return Err(format!("cannot take the length of a {}", type_name(other))),
+    }))
+}
+
+fn f_concat(args: FuncArgs) -> Result<Value, String> {
+    let mut out = Vec::new();
+    for a in args.iter() {
+        out.extend(arg_list(a, "each argument")?.iter().cloned());
+    }
+    Ok(Value::Array(out))
+}
+
+fn f_flatten(args: FuncArgs) -> Result<Value, String> {
+    fn go(v: &[Value], out: &mut Vec<Value>, depth: usize) -> Result<(), String> {
+        if depth > 32 {
+            return Err("the list is nested too deeply".into());
+        }
+        for x in v {
+            match x {
+                Value::Array(inner) => go(inner, out, depth + 1)?,
+                other => out.push(other.clone()),
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    go(arg_list(&args[0], "the argument")?, &mut out, 0)?;
+    Ok(Value::Array(out))
+}
+
+fn arg_obj<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+    v.as_object()
+        .ok_or_else(|| format!("{what} must be a map or object, found a {}", type_name(v)))
+}
+
+fn f_keys(args: FuncArgs) -> Result<Value, String> {
+    let o = arg_obj(&args[0], "the argument")?;
+    let mut keys: Vec<&String> = o.keys().collect();
+    keys.sort();
+    Ok(Value::Array(
+        keys.into_iter().map(|k| Value::String(k.clone())).collect(),
+    ))
+}
+
+fn f_values(args: FuncArgs) -> Result<Value, String> {
+    let o = arg_obj(&args[0], "the argument")?;
+    let mut entries: Vec<(&String, &Value)> = o.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(Value::Array(
+        entries.into_iter().map(|(_, v)| v.clone()).collect(),
+    ))
+}
+
+fn f_merge(args: FuncArgs) -> Result<Value, String> {
+    let mut out = Map::new();
+    for a in args.iter() {
+        if a.is_null() {
+            continue;
+        }
+        for (k, v) in arg_obj(a, "each argument")? {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+fn f_lookup(args: FuncArgs) -> Result<Value, String> {
+    let o = arg_obj(&args[0], "the map")?;
+    let k = arg_str(&args[1], "the key")?;
+    Ok(o.get(k).cloned().unwrap_or_else(|| args[2].clone()))
+}
+
+fn f_range(args: FuncArgs) -> Result<Value, String> {
+    let nums: Vec<f64> = args
+        .iter()
+        .map(|a| arg_f64(a, "each argument"))
+        .collect::<Result<_, _>>()?;
+    let (start, end, step) = match nums.as_slice() {
+        [end] => (0.0, *end, 1.0),
+        [start, end] => (*start, *end, if end >= start { 1.0 } else { -1.0 }),
+        [start, end, step] => (*start, *end, *step),
+        _ => return Err("expects one to three numbers".into()),
+    };
+    if step == 0.0 || !step.is_finite() || !start.is_finite() || !end.is_finite() {
+        return Err("the step must be a non-zero number".into());
+    }
+    let count = ((end - start) / step).ceil();
+    if count > MAX_COLLECTION as f64 {
+        return Err(format!("would produce more than {MAX_COLLECTION} elements"));
+    }
+    let count = count.max(0.0) as usize;
+    Ok(Value::Array(
+        (0..count)
+            .map(|i| num_value(start + step * i as f64))
+            .collect(),
+    ))
+}
+
+fn f_tostring(args: FuncArgs) -> Result<Value, String> {
+    to_plain_string(&args[0])
+        .map(Value::String)
+        .ok_or_else(|| format!("cannot convert a {} to a string", type_name(&args[0])))
+}
+
+fn f_tonumber(args: FuncArgs) -> Result<Value, String> {
+    match &args[0] {
+        Value::Number(n) => Ok(Value::Number(*n)),
+        Value::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(num_value)
+            .ok_or_else(|| "the string is not a number".to_string()),
+        other => Err(format!("cannot convert a {} to a number", type_name(other))),
+    }
+}
+
+fn f_lower(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::String(
+        arg_str(&args[0], "the argument")?.to_lowercase(),
+    ))
+}
+
+fn f_upper(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::String(
+        arg_str(&args[0], "the argument")?.to_uppercase(),
+    ))
+}
+
+fn f_join(args: FuncArgs) -> Result<Value, String> {
+    let sep = arg_str(&args[0], "the separator")?;
+    let parts: Vec<String> = arg_list(&args[1], "the list")?
+        .iter()
+        .map(|v| to_plain_string(v).ok_or_else(|| "the list must hold strings".to_string()))
+        .collect::<Result<_, _>>()?;
+    Ok(Value::String(parts.join(sep)))
+}
+
+fn f_split(args: FuncArgs) -> Result<Value, String> {
+    let sep = arg_str(&args[0], "the separator")?;
+    let s = arg_str(&args[1], "the string")?;
+    if sep.is_empty() {
+        return Err("the separator must not be empty".into());
+    }
+    Ok(Value::Array(
+        s.split(sep).map(|p| Value::String(p.to_string())).collect(),
+    ))
+}
+
+fn f_min(args: FuncArgs) -> Result<Value, String> {
+    let nums: Vec<f64> = args
+        .iter()
+        .map(|a| arg_f64(a, "each argument"))
+        .collect::<Result<_, _>>()?;
+    Ok(num_value(nums.into_iter().fold(f64::INFINITY, f64::min)))
+}
+
+fn f_max(args: FuncArgs) -> Result<Value, String> {
+    let nums: Vec<f64> = args
+        .iter()
+        .map(|a| arg_f64(a, "each argument"))
+        .collect::<Result<_, _>>()?;
+    Ok(num_value(
+        nums.into_iter().fold(f64::NEG_INFINITY, f64::max),
+    ))
+}
+
+fn f_element(args: FuncArgs) -> Result<Value, String> {
+    let list = arg_list(&args[0], "the list")?;
+    let i = arg_i64(&args[1], "the index")?;
+    if list.is_empty() || i < 0 {
+        return Err("the index is out of range".into());
+    }
+    Ok(list[(i as usize) % list.len()].clone())
+}
+
+fn f_contains(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::Bool(
+        arg_list(&args[0], "the list")?.contains(&args[1]),
+    ))
+}
+
+fn f_distinct(args: FuncArgs) -> Result<Value, String> {
+    let mut out: Vec<Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for v in arg_list(&args[0], "the argument")? {
+        let key = serde_json::to_string(v).map_err(|_| "the list holds an unsupported value")?;
+        if seen.insert(key) {
+            out.push(v.clone());
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+fn f_tolist(args: FuncArgs) -> Result<Value, String> {
+    Ok(Value::Array(arg_list(&args[0], "the argument")?.clone()))
+}
+
+fn f_replace(args: FuncArgs) -> Result<Value, String> {
+    let s = arg_str(&args[0], "the string")?;
+    let from = arg_str(&args[1], "the substring")?;
+    let to = arg_str(&args[2], "the replacement")?;
+    if from.is_empty() {
+        return Err("the substring must not be empty".into());
+    }
+    let out = s.replace(from, to);
+    if out.len() > 1 << 20 {
+        return Err("the result is too long".into());
+    }
+    Ok(Value::String(out))
+}
+
+fn f_zipmap(args: FuncArgs) -> Result<Value, String> {
+    let keys = arg_list(&args[0], "the keys")?;
+    let vals = arg_list(&args[1], "the values")?;
+    if keys.len() != vals.len() {
+        return Err("the keys and values differ in length".into());
+    }
+    let mut out = Map::new();
+    for (k, v) in keys.iter().zip(vals) {
+        out.insert(
+            to_plain_string(k).ok_or("the keys must be strings")?,
+            v.clone(),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hcl::eval::Evaluate;
+
+    fn eval(src: &str) -> Result<Value, String> {
+        let e: hcl::Expression = hcl_edit::parser::parse_expr(src)
+            .map_err(|e| e.to_string())?
+            .into();
+        e.evaluate(&base_context())
+            .map_err(|e| describe_error(e.kind()))
+    }
+
+    #[test]
+    fn functions() {
+        assert_eq!(
+            eval(r#"cidrhost("192.168.10.0/24", 11)"#),
+            Ok(Value::from("192.168.10.11"))
+        );
+        assert_eq!(
+            eval(r#"cidrhost("10.0.0.0/16", 300)"#),
+            Ok(Value::from("10.0.1.44"))
+        );
+        assert!(eval(r#"cidrhost("10.0.0.0/30", 4)"#).is_err());
+        assert_eq!(
+            eval(r#"cidrsubnet("10.0.0.0/16", 8, 3)"#),
+            Ok(Value::from("10.0.3.0/24"))
+        );
+        assert_eq!(
+            eval(r#"format("web-%d-%s", 3, "x")"#),
+            Ok(Value::from("web-3-x"))
+        );
+        assert_eq!(eval("length(range(5))"), Ok(Value::from(5)));
+        assert!(eval("range(1e12)").is_err());
+        assert_eq!(
+            eval(r#"join(",", concat(["a"], ["b"]))"#),
+            Ok(Value::from("a,b"))
+        );
+        assert_eq!(
+            eval(r#"keys({b = 1, a = 2})"#),
+            Ok(Value::from(vec!["a", "b"]))
+        );
+    }
+
+    #[test]
+    fn errors_name_types_not_values() {
+        let err = eval(r#""canary-1" + 1"#).unwrap_err();
+        assert!(!err.contains("canary"), "{err}");
+        let err = eval(r#"length(true)"#).unwrap_err();
+        assert!(err.contains("bool"), "{err}");
+    }
+
+    #[test]
+    fn references_with_spans() {
+        let e = hcl_edit::parser::parse_expr(r#"[for v in var.list: "${v}-${local.x}"]"#).unwrap();
+        let mut r = Refs::default();
+        r.collect(0, &e);
+        let roots: Vec<_> = r
+            .refs
+            .iter()
+            .map(|r| (r.root.as_str(), r.path.join(".")))
+            .collect();
+        assert_eq!(
+            roots,
+            vec![("var", "list".to_string()), ("local", "x".to_string())]
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The landscape language: HCL text → a validated [`Landscape`].
+//!
+//! The caller (the CLI) reads the files and the environment and hands the text over; nothing
+//! here does I/O. [`load`] parses every file, checks the structure against the language,
+//! resolves variables (`--var` over `--var-file` over `SMIG_VAR_<name>` over defaults), locals
+//! and references in dependency order, expands `count` and `for_each`, and checks the whole
+//! landscape. Every problem is reported at once as a [`ConfigErrors`] diagnostic.
+//!
+//! Instances of a block with `count` are named `web[0]`, `web[1]`, ...; with `for_each`,
+//! `web["key"]` (Terraform's convention). Their libvirt domain name defaults to `web-0` or
+//! `web-key` (a single VM's to its name).
+
+mod depth;
+mod diagnostic;
+mod eval;
+mod fmt;
+mod load;
+mod syntax;
+mod types;
+
+pub use depth::MAX_DEPTH;
+pub use diagnostic::{Code, ConfigError, ConfigErrors};
+pub use load::{MAX_INSTANCES_PER_BLOCK, MAX_INSTANCES_TOTAL};
+
+use crate::model::Landscape;
+
+/// One configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    /// The path as shown in diagnostics.
+    pub name: String,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        SourceFile {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+}
+
+/// Values for the configuration's variables from outside it.
+#[derive(Debug, Clone, Default)]
+pub struct VarInputs {
+    /// `--var name=value`, in command-line order (later wins).
+    pub cli: Vec<(String, String)>,
+    /// `--var-file` contents (HCL `name = value` attributes), in order (later wins).
+    pub files: Vec<SourceFile>,
+    /// `SMIG_VAR_<name>` values from the environment, keyed by `<name>`.
+    pub env: Vec<(String, String)>,
+}
+
+/// What the configuration is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `smig validate`: a variable without a value is fine; what depends on it is not checked.
+    Validate,
+    /// `smig plan` and `apply`: a variable without a value is an error.
+    Plan,
+}
+
+/// Loads, resolves and validates a configuration made of `sources` (all `*.smig.hcl` files
+/// of a directory, sorted by name).
+///
+/// In [`Mode::Validate`], a value that depends on a variable without a value is left empty
+/// (a pre-shared key from such a variable is an empty [`crate::model::Secret`]).
+pub fn load(
+    sources: &[SourceFile],
+    vars: &VarInputs,
+    mode: Mode,
+) -> Result<Landscape, ConfigErrors> {
+    load::load(sources, vars, mode)
+}
+
+/// Formats a configuration file canonically (`smig fmt`): two-space indentation, aligned `=`
+/// in runs of single-line attributes, one blank line at most between items, comments kept.
+/// Idempotent.
+pub fn format(source: &SourceFile) -> Result<String, ConfigErrors> {
+    fmt::format(source)
+}

@@ -1,0 +1,772 @@
+//! The diff between the desired and the discovered landscape: where each VM runs now and
+//! afterwards, which VMs move (FIG. 3 blocks 310/315), which IPsec SAs the landscape needs and
+//! which are stale, which subnets leave whole, and the resource-level changes a reviewer reads.
+//! The graph passes read this; nothing here builds steps.
+
+use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair};
+use crate::model::{
+    DomainState, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
+};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+/// Which resources `--target` / `--exclude` leave in the plan. A target pulls in what it
+/// depends on: `secure_link.L` pulls in the VMs it joins.
+#[derive(Debug, Default)]
+pub(crate) struct Selection {
+    all: bool,
+    vms: HashSet<String>,
+    links: HashSet<String>,
+    subnets: HashSet<String>,
+    ex_vms: HashSet<String>,
+    ex_links: HashSet<String>,
+    ex_subnets: HashSet<String>,
+}
+
+impl Selection {
+    fn new(
+        desired: &Landscape,
+        observed_links: &HashSet<&str>,
+        opts: &PlanOptions,
+    ) -> Result<Self, Vec<PlanError>> {
+        let mut sel = Selection {
+            all: opts.targets.is_empty(),
+            ..Default::default()
+        };
+        let mut errors = Vec::new();
+        let known = |kind: &str, name: &str| match kind {
+            "vm" => desired.vms.contains_key(name),
+            "secure_link" => {
+                desired.secure_links.contains_key(name) || observed_links.contains(name)
+            }
+            "subnet" => desired.subnets.contains_key(name),
+            _ => false,
+        };
+        for (flag, list) in [("target", &opts.targets), ("exclude", &opts.excludes)] {
+            for address in list {
+                let parsed = address
+                    .split_once('.')
+                    .filter(|(kind, name)| known(kind, name));
+                let Some((kind, name)) = parsed else {
+                    errors.push(PlanError::UnknownTarget {
+                        flag,
+                        address: address.clone(),
+                    });
+                    continue;
+                };
+                let name = name.to_string();
+                match (flag, kind) {
+                    ("target", "vm") => {
+                        sel.vms.insert(name);
+                    }
+                    ("target", "secure_link") => {
+                        if let Some(link) = desired.secure_links.get(&name) {
+                            sel.vms.extend(link.between.iter().cloned());
+                        }
+                        sel.links.insert(name);
+                    }
+                    ("target", _) => {
+                        sel.subnets.insert(name);
+                    }
+                    (_, "vm") => {
+                        sel.ex_vms.insert(name);
+                    }
+                    (_, "secure_link") => {
+                        sel.ex_links.insert(name);
+                    }
+                    _ => {
+                        sel.ex_subnets.insert(name);
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(sel)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Whether the VM's own move is in the plan.
+    pub fn vm(&self, name: &str) -> bool {
+        (self.all || self.vms.contains(name)) && !self.ex_vms.contains(name)
+    }
+
+    /// Whether link-level changes (a new link, a repair, a removed link) are in the plan.
+    /// Excluding a VM excludes the links that depend on it.
+    pub fn link(&self, name: &str, members: &[String]) -> bool {
+        (self.all || self.links.contains(name))
+            && !self.ex_links.contains(name)
+            && !members.iter().any(|m| self.ex_vms.contains(m))
+    }
+
+    /// Whether subnet-level steps (tunnels) may be planned. VM moves pull their subnet in.
+    pub fn subnet(&self, name: &str, pulled_in: bool) -> bool {
+        (self.all || pulled_in || self.subnets.contains(name)) && !self.ex_subnets.contains(name)
+    }
+}
+
+/// Where a VM's domain is now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Current<'a> {
+    pub host: &'a HostId,
+    pub state: DomainState,
+}
+
+/// A VM that changes host (310/315).
+#[derive(Debug, Clone)]
+pub(crate) struct Move<'a> {
+    pub vm: &'a Vm,
+    pub from: &'a HostId,
+    pub to: &'a HostId,
+    pub state: DomainState,
+    /// Shut down (or already shut off) and moved as a definition.
+    pub offline: bool,
+    pub strategy: Strategy,
+}
+
+impl Move<'_> {
+    /// The host the fail-closed block goes on: the source (block-first) or the target
+    /// (prestaged).
+    pub fn block_host(&self) -> &HostId {
+        match self.strategy {
+            Strategy::BlockFirst => self.from,
+            Strategy::Prestaged => self.to,
+        }
+    }
+    /// Whether the VM runs (or is paused) before the move, and so is restarted after it.
+    pub fn restarts(&self) -> bool {
+        self.state != DomainState::ShutOff
+    }
+}
+
+/// An SA the plan installs: one step per end, the responder loading first.
+#[derive(Debug, Clone)]
+pub(crate) struct SaInstall<'a> {
+    pub pair: SaPair,
+    pub link: &'a SecureLink,
+    pub initiator: HostId,
+    pub responder: HostId,
+    /// Moving VMs whose new host is an end of the pair.
+    pub movers: Vec<&'a str>,
+}
+
+/// One end of an SA that is no longer needed.
+#[derive(Debug, Clone)]
+pub(crate) struct StaleEnd<'a> {
+    pub link: String,
+    pub host: HostId,
+    pub remote: HostId,
+    /// The link as configured, or `None` when it was removed from the configuration.
+    pub configured: Option<&'a SecureLink>,
+    /// Moving VMs of the link: the removal waits until they are enabled.
+    pub wait_for: Vec<&'a str>,
+}
+
+/// A subnet all of whose VMs end up in another environment, with at least one moving now
+/// (335/340).
+#[derive(Debug, Clone)]
+pub(crate) struct SubnetMove<'a> {
+    pub subnet: &'a Subnet,
+    /// Environment whose routing core is the local end of the tunnel.
+    pub core: String,
+    pub remote: HostId,
+    pub remote_address: Ipv4Addr,
+    /// Moving VMs of the subnet.
+    pub movers: Vec<&'a str>,
+    pub tunnel_present: bool,
+}
+
+/// A smig tunnel found on a routing core with no move that needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct StaleTunnel<'a> {
+    pub subnet: &'a Subnet,
+    pub core: String,
+    pub remote: HostId,
+    pub remote_address: Ipv4Addr,
+}
+
+/// Everything the passes need, computed once.
+pub(crate) struct Diff<'a> {
+    pub desired: &'a Landscape,
+    pub observed: &'a Observed,
+    pub current: HashMap<&'a str, Current<'a>>,
+    pub moves: Vec<Move<'a>>,
+    pub final_host: HashMap<&'a str, &'a HostId>,
+    pub vm_links: HashMap<&'a str, Vec<&'a SecureLink>>,
+    pub needed: HashSet<SaPair>,
+    pub established: BTreeSet<SaPair>,
+    pub installs: Vec<SaInstall<'a>>,
+    pub stale: Vec<StaleEnd<'a>>,
+    /// Links whose stale IPsec on the VM's source host the VM's cleanup removes.
+    pub cleanup_links: HashMap<&'a str, Vec<String>>,
+    pub subnet_moves: Vec<SubnetMove<'a>>,
+    pub stale_tunnels: Vec<StaleTunnel<'a>>,
+    pub warnings: Vec<String>,
+    /// Observed SA ends: (link, host, remote) → SA up.
+    observed_sas: BTreeMap<(String, HostId, HostId), bool>,
+}
+
+impl<'a> Diff<'a> {
+    /// Computes the diff, collecting every error.
+    pub fn new(
+        desired: &'a Landscape,
+        observed: &'a Observed,
+        opts: &PlanOptions,
+    ) -> Result<Self, PlanError> {
+        let mut observed_sas = BTreeMap::new();
+        for (hid, host) in &observed.hosts {
+            for c in &host.ipsec {
+                let up = observed_sas
+                    .entry((c.link.clone(), hid.clone(), c.remote.clone()))
+                    .or_insert(false);
+                *up |= c.sa_up;
+            }
+        }
+        let observed_links: HashSet<&str> = observed
+            .hosts
+            .values()
+            .flat_map(|h| h.ipsec.iter().map(|c| c.link.as_str()))
+            .collect();
+        let selection = Selection::new(desired, &observed_links, opts)
+            .map_err(|e| PlanError::combine(e).unwrap_or(PlanError::Multiple { errors: vec![] }))?;
+
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+
+        // Where each domain is defined: one pass over the discovered hosts.
+        let mut placements: HashMap<&str, Vec<(&HostId, DomainState)>> = HashMap::new();
+        for (hid, host) in &observed.hosts {
+            for (name, d) in &host.domains {
+                placements
+                    .entry(name.as_str())
+                    .or_default()
+                    .push((hid, d.state));
+            }
+        }
+
+        let mut current = HashMap::with_capacity(desired.vms.len());
+        for (name, vm) in &desired.vms {
+            let found = placements
+                .get(vm.domain.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let active: Vec<_> = found
+                .iter()
+                .filter(|(_, s)| *s != DomainState::ShutOff)
+                .collect();
+            let list = |v: &[&(&HostId, DomainState)]| {
+                v.iter()
+                    .map(|(h, _)| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let here = match (active.as_slice(), found) {
+                ([one], _) => {
+                    if found.len() > 1 {
+                        let others: Vec<_> = found.iter().filter(|(h, _)| h != &one.0).collect();
+                        warnings.push(format!(
+                            "vm.{name}: domain `{}` is also defined (shut off) on {}",
+                            vm.domain,
+                            list(&others)
+                        ));
+                    }
+                    Some(**one)
+                }
+                ([], [one]) => Some(*one),
+                ([], []) => {
+                    errors.push(PlanError::VmNotDiscovered {
+                        vm: name.clone(),
+                        domain: vm.domain.clone(),
+                    });
+                    None
+                }
+                ([], many) => {
+                    errors.push(PlanError::VmOnTwoHosts {
+                        vm: name.clone(),
+                        domain: vm.domain.clone(),
+                        how: "defined (shut off)",
+                        hosts: list(&many.iter().collect::<Vec<_>>()),
+                    });
+                    None
+                }
+                (many, _) => {
+                    errors.push(PlanError::VmOnTwoHosts {
+                        vm: name.clone(),
+                        domain: vm.domain.clone(),
+                        how: "running",
+                        hosts: list(many),
+                    });
+                    None
+                }
+            };
+            if desired.host(&vm.host).is_none() {
+                errors.push(PlanError::UnknownHost {
+                    what: format!("vm.{name} is placed on"),
+                    host: vm.host.to_string(),
+                });
+            }
+            if let Some((host, state)) = here {
+                if desired.host(host).is_none() {
+                    errors.push(PlanError::UnknownHost {
+                        what: format!("vm.{name} runs on"),
+                        host: host.to_string(),
+                    });
+                }
+                current.insert(name.as_str(), Current { host, state });
+            }
+        }
+
+        let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
+        for link in desired.secure_links.values() {
+            for m in &link.between {
+                if !desired.vms.contains_key(m) {
+                    errors.push(PlanError::UnknownVm {
+                        link: link.name.clone(),
+                        vm: m.clone(),
+                    });
+                }
+                vm_links.entry(m.as_str()).or_default().push(link);
+            }
+        }
+        if let Some(e) = PlanError::combine(std::mem::take(&mut errors)) {
+            return Err(e);
+        }
+
+        // 310/315: the VMs whose desired host differs from the discovered one.
+        let mut missing: HashSet<HostId> = HashSet::new();
+        let mut moves = Vec::new();
+        let mut final_host = HashMap::with_capacity(desired.vms.len());
+        for (name, vm) in &desired.vms {
+            let cur = current[name.as_str()];
+            if cur.host != &vm.host && selection.vm(name) {
+                if !observed.hosts.contains_key(&vm.host) && missing.insert(vm.host.clone()) {
+                    errors.push(PlanError::HostNotDiscovered {
+                        host: vm.host.to_string(),
+                        needed_by: format!("the move of vm.{name}"),
+                    });
+                }
+                let offline =
+                    vm.migration.mode == MigrationMode::Cold || cur.state == DomainState::ShutOff;
+                moves.push(Move {
+                    vm,
+                    from: cur.host,
+                    to: &vm.host,
+                    state: cur.state,
+                    offline,
+                    strategy: vm.migration.strategy,
+                });
+                final_host.insert(name.as_str(), &vm.host);
+            } else {
+                final_host.insert(name.as_str(), cur.host);
+            }
+        }
+        let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
+
+        // The SAs the landscape needs once the plan is applied.
+        let mut needed = HashSet::new();
+        let mut needed_sorted = Vec::new();
+        for link in desired.secure_links.values() {
+            for (i, x) in link.between.iter().enumerate() {
+                for y in &link.between[i + 1..] {
+                    let (hx, hy) = (final_host[x.as_str()], final_host[y.as_str()]);
+                    if hx != hy && (!desired.is_trusted(hx) || !desired.is_trusted(hy)) {
+                        let pair = SaPair::new(&link.name, hx, hy);
+                        if needed.insert(pair.clone()) {
+                            needed_sorted.push((pair, link));
+                        }
+                    }
+                }
+            }
+        }
+        needed_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let end_up = |link: &str, h: &HostId, r: &HostId| {
+            observed_sas
+                .get(&(link.to_string(), h.clone(), r.clone()))
+                .copied()
+        };
+        let established: BTreeSet<SaPair> = needed_sorted
+            .iter()
+            .filter(|(p, _)| {
+                end_up(&p.link, &p.a, &p.b) == Some(true)
+                    && end_up(&p.link, &p.b, &p.a) == Some(true)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+
+        let mut installs = Vec::new();
+        for (pair, link) in needed_sorted {
+            if established.contains(&pair) {
+                continue;
+            }
+            let movers: Vec<&str> = link
+                .between
+                .iter()
+                .filter_map(|m| moving.get(m.as_str()))
+                .filter(|m| pair.has(m.to))
+                .map(|m| m.vm.name.as_str())
+                .collect();
+            if movers.is_empty() && !selection.link(&link.name, &link.between) {
+                continue;
+            }
+            for h in [&pair.a, &pair.b] {
+                if !observed.hosts.contains_key(h) && missing.insert(h.clone()) {
+                    errors.push(PlanError::HostNotDiscovered {
+                        host: h.to_string(),
+                        needed_by: format!("the IPsec of {pair}"),
+                    });
+                }
+            }
+            let mover_hosts: BTreeSet<&HostId> = movers.iter().map(|m| moving[m].to).collect();
+            let untrusted: Vec<&HostId> = [&pair.a, &pair.b]
+                .into_iter()
+                .filter(|h| !desired.is_trusted(h))
+                .collect();
+            let initiator = match (mover_hosts.len(), untrusted.as_slice()) {
+                (1, _) => (*mover_hosts.iter().next().unwrap_or(&&pair.b)).clone(),
+                (_, [one]) => (*one).clone(),
+                _ => pair.b.clone(),
+            };
+            let responder = if initiator == pair.a {
+                pair.b.clone()
+            } else {
+                pair.a.clone()
+            };
+            installs.push(SaInstall {
+                pair,
+                link,
+                initiator,
+                responder,
+                movers,
+            });
+        }
+
+        // IPsec ends discovered that the landscape no longer needs.
+        let mut stale = Vec::new();
+        let mut cleanup_links: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut covered: HashSet<(String, HostId)> = HashSet::new();
+        for (link_name, host, remote) in observed_sas.keys() {
+            let configured = desired.secure_links.get(link_name);
+            if configured.is_some() && needed.contains(&SaPair::new(link_name, host, remote)) {
+                continue;
+            }
+            let members: &[String] = configured.map_or(&[], |l| l.between.as_slice());
+            let wait_for: Vec<&str> = members
+                .iter()
+                .filter(|m| moving.contains_key(m.as_str()))
+                .map(String::as_str)
+                .collect();
+            let related = wait_for
+                .iter()
+                .any(|m| moving[m].from == host || moving[m].from == remote);
+            let selected = match configured {
+                Some(l) => selection.link(link_name, &l.between),
+                None => selection.link(link_name, &[]),
+            };
+            if !related && !selected {
+                continue;
+            }
+            // The VM leaving `host` removes the link there in its cleanup, when no other pair
+            // of the link on that host stays needed.
+            let whole_link_stale_here = observed_sas
+                .keys()
+                .filter(|(l, h, _)| l == link_name && h == host)
+                .all(|(l, h, r)| configured.is_none() || !needed.contains(&SaPair::new(l, h, r)));
+            let leaver = wait_for.iter().find(|m| moving[*m].from == host);
+            if let (Some(vm), true) = (leaver, whole_link_stale_here) {
+                if covered.insert((link_name.clone(), host.clone())) {
+                    cleanup_links.entry(vm).or_default().push(link_name.clone());
+                }
+                continue;
+            }
+            stale.push(StaleEnd {
+                link: link_name.clone(),
+                host: host.clone(),
+                remote: remote.clone(),
+                configured,
+                wait_for,
+            });
+        }
+
+        // 335: subnets whose VMs all end up in another environment, one of them leaving a trusted
+        // environment now.
+        let mut by_subnet: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (name, vm) in &desired.vms {
+            by_subnet
+                .entry(vm.subnet.as_str())
+                .or_default()
+                .push(name.as_str());
+        }
+        let mut subnet_moves = Vec::new();
+        let mut moving_subnets = HashSet::new();
+        for (sname, subnet) in &desired.subnets {
+            let Some(vms) = by_subnet.get(sname.as_str()) else {
+                continue;
+            };
+            let env_new = final_host[vms[0]].environment();
+            if vms.iter().any(|v| final_host[v].environment() != env_new) {
+                continue;
+            }
+            let movers: Vec<&str> = vms
+                .iter()
+                .copied()
+                .filter(|v| {
+                    moving
+                        .get(v)
+                        .is_some_and(|m| m.from.environment() != env_new)
+                })
+                .collect();
+            // The tunnel starts at the trusted environment the subnet leaves (FIG. 3).
+            let Some(first) = movers.iter().find(|v| desired.is_trusted(moving[*v].from)) else {
+                continue;
+            };
+            if !selection.subnet(sname, true) {
+                continue;
+            }
+            let core = moving[first].from.environment().to_string();
+            let has_core = desired
+                .environments
+                .get(&core)
+                .is_some_and(|e| e.routing_core.is_some());
+            if !has_core {
+                warnings.push(format!(
+                    "subnet.{sname} moves whole to environment {env_new}, but environment {core} has no routing_core: no tunnel is planned"
+                ));
+                continue;
+            }
+            let remote = final_host[vms[0]];
+            let Some(remote_host) = desired.host(remote) else {
+                continue;
+            };
+            let tunnel_present = observed
+                .routing_cores
+                .get(&core)
+                .is_some_and(|c| c.tunnels.iter().any(|t| &t.subnet == sname));
+            moving_subnets.insert((sname.as_str(), core.clone()));
+            subnet_moves.push(SubnetMove {
+                subnet,
+                core,
+                remote: remote.clone(),
+                remote_address: remote_host.address,
+                movers,
+                tunnel_present,
+            });
+        }
+
+        // smig tunnels left on a routing core that no move needs (an interrupted apply).
+        let mut stale_tunnels = Vec::new();
+        for (core, rc) in &observed.routing_cores {
+            for t in &rc.tunnels {
+                if moving_subnets.contains(&(t.subnet.as_str(), core.clone())) {
+                    continue;
+                }
+                if !selection.subnet(&t.subnet, false) {
+                    continue;
+                }
+                let remote = HostId(t.remote.clone());
+                match (desired.subnets.get(&t.subnet), desired.host(&remote)) {
+                    (Some(subnet), Some(h)) => stale_tunnels.push(StaleTunnel {
+                        subnet,
+                        core: core.clone(),
+                        remote,
+                        remote_address: h.address,
+                    }),
+                    _ => warnings.push(format!(
+                        "a smig tunnel for subnet {} on {core}.routing_core towards {} matches nothing in the configuration; remove it by hand",
+                        t.subnet, t.remote
+                    )),
+                }
+            }
+        }
+
+        if let Some(e) = PlanError::combine(errors) {
+            return Err(e);
+        }
+        Ok(Diff {
+            desired,
+            observed,
+            current,
+            moves,
+            final_host,
+            vm_links,
+            needed,
+            established,
+            installs,
+            stale,
+            cleanup_links,
+            subnet_moves,
+            stale_tunnels,
+            warnings,
+            observed_sas,
+        })
+    }
+
+    /// Addresses of the VM's secure_link peers, sorted.
+    pub fn peers(&self, vm: &str) -> Vec<Ipv4Addr> {
+        let mut out: Vec<Ipv4Addr> = self
+            .vm_links
+            .get(vm)
+            .into_iter()
+            .flatten()
+            .flat_map(|l| l.between.iter())
+            .filter(|m| m.as_str() != vm)
+            .filter_map(|m| self.desired.vms.get(m).map(|v| v.address))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The SAs the VM needs at `host`, given where its peers run (`placement`).
+    pub fn needs_at(&self, vm: &str, host: &HostId, placement: Placement) -> Vec<SaPair> {
+        let mut out = Vec::new();
+        for link in self.vm_links.get(vm).into_iter().flatten() {
+            for peer in link.between.iter().filter(|m| m.as_str() != vm) {
+                let p = match placement {
+                    Placement::Final => self.final_host.get(peer.as_str()),
+                    Placement::Current => self.current.get(peer.as_str()).map(|c| &c.host),
+                };
+                let Some(p) = p.copied() else { continue };
+                if p != host && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p)) {
+                    out.push(SaPair::new(&link.name, host, p));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether traffic of the VM at `host` must stay restricted to IPsec: the host is
+    /// untrusted, or a peer sits across an untrusted environment.
+    pub fn secure_only(&self, vm: &str, host: &HostId, placement: Placement) -> bool {
+        !self.desired.is_trusted(host) || !self.needs_at(vm, host, placement).is_empty()
+    }
+
+    /// Whether the snapshot shows non-managed connections of the VM that are not secured
+    /// (neither IPsec nor on a policy TLS port).
+    pub fn has_unsecured_connections(&self, vm: &str) -> bool {
+        let ports = &self.desired.policy.tls_ports;
+        self.observed.connections.get(vm).is_some_and(|conns| {
+            conns.iter().any(|c| {
+                !(c.ipsec || ports.contains(&c.local.port()) || ports.contains(&c.remote.port()))
+            })
+        })
+    }
+
+    /// The facts for the invariant checker.
+    pub fn context(&self) -> PlanContext {
+        PlanContext {
+            placements: self
+                .final_host
+                .iter()
+                .map(|(v, h)| (v.to_string(), (*h).clone()))
+                .collect(),
+            established: self.established.clone(),
+            must_secure: self
+                .moves
+                .iter()
+                .map(|m| m.vm.name.as_str())
+                .filter(|vm| self.has_unsecured_connections(vm))
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+
+    /// The resource-level changes, in address order, secrets redacted.
+    pub fn changes(&self) -> Vec<ResourceChange> {
+        let mut out = Vec::new();
+        let env = |h: &HostId| json!({"environment": h.environment(), "trusted": self.desired.is_trusted(h)});
+        for m in &self.moves {
+            let mut before = json!({
+                "host": m.from.to_string(),
+                "state": m.state,
+            });
+            merge(&mut before, env(m.from));
+            let mut after = json!({
+                "host": m.to.to_string(),
+                "migration": {
+                    "mode": if m.offline { MigrationMode::Cold } else { MigrationMode::Live },
+                    "strategy": m.strategy,
+                    "max_downtime_ms": m.vm.migration.max_downtime_ms,
+                },
+            });
+            merge(&mut after, env(m.to));
+            out.push(ResourceChange {
+                address: format!("vm.{}", m.vm.name),
+                action: ChangeAction::Move,
+                before: Some(before),
+                after: Some(after),
+            });
+        }
+
+        let mut links: BTreeSet<&str> =
+            self.installs.iter().map(|i| i.pair.link.as_str()).collect();
+        links.extend(self.stale.iter().map(|s| s.link.as_str()));
+        links.extend(self.cleanup_links.values().flatten().map(String::as_str));
+        for name in links {
+            let sas_before: Vec<String> = self
+                .observed_sas
+                .iter()
+                .filter(|((l, h, r), _)| l == name && h < r)
+                .map(|((_, h, r), up)| format!("{h} <-> {r}{}", if *up { "" } else { " (down)" }))
+                .collect();
+            let before = (!sas_before.is_empty()).then(|| json!({ "sas": sas_before }));
+            let (action, after) = match self.desired.secure_links.get(name) {
+                None => (ChangeAction::Delete, None),
+                Some(link) => {
+                    let mut sas: Vec<&SaPair> =
+                        self.needed.iter().filter(|p| p.link == name).collect();
+                    sas.sort();
+                    let after = json!({
+                        "between": link.between,
+                        "ipsec": link.ipsec,
+                        "sas": sas.iter().map(|p| format!("{} <-> {}", p.a, p.b)).collect::<Vec<_>>(),
+                    });
+                    let action = if before.is_none() {
+                        ChangeAction::Create
+                    } else {
+                        ChangeAction::Update
+                    };
+                    (action, Some(after))
+                }
+            };
+            out.push(ResourceChange {
+                address: format!("secure_link.{name}"),
+                action,
+                before,
+                after,
+            });
+        }
+
+        for sm in &self.subnet_moves {
+            out.push(ResourceChange {
+                address: format!("subnet.{}", sm.subnet.name),
+                action: ChangeAction::Update,
+                before: Some(json!({ "environment": sm.core, "cidr": sm.subnet.cidr })),
+                after: Some(json!({
+                    "environment": sm.remote.environment(),
+                    "cidr": sm.subnet.cidr,
+                    "tunnel": format!("{}.routing_core -> {} until the routing core learns the route", sm.core, sm.remote),
+                })),
+            });
+        }
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        out
+    }
+}
+
+/// Which placement of the peers to read: before or after the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    Current,
+    Final,
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
+}

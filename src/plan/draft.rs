@@ -1,0 +1,182 @@
+//! The step graph while the passes build it: steps in insertion order and edges between
+//! their positions. Shared steps may be added more than once (same key); the dedupe pass
+//! merges them, the reduction pass drops implied edges, and numbering turns the draft into the
+//! plan's DAG in a topological order.
+
+use super::{PlanError, SaPair, Step};
+use petgraph::algo::tred::{dag_to_toposorted_adjacency_list, dag_transitive_reduction_closure};
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+/// The steps of one moving VM, by position in the draft.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct VmSteps {
+    pub block: Option<usize>,
+    pub shutdown: Option<usize>,
+    pub migrate: Option<usize>,
+    pub tunnel_add: Option<usize>,
+    pub restart: Option<usize>,
+    pub secure: Option<usize>,
+    pub enable: Option<usize>,
+}
+
+/// The graph under construction.
+#[derive(Debug, Default)]
+pub(crate) struct Draft {
+    pub steps: Vec<Step>,
+    /// `(a, b)`: `b` runs after `a`.
+    pub edges: Vec<(usize, usize)>,
+    /// Per moving VM. Positions are valid until the dedupe pass.
+    pub vm: HashMap<String, VmSteps>,
+    /// Per installed SA, its initiating end (the step after which the SA is up). Positions
+    /// are valid until the dedupe pass.
+    pub sa_up: HashMap<SaPair, usize>,
+}
+
+impl Draft {
+    /// Adds a step, returning its position.
+    pub fn add(&mut self, step: Step) -> usize {
+        self.steps.push(step);
+        self.steps.len() - 1
+    }
+
+    /// Adds an edge `from -> to` when `from` exists.
+    pub fn edge(&mut self, from: Option<usize>, to: usize) {
+        if let Some(from) = from {
+            self.edges.push((from, to));
+        }
+    }
+
+    /// The steps of a moving VM (empty when it has none yet).
+    pub fn vm(&self, name: &str) -> VmSteps {
+        self.vm.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Merges steps with the same key into the first one; edges follow, self-loops and
+    /// duplicates go.
+    pub fn dedupe(&mut self) {
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(self.steps.len());
+        let mut remap = Vec::with_capacity(self.steps.len());
+        let mut keep = Vec::with_capacity(self.steps.len());
+        let mut kept = 0usize;
+        for (i, s) in self.steps.iter().enumerate() {
+            match first.get(s.key.as_str()) {
+                Some(&to) => {
+                    remap.push(remap[to]);
+                    keep.push(false);
+                }
+                None => {
+                    first.insert(s.key.as_str(), i);
+                    remap.push(kept);
+                    keep.push(true);
+                    kept += 1;
+                }
+            }
+        }
+        if kept == self.steps.len() {
+            self.edges.sort_unstable();
+            self.edges.dedup();
+            return;
+        }
+        let steps = std::mem::take(&mut self.steps);
+        self.steps = steps
+            .into_iter()
+            .zip(&keep)
+            .filter_map(|(s, k)| k.then_some(s))
+            .collect();
+        for e in &mut self.edges {
+            *e = (remap[e.0], remap[e.1]);
+        }
+        self.edges.retain(|(a, b)| a != b);
+        self.edges.sort_unstable();
+        self.edges.dedup();
+        self.vm.clear();
+        self.sa_up.clear();
+    }
+
+    /// The petgraph view of the draft (node weight = position).
+    fn graph(&self) -> DiGraph<usize, ()> {
+        let mut g = DiGraph::with_capacity(self.steps.len(), self.edges.len());
+        for i in 0..self.steps.len() {
+            g.add_node(i);
+        }
+        for &(a, b) in &self.edges {
+            g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
+        }
+        g
+    }
+
+    fn cycle_error(&self, at: usize) -> PlanError {
+        PlanError::Cycle {
+            step: self.steps[at].key.clone(),
+        }
+    }
+
+    /// Drops every edge implied by a longer path.
+    pub fn reduce(&mut self) -> Result<(), PlanError> {
+        let g = self.graph();
+        let topo = petgraph::algo::toposort(&g, None)
+            .map_err(|c| self.cycle_error(c.node_id().index()))?;
+        let (list, _) = dag_to_toposorted_adjacency_list::<_, u32>(&g, &topo);
+        let (reduced, _closure) = dag_transitive_reduction_closure(&list);
+        let mut edges = Vec::with_capacity(reduced.edge_count());
+        for (rank, &node) in topo.iter().enumerate() {
+            for next in petgraph::visit::IntoNeighbors::neighbors(&reduced, rank as u32) {
+                edges.push((node.index(), topo[next as usize].index()));
+            }
+        }
+        edges.sort_unstable();
+        self.edges = edges;
+        Ok(())
+    }
+
+    /// Numbers the steps topologically, earliest-added first among the ready ones, and
+    /// returns the plan's DAG (node index = step number).
+    pub fn into_graph(self) -> Result<DiGraph<Step, ()>, PlanError> {
+        let n = self.steps.len();
+        let mut indegree = vec![0usize; n];
+        let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for &(a, b) in &self.edges {
+            indegree[b] += 1;
+            out[a].push(b);
+        }
+        let mut ready: BinaryHeap<Reverse<usize>> =
+            (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(Reverse(i)) = ready.pop() {
+            order.push(i);
+            for &b in &out[i] {
+                indegree[b] -= 1;
+                if indegree[b] == 0 {
+                    ready.push(Reverse(b));
+                }
+            }
+        }
+        if order.len() != n {
+            let at = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+            return Err(self.cycle_error(at));
+        }
+        let mut number = vec![0usize; n];
+        for (k, &i) in order.iter().enumerate() {
+            number[i] = k;
+        }
+        let mut slots: Vec<Option<Step>> = self.steps.into_iter().map(Some).collect();
+        let mut g = DiGraph::with_capacity(n, self.edges.len());
+        for &i in &order {
+            if let Some(step) = slots[i].take() {
+                g.add_node(step);
+            }
+        }
+        let mut edges: Vec<(usize, usize)> = self
+            .edges
+            .iter()
+            .map(|&(a, b)| (number[a], number[b]))
+            .collect();
+        edges.sort_unstable();
+        for (a, b) in edges {
+            g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
+        }
+        Ok(g)
+    }
+}

@@ -1,0 +1,365 @@
+//! The security invariants of SPEC.md (1, 2, 3 and 7), checked on the DAG itself: a step's
+//! requirement holds when the required step is among its ancestors, so every path and every
+//! order the walker may choose is covered, not one topological order.
+//!
+//! Ancestor sets are collected per step by a walk over incoming edges. Branches are per VM,
+//! link and subnet, so each walk stays local and the whole check is near linear in the plan.
+
+use super::{Action, Plan, SaPair, StepKind};
+use crate::model::{HostId, Landscape, SecureLink};
+use petgraph::graph::NodeIndex;
+use petgraph::Direction;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+/// The outcome of one invariant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InvariantResult {
+    /// Its number in SPEC.md.
+    pub number: u8,
+    /// The invariant, in one line.
+    pub statement: String,
+    pub holds: bool,
+    /// What breaks it, naming the steps.
+    pub violations: Vec<String>,
+    /// Breaches the configuration explicitly allows (invariant 7 with
+    /// `allow_insecure_transport`); renderers show them in red.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waived: Vec<String>,
+}
+
+/// One entry per checked invariant, in number order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvariantReport {
+    pub results: Vec<InvariantResult>,
+}
+
+impl InvariantReport {
+    /// Whether every invariant holds (an empty report holds nothing: it was not checked).
+    pub fn holds(&self) -> bool {
+        !self.results.is_empty() && self.results.iter().all(|r| r.holds)
+    }
+    /// The result of invariant `number`.
+    pub fn get(&self, number: u8) -> Option<&InvariantResult> {
+        self.results.iter().find(|r| r.number == number)
+    }
+    /// Every explicitly allowed breach.
+    pub fn waivers(&self) -> impl Iterator<Item = &str> {
+        self.results
+            .iter()
+            .flat_map(|r| r.waived.iter().map(String::as_str))
+    }
+    /// The violations, one per line, prefixed with their invariant.
+    pub fn failures(&self) -> String {
+        let mut out = String::new();
+        for r in self.results.iter().filter(|r| !r.holds) {
+            for v in &r.violations {
+                out.push_str(&format!("  invariant {}: {v}\n", r.number));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for InvariantReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for r in &self.results {
+            let mark = if r.holds { "holds" } else { "VIOLATED" };
+            writeln!(f, "{}. {} — {mark}", r.number, r.statement)?;
+            for v in &r.violations {
+                writeln!(f, "   - {v}")?;
+            }
+            for w in &r.waived {
+                writeln!(f, "   ! {w}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Statements as printed with every plan.
+pub const STATEMENTS: [(u8, &str); 4] = [
+    (1, "no traffic with a peer across an untrusted environment before the IPsec SA for that pair is up"),
+    (2, "blocking precedes moving; enabling follows securing"),
+    (3, "a tunnel is removed only after the routing core no longer needs it"),
+    (7, "no migration stream or libvirt control connection crosses an untrusted network in cleartext"),
+];
+
+/// Collects ancestors with a reusable visit stamp (no allocation per walk).
+struct Ancestry {
+    stamp: Vec<u32>,
+    generation: u32,
+    stack: Vec<NodeIndex>,
+}
+
+impl Ancestry {
+    fn new(n: usize) -> Self {
+        Ancestry {
+            stamp: vec![0; n],
+            generation: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    /// Every step from which `start` is reachable (excluding `start` unless on a cycle).
+    fn of(&mut self, plan: &Plan, start: NodeIndex, out: &mut Vec<NodeIndex>) {
+        out.clear();
+        self.generation += 1;
+        let g = self.generation;
+        self.stack.clear();
+        self.stack.push(start);
+        while let Some(n) = self.stack.pop() {
+            for p in plan.graph.neighbors_directed(n, Direction::Incoming) {
+                if self.stamp[p.index()] != g {
+                    self.stamp[p.index()] = g;
+                    out.push(p);
+                    self.stack.push(p);
+                }
+            }
+        }
+    }
+}
+
+fn vm_of(action: &Action) -> Option<&str> {
+    match action {
+        Action::Block { vm, .. }
+        | Action::Unblock { vm, .. }
+        | Action::Shutdown { vm, .. }
+        | Action::Start { vm, .. }
+        | Action::Pause { vm, .. }
+        | Action::Resume { vm, .. }
+        | Action::Migrate { vm, .. }
+        | Action::SecureConnections { vm, .. }
+        | Action::Cleanup { vm, .. } => Some(vm),
+        _ => None,
+    }
+}
+
+fn step_host(plan: &Plan, n: NodeIndex) -> Option<&HostId> {
+    match &plan.graph[n].target {
+        super::Target::Host(h) => Some(h),
+        super::Target::RoutingCore(_) => None,
+    }
+}
+
+/// The initiating install of `pair` (the step that brings the SA up), if `n` is one.
+fn initiates(plan: &Plan, n: NodeIndex) -> Option<SaPair> {
+    match &plan.graph[n].action {
+        Action::IpsecInstall {
+            link,
+            local,
+            remote,
+            initiate: true,
+            ..
+        } => Some(SaPair::new(link, local, remote)),
+        _ => None,
+    }
+}
+
+/// The SAs `vm` needs when it runs on `host`, given where its peers end up.
+fn needs(
+    plan: &Plan,
+    desired: &Landscape,
+    links: &HashMap<&str, Vec<&SecureLink>>,
+    vm: &str,
+    host: &HostId,
+) -> Vec<SaPair> {
+    let mut out = Vec::new();
+    for link in links.get(vm).into_iter().flatten() {
+        for peer in link.between.iter().filter(|m| m.as_str() != vm) {
+            let Some(p) = plan.context.placements.get(peer) else {
+                continue;
+            };
+            if p != host && (!desired.is_trusted(host) || !desired.is_trusted(p)) {
+                out.push(SaPair::new(&link.name, host, p));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Checks invariants 1, 2, 3 and 7 on the plan's DAG.
+pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
+    let mut v1 = Vec::new();
+    let mut v2 = Vec::new();
+    let mut v3 = Vec::new();
+    let mut v7 = Vec::new();
+    let mut waived = Vec::new();
+
+    if petgraph::algo::is_cyclic_directed(&plan.graph) {
+        let msg = "the step graph has a cycle, so no order satisfies it".to_string();
+        for v in [&mut v1, &mut v2, &mut v3, &mut v7] {
+            v.push(msg.clone());
+        }
+    }
+
+    let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
+    for link in desired.secure_links.values() {
+        for m in &link.between {
+            links.entry(m.as_str()).or_default().push(link);
+        }
+    }
+    let mut secured_vms: HashSet<&str> = HashSet::new();
+    let mut responders: HashMap<SaPair, Vec<NodeIndex>> = HashMap::new();
+    for n in plan.graph.node_indices() {
+        let s = &plan.graph[n];
+        match &s.action {
+            Action::SecureConnections { vm, .. } => {
+                secured_vms.insert(vm);
+            }
+            Action::IpsecInstall {
+                link,
+                local,
+                remote,
+                initiate: false,
+                ..
+            } => responders
+                .entry(SaPair::new(link, local, remote))
+                .or_default()
+                .push(n),
+            _ => {}
+        }
+    }
+
+    let mut walk = Ancestry::new(plan.graph.node_count());
+    let mut anc = Vec::new();
+    for n in plan.graph.node_indices() {
+        let s = &plan.graph[n];
+        match s.kind {
+            StepKind::Restart | StepKind::Enable => {
+                let (Some(vm), Some(host)) = (vm_of(&s.action), step_host(plan, n)) else {
+                    continue;
+                };
+                walk.of(plan, n, &mut anc);
+                let installed: HashSet<SaPair> =
+                    anc.iter().filter_map(|&a| initiates(plan, a)).collect();
+                for pair in needs(plan, desired, &links, vm, host) {
+                    if plan.context.established.contains(&pair) || installed.contains(&pair) {
+                        continue;
+                    }
+                    let msg = format!(
+                        "{} can run before the SA of {pair} is up: no ipsec.install of that pair precedes it",
+                        plan.label(n)
+                    );
+                    if s.kind == StepKind::Enable {
+                        v2.push(format!(
+                            "{} is not preceded by the ipsec.install of {pair}",
+                            plan.label(n)
+                        ));
+                    }
+                    v1.push(msg);
+                }
+                let must = secured_vms.contains(vm) || plan.context.must_secure.contains(vm);
+                if s.kind == StepKind::Enable && must {
+                    let secured = anc.iter().any(|&a| {
+                        matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
+                    });
+                    if !secured {
+                        v2.push(format!(
+                            "{} is not preceded by connections.secure of vm.{vm}, which has unsecured non-managed connections",
+                            plan.label(n)
+                        ));
+                    }
+                }
+            }
+            StepKind::Migrate => {
+                let Action::Migrate {
+                    vm, from, to, tls, ..
+                } = &s.action
+                else {
+                    continue;
+                };
+                walk.of(plan, n, &mut anc);
+                let blocked = anc.iter().any(
+                    |&a| matches!(&plan.graph[a].action, Action::Block { vm: w, .. } if w == vm),
+                );
+                if !blocked {
+                    v2.push(format!(
+                        "{} is not preceded by a block of vm.{vm}",
+                        plan.label(n)
+                    ));
+                }
+                let crosses = !desired.is_trusted(from) || !desired.is_trusted(to);
+                if crosses {
+                    let uri_tls =
+                        |h: &HostId| desired.host(h).is_some_and(|h| h.libvirt_uses_tls());
+                    let mut why = Vec::new();
+                    if !tls {
+                        why.push("the migration stream is not TLS".to_string());
+                    }
+                    for h in [from, to] {
+                        if !uri_tls(h) {
+                            why.push(format!("the libvirt URI of {h} is not qemu+tls://"));
+                        }
+                    }
+                    if !why.is_empty() {
+                        let msg = format!(
+                            "{} crosses an untrusted environment in cleartext: {}",
+                            plan.label(n),
+                            why.join("; ")
+                        );
+                        if desired.policy.allow_insecure_transport {
+                            waived.push(format!(
+                                "{msg} (allowed by policy.allow_insecure_transport)"
+                            ));
+                        } else {
+                            v7.push(msg);
+                        }
+                    }
+                }
+            }
+            StepKind::IpsecInstall => {
+                let Some(pair) = initiates(plan, n) else {
+                    continue;
+                };
+                let Some(resp) = responders.get(&pair) else {
+                    continue;
+                };
+                walk.of(plan, n, &mut anc);
+                if !resp.iter().any(|r| anc.contains(r)) {
+                    v1.push(format!(
+                        "{} brings the SA of {pair} up before the other end has loaded it",
+                        plan.label(n)
+                    ));
+                }
+            }
+            StepKind::TunnelRemove => {
+                let Action::TunnelRemove { subnet, core, .. } = &s.action else {
+                    continue;
+                };
+                walk.of(plan, n, &mut anc);
+                let checked = anc.iter().any(|&a| {
+                    matches!(&plan.graph[a].action,
+                        Action::RouteCheck { subnet: s2, core: c2, .. } if s2 == subnet && c2 == core)
+                });
+                if !checked {
+                    v3.push(format!(
+                        "{} is not preceded by a route.check of subnet.{subnet} on {core}.routing_core",
+                        plan.label(n)
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let results = STATEMENTS
+        .iter()
+        .zip([v1, v2, v3, v7])
+        .map(|(&(number, statement), violations)| InvariantResult {
+            number,
+            statement: statement.to_string(),
+            holds: violations.is_empty(),
+            violations,
+            waived: if number == 7 {
+                std::mem::take(&mut waived)
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    InvariantReport { results }
+}

@@ -1,0 +1,811 @@
+//! The graph passes, in the order `build` runs them. Each adds steps and edges for one block of
+//! FIG. 3, or reshapes the graph (dedupe, reduction). Steps carry their target host,
+//! precondition, effect and inverse.
+
+use super::diff::{Diff, Move, Placement, SaInstall};
+use super::draft::Draft;
+use super::{Action, Fact, Inverse, PlanError, Step, StepKind, Target};
+use crate::model::{DomainState, HostId, MigrationMode, Strategy};
+
+/// One transformation of the draft graph.
+pub(crate) trait Pass: Sync {
+    /// Short name, for errors and tracing.
+    fn name(&self) -> &'static str;
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError>;
+}
+
+fn step(
+    kind: StepKind,
+    subject: String,
+    target: Target,
+    action: Action,
+    precondition: Vec<Fact>,
+    effect: Vec<Fact>,
+    inverse: Inverse,
+) -> Step {
+    Step {
+        key: format!("{kind}:{subject}@{target}"),
+        kind,
+        subject,
+        target,
+        action,
+        precondition,
+        effect,
+        inverse,
+    }
+}
+
+fn undo(action: Action) -> Inverse {
+    Inverse::Action { action }
+}
+
+fn state_fact(domain: &str, host: &HostId, state: DomainState) -> Fact {
+    let (domain, host) = (domain.to_string(), host.clone());
+    match state {
+        DomainState::Running => Fact::DomainRunning { domain, host },
+        DomainState::Paused => Fact::DomainPaused { domain, host },
+        DomainState::ShutOff => Fact::DomainShutOff { domain, host },
+    }
+}
+
+fn sa_up_facts(diff: &Diff, m: &Move) -> Vec<Fact> {
+    diff.needs_at(&m.vm.name, m.to, Placement::Final)
+        .into_iter()
+        .flat_map(|p| {
+            let other = if &p.a == m.to { p.b } else { p.a };
+            [
+                Fact::SaUp {
+                    link: p.link.clone(),
+                    host: m.to.clone(),
+                    remote: other.clone(),
+                },
+                Fact::SaUp {
+                    link: p.link,
+                    host: other,
+                    remote: m.to.clone(),
+                },
+            ]
+        })
+        .collect()
+}
+
+fn vm_subject(m: &Move) -> String {
+    format!("vm.{}", m.vm.name)
+}
+
+/// 320: fail-closed block of the VM's traffic with its peers, on the source (block-first) or
+/// on the target before the VM arrives (prestaged).
+pub(crate) struct BlockPass;
+impl Pass for BlockPass {
+    fn name(&self) -> &'static str {
+        "block"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        for m in &diff.moves {
+            let vm = &m.vm.name;
+            let host = m.block_host().clone();
+            let peers = diff.peers(vm);
+            let (pre, secure_only) = match m.strategy {
+                Strategy::BlockFirst => (
+                    state_fact(&m.vm.domain, m.from, m.state),
+                    diff.secure_only(vm, m.from, Placement::Current),
+                ),
+                Strategy::Prestaged => (
+                    Fact::DomainAbsent {
+                        domain: m.vm.domain.clone(),
+                        host: m.to.clone(),
+                    },
+                    false,
+                ),
+            };
+            let s = step(
+                StepKind::Block,
+                vm_subject(m),
+                Target::Host(host.clone()),
+                Action::Block {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                    address: m.vm.address,
+                    peers: peers.clone(),
+                },
+                vec![pre],
+                vec![Fact::Blocked {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                }],
+                undo(Action::Unblock {
+                    vm: vm.clone(),
+                    host,
+                    address: m.vm.address,
+                    peers,
+                    secure_only,
+                }),
+            );
+            let ix = draft.add(s);
+            draft.vm.entry(vm.clone()).or_default().block = Some(ix);
+        }
+        Ok(())
+    }
+}
+
+/// 325: cold mode: shut the VM down on the source, after the block.
+pub(crate) struct ShutdownPass;
+impl Pass for ShutdownPass {
+    fn name(&self) -> &'static str {
+        "shutdown"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        for m in diff.moves.iter().filter(|m| m.offline && m.restarts()) {
+            let vm = &m.vm.name;
+            let (domain, host) = (m.vm.domain.clone(), m.from.clone());
+            let s = step(
+                StepKind::Shutdown,
+                vm_subject(m),
+                Target::Host(host.clone()),
+                Action::Shutdown {
+                    vm: vm.clone(),
+                    domain: domain.clone(),
+                    host: host.clone(),
+                },
+                vec![
+                    Fact::Blocked {
+                        vm: vm.clone(),
+                        host: m.block_host().clone(),
+                    },
+                    state_fact(&domain, &host, m.state),
+                ],
+                vec![Fact::DomainShutOff {
+                    domain: domain.clone(),
+                    host: host.clone(),
+                }],
+                undo(Action::Start {
+                    vm: vm.clone(),
+                    domain,
+                    host,
+                }),
+            );
+            let ix = draft.add(s);
+            let block = draft.vm(vm).block;
+            draft.edge(block, ix);
+            draft.vm.entry(vm.clone()).or_default().shutdown = Some(ix);
+        }
+        Ok(())
+    }
+}
+
+/// 330: the libvirt migration: live arriving paused, or the definition of a shut-off VM.
+pub(crate) struct MigratePass;
+impl Pass for MigratePass {
+    fn name(&self) -> &'static str {
+        "migrate"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        for m in &diff.moves {
+            let vm = &m.vm.name;
+            let domain = m.vm.domain.clone();
+            let (Some(from_host), Some(to_host)) =
+                (diff.desired.host(m.from), diff.desired.host(m.to))
+            else {
+                continue; // unknown hosts are reported by the diff
+            };
+            let mode = if m.offline {
+                MigrationMode::Cold
+            } else {
+                MigrationMode::Live
+            };
+            let (before, arrive) = if m.offline {
+                (DomainState::ShutOff, DomainState::ShutOff)
+            } else {
+                (m.state, DomainState::Paused)
+            };
+            let forth = Action::Migrate {
+                vm: vm.clone(),
+                domain: domain.clone(),
+                from: m.from.clone(),
+                to: m.to.clone(),
+                to_uri: to_host.libvirt.clone(),
+                mode,
+                tls: to_host.libvirt_uses_tls(),
+                paused: !m.offline,
+                max_downtime_ms: m.vm.migration.max_downtime_ms,
+                bandwidth_mibps: m.vm.migration.bandwidth_mibps,
+            };
+            let back = Action::Migrate {
+                vm: vm.clone(),
+                domain: domain.clone(),
+                from: m.to.clone(),
+                to: m.from.clone(),
+                to_uri: from_host.libvirt.clone(),
+                mode,
+                tls: from_host.libvirt_uses_tls(),
+                paused: false,
+                max_downtime_ms: m.vm.migration.max_downtime_ms,
+                bandwidth_mibps: m.vm.migration.bandwidth_mibps,
+            };
+            let s = step(
+                StepKind::Migrate,
+                vm_subject(m),
+                Target::Host(m.from.clone()),
+                forth,
+                vec![
+                    Fact::Blocked {
+                        vm: vm.clone(),
+                        host: m.block_host().clone(),
+                    },
+                    state_fact(&domain, m.from, before),
+                    Fact::DomainAbsent {
+                        domain: domain.clone(),
+                        host: m.to.clone(),
+                    },
+                ],
+                vec![
+                    state_fact(&domain, m.to, arrive),
+                    Fact::DomainAbsent {
+                        domain,
+                        host: m.from.clone(),
+                    },
+                ],
+                undo(back),
+            );
+            let ix = draft.add(s);
+            let steps = draft.vm(vm);
+            draft.edge(steps.block, ix);
+            draft.edge(steps.shutdown, ix);
+            draft.vm.entry(vm.clone()).or_default().migrate = Some(ix);
+        }
+        Ok(())
+    }
+}
+
+/// 335, 340: when a whole subnet ends up in another environment, a tunnel from the old
+/// environment's routing core, once the subnet's VMs have migrated.
+pub(crate) struct SubnetTunnelPass;
+impl Pass for SubnetTunnelPass {
+    fn name(&self) -> &'static str {
+        "tunnel.add"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        for sm in diff.subnet_moves.iter().filter(|sm| !sm.tunnel_present) {
+            let name = &sm.subnet.name;
+            for vm in &sm.movers {
+                let s = step(
+                    StepKind::TunnelAdd,
+                    format!("subnet.{name}"),
+                    Target::RoutingCore(sm.core.clone()),
+                    Action::TunnelAdd {
+                        subnet: name.clone(),
+                        cidr: sm.subnet.cidr,
+                        core: sm.core.clone(),
+                        remote: sm.remote.clone(),
+                        remote_address: sm.remote_address,
+                    },
+                    vec![Fact::TunnelAbsent {
+                        subnet: name.clone(),
+                        core: sm.core.clone(),
+                    }],
+                    vec![Fact::TunnelPresent {
+                        subnet: name.clone(),
+                        core: sm.core.clone(),
+                    }],
+                    undo(Action::TunnelRemove {
+                        subnet: name.clone(),
+                        cidr: sm.subnet.cidr,
+                        core: sm.core.clone(),
+                        remote: sm.remote.clone(),
+                        remote_address: sm.remote_address,
+                    }),
+                );
+                let ix = draft.add(s);
+                let migrate = draft.vm(vm).migrate;
+                draft.edge(migrate, ix);
+                draft.vm.entry(vm.to_string()).or_default().tunnel_add = Some(ix);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 345: resume (live) or start (cold) the VM on the target, after its tunnel.
+pub(crate) struct RestartPass;
+impl Pass for RestartPass {
+    fn name(&self) -> &'static str {
+        "restart"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        for m in diff.moves.iter().filter(|m| m.restarts()) {
+            let vm = &m.vm.name;
+            let (domain, host) = (m.vm.domain.clone(), m.to.clone());
+            let (action, arrived, inverse) = if m.offline {
+                (
+                    Action::Start {
+                        vm: vm.clone(),
+                        domain: domain.clone(),
+                        host: host.clone(),
+                    },
+                    DomainState::ShutOff,
+                    Action::Shutdown {
+                        vm: vm.clone(),
+                        domain: domain.clone(),
+                        host: host.clone(),
+                    },
+                )
+            } else {
+                (
+                    Action::Resume {
+                        vm: vm.clone(),
+                        domain: domain.clone(),
+                        host: host.clone(),
+                    },
+                    DomainState::Paused,
+                    Action::Pause {
+                        vm: vm.clone(),
+                        domain: domain.clone(),
+                        host: host.clone(),
+                    },
+                )
+            };
+            let mut pre = vec![state_fact(&domain, &host, arrived)];
+            pre.extend(sa_up_facts(diff, m));
+            let s = step(
+                StepKind::Restart,
+                vm_subject(m),
+                Target::Host(host.clone()),
+                action,
+                pre,
+                vec![Fact::DomainRunning { domain, host }],
+                undo(inverse),
+            );
+            let ix = draft.add(s);
+            let steps = draft.vm(vm);
+            draft.edge(steps.migrate, ix);
+            draft.edge(steps.tunnel_add, ix);
+            draft.vm.entry(vm.clone()).or_default().restart = Some(ix);
+        }
+        Ok(())
+    }
+}
+
+fn install_step(diff: &Diff, sa: &SaInstall, local: &HostId, initiate: bool) -> Step {
+    let remote = if local == &sa.initiator {
+        &sa.responder
+    } else {
+        &sa.initiator
+    };
+    let addr = |h: &HostId| {
+        diff.desired
+            .host(h)
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED, |h| h.address)
+    };
+    let link = sa.pair.link.clone();
+    let effect = if initiate {
+        vec![
+            Fact::SaUp {
+                link: link.clone(),
+                host: local.clone(),
+                remote: remote.clone(),
+            },
+            Fact::SaUp {
+                link: link.clone(),
+                host: remote.clone(),
+                remote: local.clone(),
+            },
+        ]
+    } else {
+        Vec::new()
+    };
+    let subject = format!("secure_link.{link}");
+    Step {
+        key: format!("{}:{subject}@{local}->{remote}", StepKind::IpsecInstall),
+        kind: StepKind::IpsecInstall,
+        subject,
+        target: Target::Host(local.clone()),
+        action: Action::IpsecInstall {
+            link: link.clone(),
+            local: local.clone(),
+            local_address: addr(local),
+            remote: remote.clone(),
+            remote_address: addr(remote),
+            proposals: sa.link.ipsec.proposals.clone(),
+            initiate,
+        },
+        precondition: Vec::new(),
+        effect,
+        inverse: undo(Action::IpsecRemove {
+            link,
+            local: local.clone(),
+            remote: remote.clone(),
+        }),
+    }
+}
+
+/// 345: install each needed SA, one step per end (the responder loads, then the initiator
+/// loads and brings the SA up). Block-first installs after the migration, prestaged before it;
+/// the VM restarts only once the SA is up. A new link between VMs that stay is installed alone.
+pub(crate) struct IpsecPass;
+impl Pass for IpsecPass {
+    fn name(&self) -> &'static str {
+        "ipsec.install"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        let moving: std::collections::HashMap<&str, &Move> =
+            diff.moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
+        for sa in &diff.installs {
+            // One copy per VM that needs it; the dedupe pass merges them.
+            let owners: Vec<Option<&str>> = if sa.movers.is_empty() {
+                vec![None]
+            } else {
+                sa.movers.iter().map(|m| Some(*m)).collect()
+            };
+            for owner in owners {
+                let responder = draft.add(install_step(diff, sa, &sa.responder, false));
+                let initiator = draft.add(install_step(diff, sa, &sa.initiator, true));
+                draft.edge(Some(responder), initiator);
+                draft.sa_up.insert(sa.pair.clone(), initiator);
+                let Some(vm) = owner else { continue };
+                let steps = draft.vm(vm);
+                match (moving.get(vm).map(|m| m.strategy), steps.migrate) {
+                    (Some(Strategy::Prestaged), Some(migrate)) => {
+                        draft.edge(Some(initiator), migrate)
+                    }
+                    _ => draft.edge(steps.migrate, responder),
+                }
+                if let Some(restart) = steps.restart {
+                    draft.edge(Some(initiator), restart);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 355-365: when the snapshot shows non-managed connections of a moving VM that are not
+/// secured, reset them once the VM runs on the target and its SAs are up.
+pub(crate) struct ConnectionsPass;
+impl Pass for ConnectionsPass {
+    fn name(&self) -> &'static str {
+        "connections.secure"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        let tls_ports = diff.desired.policy.tls_ports.clone();
+        for m in &diff.moves {
+            let vm = &m.vm.name;
+            if !diff.has_unsecured_connections(vm) {
+                continue;
+            }
+            let mut pre = Vec::new();
+            if m.restarts() {
+                pre.push(Fact::DomainRunning {
+                    domain: m.vm.domain.clone(),
+                    host: m.to.clone(),
+                });
+            }
+            pre.extend(sa_up_facts(diff, m));
+            let s = step(
+                StepKind::ConnectionsSecure,
+                vm_subject(m),
+                Target::Host(m.to.clone()),
+                Action::SecureConnections {
+                    vm: vm.clone(),
+                    host: m.to.clone(),
+                    address: m.vm.address,
+                    tls_ports: tls_ports.clone(),
+                },
+                pre,
+                vec![Fact::ConnectionsSecured {
+                    vm: vm.clone(),
+                    tls_ports: tls_ports.clone(),
+                }],
+                Inverse::Nothing,
+            );
+            let ix = draft.add(s);
+            let steps = draft.vm(vm);
+            draft.edge(steps.restart.or(steps.migrate), ix);
+            for pair in diff.needs_at(vm, m.to, Placement::Final) {
+                let init = draft.sa_up.get(&pair).copied();
+                draft.edge(init, ix);
+            }
+            draft.vm.entry(vm.clone()).or_default().secure = Some(ix);
+        }
+        Ok(())
+    }
+}
+
+/// 370: re-enable the VM's traffic on the target: over the secure link only when it now sits
+/// in an untrusted environment or talks to peers across one. Rolling back blocks again.
+pub(crate) struct EnablePass;
+impl Pass for EnablePass {
+    fn name(&self) -> &'static str {
+        "enable"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        for m in &diff.moves {
+            let vm = &m.vm.name;
+            let host = m.to.clone();
+            let peers = diff.peers(vm);
+            let mut pre = Vec::new();
+            if m.restarts() {
+                pre.push(Fact::DomainRunning {
+                    domain: m.vm.domain.clone(),
+                    host: host.clone(),
+                });
+            }
+            pre.extend(sa_up_facts(diff, m));
+            let steps = draft.vm(vm);
+            if steps.secure.is_some() {
+                pre.push(Fact::ConnectionsSecured {
+                    vm: vm.clone(),
+                    tls_ports: diff.desired.policy.tls_ports.clone(),
+                });
+            }
+            let s = step(
+                StepKind::Enable,
+                vm_subject(m),
+                Target::Host(host.clone()),
+                Action::Unblock {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                    address: m.vm.address,
+                    peers: peers.clone(),
+                    secure_only: diff.secure_only(vm, &host, Placement::Final),
+                },
+                pre,
+                vec![Fact::NotBlocked {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                }],
+                undo(Action::Block {
+                    vm: vm.clone(),
+                    host,
+                    address: m.vm.address,
+                    peers,
+                }),
+            );
+            let ix = draft.add(s);
+            draft.edge(steps.restart.or(steps.migrate), ix);
+            draft.edge(steps.secure, ix);
+            for pair in diff.needs_at(vm, m.to, Placement::Final) {
+                let init = draft.sa_up.get(&pair).copied();
+                draft.edge(init, ix);
+            }
+            draft.vm.entry(vm.clone()).or_default().enable = Some(ix);
+        }
+        Ok(())
+    }
+}
+
+/// 375-390: once the subnet's VMs are enabled, wait until the routing core routes the subnet
+/// without the tunnel, then remove the tunnel. Stale tunnels get the same two steps.
+pub(crate) struct RouteCheckPass;
+impl Pass for RouteCheckPass {
+    fn name(&self) -> &'static str {
+        "route.check"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        let policy = &diff.desired.policy;
+        let mut pairs = Vec::new();
+        for sm in &diff.subnet_moves {
+            let waits: Vec<Option<usize>> = sm
+                .movers
+                .iter()
+                .flat_map(|vm| {
+                    let s = draft.vm(vm);
+                    [s.enable, s.tunnel_add]
+                })
+                .collect();
+            pairs.push((
+                sm.subnet,
+                sm.core.clone(),
+                sm.remote.clone(),
+                sm.remote_address,
+                waits,
+            ));
+        }
+        for st in &diff.stale_tunnels {
+            pairs.push((
+                st.subnet,
+                st.core.clone(),
+                st.remote.clone(),
+                st.remote_address,
+                Vec::new(),
+            ));
+        }
+        for (subnet, core, remote, remote_address, waits) in pairs {
+            let name = &subnet.name;
+            let check = draft.add(step(
+                StepKind::RouteCheck,
+                format!("subnet.{name}"),
+                Target::RoutingCore(core.clone()),
+                Action::RouteCheck {
+                    core: core.clone(),
+                    subnet: name.clone(),
+                    cidr: subnet.cidr,
+                    timeout_s: policy.route_check_timeout_s,
+                    interval_s: policy.route_check_interval_s,
+                },
+                vec![Fact::TunnelPresent {
+                    subnet: name.clone(),
+                    core: core.clone(),
+                }],
+                vec![Fact::RouteLearned {
+                    core: core.clone(),
+                    subnet: name.clone(),
+                    cidr: subnet.cidr,
+                }],
+                Inverse::Nothing,
+            ));
+            for w in waits {
+                draft.edge(w, check);
+            }
+            let remove = draft.add(step(
+                StepKind::TunnelRemove,
+                format!("subnet.{name}"),
+                Target::RoutingCore(core.clone()),
+                Action::TunnelRemove {
+                    subnet: name.clone(),
+                    cidr: subnet.cidr,
+                    core: core.clone(),
+                    remote: remote.clone(),
+                    remote_address,
+                },
+                vec![
+                    Fact::RouteLearned {
+                        core: core.clone(),
+                        subnet: name.clone(),
+                        cidr: subnet.cidr,
+                    },
+                    Fact::TunnelPresent {
+                        subnet: name.clone(),
+                        core: core.clone(),
+                    },
+                ],
+                vec![Fact::TunnelAbsent {
+                    subnet: name.clone(),
+                    core: core.clone(),
+                }],
+                undo(Action::TunnelAdd {
+                    subnet: name.clone(),
+                    cidr: subnet.cidr,
+                    core,
+                    remote,
+                    remote_address,
+                }),
+            ));
+            draft.edge(Some(check), remove);
+        }
+        Ok(())
+    }
+}
+
+/// Remove leftovers once the VM is enabled on the target: its block rule and stale IPsec on
+/// the source, and the other ends of SAs no longer needed (also of links removed from the
+/// configuration), each only after every moving VM of the link is inside.
+pub(crate) struct CleanupPass;
+impl Pass for CleanupPass {
+    fn name(&self) -> &'static str {
+        "cleanup"
+    }
+    fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        let link_waits = |draft: &Draft, link: &str| -> Vec<Option<usize>> {
+            diff.desired
+                .secure_links
+                .get(link)
+                .into_iter()
+                .flat_map(|l| l.between.iter())
+                .map(|m| draft.vm(m).enable)
+                .collect()
+        };
+        for m in &diff.moves {
+            let vm = &m.vm.name;
+            let links = diff
+                .cleanup_links
+                .get(vm.as_str())
+                .cloned()
+                .unwrap_or_default();
+            let mut effect = vec![Fact::NotBlocked {
+                vm: vm.clone(),
+                host: m.from.clone(),
+            }];
+            effect.extend(links.iter().map(|l| Fact::IpsecAbsent {
+                link: l.clone(),
+                host: m.from.clone(),
+            }));
+            let ix = draft.add(step(
+                StepKind::Cleanup,
+                vm_subject(m),
+                Target::Host(m.from.clone()),
+                Action::Cleanup {
+                    vm: vm.clone(),
+                    host: m.from.clone(),
+                    ipsec_links: links.clone(),
+                },
+                vec![Fact::DomainAbsent {
+                    domain: m.vm.domain.clone(),
+                    host: m.from.clone(),
+                }],
+                effect,
+                Inverse::Nothing,
+            ));
+            let enable = draft.vm(vm).enable;
+            draft.edge(enable, ix);
+            for l in &links {
+                for w in link_waits(draft, l) {
+                    draft.edge(w, ix);
+                }
+            }
+        }
+        for end in &diff.stale {
+            let inverse = match (end.configured, diff.desired.host(&end.host), diff.desired.host(&end.remote)) {
+                (Some(link), Some(h), Some(r)) => undo(Action::IpsecInstall {
+                    link: link.name.clone(),
+                    local: end.host.clone(),
+                    local_address: h.address,
+                    remote: end.remote.clone(),
+                    remote_address: r.address,
+                    proposals: link.ipsec.proposals.clone(),
+                    initiate: true,
+                }),
+                (Some(_), _, _) => Inverse::PointOfNoReturn {
+                    reason: format!("host {} or {} is no longer declared", end.host, end.remote),
+                },
+                (None, _, _) => Inverse::PointOfNoReturn {
+                    reason: format!(
+                        "secure_link.{} is no longer in the configuration, so its key cannot be loaded again",
+                        end.link
+                    ),
+                },
+            };
+            let subject = format!("secure_link.{}", end.link);
+            let ix = draft.add(Step {
+                key: format!(
+                    "{}:{subject}@{}->{}",
+                    StepKind::Cleanup,
+                    end.host,
+                    end.remote
+                ),
+                kind: StepKind::Cleanup,
+                subject,
+                target: Target::Host(end.host.clone()),
+                action: Action::IpsecRemove {
+                    link: end.link.clone(),
+                    local: end.host.clone(),
+                    remote: end.remote.clone(),
+                },
+                precondition: Vec::new(),
+                effect: vec![Fact::SaAbsent {
+                    link: end.link.clone(),
+                    host: end.host.clone(),
+                    remote: end.remote.clone(),
+                }],
+                inverse,
+            });
+            for vm in &end.wait_for {
+                let enable = draft.vm(vm).enable;
+                draft.edge(enable, ix);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Merge steps with the same key: a tunnel or an SA shared by several moving VMs runs once.
+pub(crate) struct DedupePass;
+impl Pass for DedupePass {
+    fn name(&self) -> &'static str {
+        "dedupe"
+    }
+    fn apply(&self, _diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        draft.dedupe();
+        Ok(())
+    }
+}
+
+/// Drop edges implied by longer paths, so the plan shows only direct dependencies.
+pub(crate) struct TransitiveReductionPass;
+impl Pass for TransitiveReductionPass {
+    fn name(&self) -> &'static str {
+        "transitive reduction"
+    }
+    fn apply(&self, _diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
+        draft.reduce()
+    }
+}

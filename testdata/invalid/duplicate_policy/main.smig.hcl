@@ -1,0 +1,7 @@
+policy {
+  parallelism = 2
+}
+
+policy {
+  allow_insecure_transport = true
+}

@@ -1,0 +1,4 @@
+variable "motd" {
+  type    = string
+  default = <<EOT
+Welcome to ${var.site}

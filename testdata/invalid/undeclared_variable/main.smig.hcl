@@ -1,0 +1,8 @@
+variable "psk" {
+  type      = string
+  sensitive = true
+}
+
+variable "count_web" {
+  type = number
+}

@@ -1,0 +1,2 @@
+psk       = "canary-var-file-0b7e"
+count_wbe = 3

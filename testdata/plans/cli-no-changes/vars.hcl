@@ -1,0 +1,1 @@
+web_db_psk = "golden-canary-psk-7f3a"

@@ -1,0 +1,194 @@
+//! Loading the examples and hand-written configurations into a landscape.
+
+use smig::config::{self, Code, Mode, SourceFile, VarInputs};
+use smig::model::{HostId, IpsecAuth, MigrationMode, Strategy};
+
+fn reference() -> SourceFile {
+    SourceFile::new(
+        "examples/reference/main.smig.hcl",
+        include_str!("../examples/reference/main.smig.hcl"),
+    )
+}
+
+fn codes(src: &str, mode: Mode) -> Vec<Code> {
+    match config::load(
+        &[SourceFile::new("t.smig.hcl", src)],
+        &VarInputs::default(),
+        mode,
+    ) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.codes(),
+    }
+}
+
+#[test]
+fn reference_landscape_validates() {
+    let l = config::load(&[reference()], &VarInputs::default(), Mode::Validate).unwrap();
+    assert_eq!(l.environments.len(), 2);
+    assert_eq!(l.hosts().count(), 3);
+    assert_eq!(l.subnets.len(), 1);
+    assert_eq!(l.vms.len(), 2);
+    assert_eq!(l.secure_links.len(), 1);
+    let db = &l.vms["db"];
+    assert_eq!(db.host, HostId::new("cloud", "c1"));
+    assert_eq!(db.migration.mode, MigrationMode::Live);
+    assert_eq!(db.migration.strategy, Strategy::BlockFirst);
+    assert_eq!(db.migration.max_downtime_ms, Some(300));
+    assert_eq!(db.domain, "db");
+    assert_eq!(l.vms["web"].host, HostId::new("dc", "hv1"));
+    assert!(l.environments["dc"].trusted);
+    assert!(!l.environments["cloud"].trusted);
+    assert_eq!(
+        l.environments["dc"].routing_core.as_ref().unwrap().network,
+        "netns:dc-core"
+    );
+    assert_eq!(l.policy.tls_ports, vec![443, 636, 5432]);
+    assert_eq!(l.policy.parallelism, 4);
+    let link = &l.secure_links["web_db"];
+    assert_eq!(link.between, vec!["web", "db"]);
+    assert_eq!(link.ipsec.proposals, vec!["aes256-sha256-modp2048"]);
+}
+
+#[test]
+fn reference_landscape_needs_its_psk_at_plan_time() {
+    let err = config::load(&[reference()], &VarInputs::default(), Mode::Plan).unwrap_err();
+    assert_eq!(err.codes(), vec![Code::MissingVariable]);
+
+    let vars = VarInputs {
+        cli: vec![("web_db_psk".into(), "canary-7f3a".into())],
+        ..Default::default()
+    };
+    let l = config::load(&[reference()], &vars, Mode::Plan).unwrap();
+    match &l.secure_links["web_db"].ipsec.auth {
+        IpsecAuth::Psk(s) => assert_eq!(s.expose(), "canary-7f3a"),
+        other => panic!("expected a psk, got {other:?}"),
+    }
+    assert!(!format!("{l:?}").contains("canary-7f3a"));
+    assert!(!serde_json::to_string(&l).unwrap().contains("canary-7f3a"));
+}
+
+#[test]
+fn variable_precedence_cli_over_files_over_env() {
+    let src = r#"
+variable "n" { type = number }
+variable "psk" {
+  type = string
+  sensitive = true
+}
+subnet "app" { cidr = "10.0.0.0/24" }
+environment "dc" {
+  trusted = true
+  host "h" {
+    libvirt = "qemu+tls://h/system"
+    address = "10.9.0.1"
+    network = "netns:h"
+  }
+}
+vm "a" {
+  host = environment.dc.host.h
+  subnet = subnet.app
+  address = cidrhost(subnet.app.cidr, var.n)
+}
+"#;
+    let mut vars = VarInputs {
+        env: vec![("n".into(), "5".into()), ("psk".into(), "x".into())],
+        ..Default::default()
+    };
+    let l = config::load(&[SourceFile::new("a.smig.hcl", src)], &vars, Mode::Plan).unwrap();
+    assert_eq!(l.vms["a"].address.to_string(), "10.0.0.5");
+    vars.files.push(SourceFile::new("v.hcl", "n = 6\n"));
+    let l = config::load(&[SourceFile::new("a.smig.hcl", src)], &vars, Mode::Plan).unwrap();
+    assert_eq!(l.vms["a"].address.to_string(), "10.0.0.6");
+    vars.cli.push(("n".into(), "7".into()));
+    vars.cli.push(("n".into(), "8".into()));
+    let l = config::load(&[SourceFile::new("a.smig.hcl", src)], &vars, Mode::Plan).unwrap();
+    assert_eq!(l.vms["a"].address.to_string(), "10.0.0.8");
+}
+
+#[test]
+fn count_and_for_each_expand_with_terraform_names() {
+    let src = r#"
+locals {
+  hosts = ["hv1", "hv2"]
+  dbs   = { alpha = 20, beta = 21 }
+}
+environment "dc" {
+  trusted = true
+  host "hv1" {
+    libvirt = "qemu+tls://10.77.0.11/system"
+    address = "10.77.0.11"
+    network = "netns:dc-hv1"
+  }
+  host "hv2" {
+    libvirt = "qemu+tls://10.77.0.12/system"
+    address = "10.77.0.12"
+    network = "netns:dc-hv2"
+  }
+}
+subnet "app" { cidr = "192.168.0.0/16" }
+vm "web" {
+  count   = 3
+  host    = environment.dc.host[local.hosts[count.index % 2]]
+  subnet  = subnet.app
+  address = cidrhost(subnet.app.cidr, 100 + count.index)
+}
+vm "db" {
+  for_each = local.dbs
+  host     = "dc.hv2"
+  subnet   = subnet.app
+  address  = cidrhost(subnet.app.cidr, each.value)
+  migration {
+    mode     = "cold"
+    strategy = "prestaged"
+  }
+}
+secure_link "web_db" {
+  between = [vm.web, vm.db]
+  ipsec {
+    proposals = ["aes256-sha256-modp2048"]
+    cert      = "/etc/pki/a.pem"
+    key       = "/etc/pki/a.key"
+  }
+}
+secure_link "pair" {
+  count   = 2
+  between = [vm.web[count.index], vm.web[count.index + 1]]
+  ipsec {
+    proposals = ["aes256"]
+    psk       = "k${count.index}"
+  }
+}
+"#;
+    let l = config::load(
+        &[SourceFile::new("a.smig.hcl", src)],
+        &VarInputs::default(),
+        Mode::Plan,
+    )
+    .unwrap();
+    let names: Vec<&str> = l.vms.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        vec![
+            "db[\"alpha\"]",
+            "db[\"beta\"]",
+            "web[0]",
+            "web[1]",
+            "web[2]"
+        ]
+    );
+    assert_eq!(l.vms["web[1]"].host, HostId::new("dc", "hv2"));
+    assert_eq!(l.vms["web[2]"].address.to_string(), "192.168.0.102");
+    assert_eq!(l.vms["web[2]"].domain, "web-2");
+    assert_eq!(l.vms["db[\"beta\"]"].address.to_string(), "192.168.0.21");
+    assert_eq!(l.vms["db[\"beta\"]"].domain, "db-beta");
+    assert_eq!(l.vms["db[\"beta\"]"].migration.mode, MigrationMode::Cold);
+    assert_eq!(l.secure_links["web_db"].between.len(), 5);
+    assert_eq!(l.secure_links["pair[1]"].between, vec!["web[1]", "web[2]"]);
+}
+
+#[test]
+fn missing_variable_is_fine_when_validating_and_not_when_planning() {
+    let src = "variable \"x\" {}\nlocals { y = var.x }\n";
+    assert_eq!(codes(src, Mode::Validate), vec![]);
+    assert_eq!(codes(src, Mode::Plan), vec![Code::MissingVariable]);
+}
