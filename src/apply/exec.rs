@@ -134,6 +134,25 @@ pub async fn perform(
                 credential,
             };
             // One end per step: the responder loads; the initiator loads and brings the SA up.
+            // An initiator whose peer lost its end (a rollback re-installing a removed SA)
+            // loads the peer's end first, as the responder step would have.
+            if *initiate
+                && !d
+                    .ipsec
+                    .connections(remote)
+                    .await?
+                    .iter()
+                    .any(|c| c.name == name)
+            {
+                let peer = IpsecConfig {
+                    local: remote.clone(),
+                    local_address: *remote_address,
+                    remote: local.clone(),
+                    remote_address: *local_address,
+                    ..config.clone()
+                };
+                d.ipsec.load(remote, &peer).await?;
+            }
             d.ipsec.load(local, &config).await?;
             if *initiate {
                 d.ipsec.initiate(local, &name).await?;
