@@ -7,7 +7,6 @@ pub mod exec;
 pub mod probe;
 pub mod report;
 pub mod session;
-pub mod stale;
 pub mod walker;
 
 use crate::plan::Plan;
@@ -28,9 +27,6 @@ pub enum ApplyError {
     #[error(transparent)]
     #[diagnostic(transparent)]
     State(#[from] StateError),
-    #[error(transparent)]
-    #[diagnostic(transparent)]
-    Stale(#[from] stale::StalePlan),
     /// The configuration differs from the one the interrupted apply ran with.
     #[error("the configuration changed since the interrupted apply {apply_id} started")]
     #[diagnostic(

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success; 1 error (diagnostics on stderr); 2 `plan --detailed-exitcode` with
 //! changes; 3 `fmt --check` with a file that would be rewritten.
 
+pub mod apply;
 pub mod completions;
 pub mod fmt;
 pub mod graph;
@@ -11,6 +12,7 @@ pub mod inputs;
 pub mod pipeline;
 pub mod plan;
 pub mod show;
+pub mod state;
 pub mod validate;
 pub mod views;
 
@@ -44,6 +46,12 @@ pub enum Command {
     Show(show::Args),
     /// Print the plan's step graph in DOT or Mermaid.
     Graph(graph::Args),
+    /// Apply a plan (saved, or made now and confirmed) with rollback on failure.
+    Apply(apply::Args),
+    /// Undo what an unfinished apply did, checking the landscape before each step.
+    Rollback(apply::RollbackArgs),
+    /// Inspect the state directory: lock, unfinished apply, last applied configuration.
+    State(state::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -148,6 +156,9 @@ pub fn run(cli: Cli) -> miette::Result<Exit> {
         Command::Plan(args) => plan::run(args, no_color),
         Command::Show(args) => show::run(args, no_color),
         Command::Graph(args) => graph::run(args),
+        Command::Apply(args) => apply::run(args, no_color),
+        Command::Rollback(args) => apply::run_rollback(args),
+        Command::State(args) => state::run(args),
         Command::Completions(args) => completions::run(args),
     }
 }
