@@ -104,7 +104,12 @@ impl ApplyReport {
         }
         let mut critical_path = Vec::new();
         let mut critical_path_ms = 0;
-        if let Some((&end, &(len, _))) = best.iter().max_by_key(|(i, b)| (b.0, Reverse(**i))) {
+        let ran_forward = !dur.is_empty();
+        if let Some((&end, &(len, _))) = best
+            .iter()
+            .filter(|_| ran_forward)
+            .max_by_key(|(i, b)| (b.0, Reverse(**i)))
+        {
             critical_path_ms = len;
             let mut cur = Some(end);
             while let Some(i) = cur {
@@ -129,6 +134,9 @@ impl ApplyReport {
             };
             let blocked = at(StepKind::Block, u64::min);
             let enabled = at(StepKind::Enable, u64::max);
+            if blocked.is_none() && enabled.is_none() {
+                continue;
+            }
             blackouts.push(Blackout {
                 vm: subject.strip_prefix("vm.").unwrap_or(subject).to_string(),
                 blocked_at_ms: blocked,

@@ -217,6 +217,7 @@ fn finish(run: &Run, json: bool) -> miette::Result<Exit> {
     }
     let (outcome, help) = match report.outcome {
         Outcome::Succeeded => return Ok(Exit::Success),
+        Outcome::RolledBack if report.command == "rollback" => return Ok(Exit::Success),
         Outcome::RolledBack => (
             "rolled back",
             "every completed step was undone; the landscape is as it was",
