@@ -320,3 +320,57 @@ async fn first_interrupt_stops_launching_and_resume_finishes() {
         restorable(&desired_after().await)
     );
 }
+
+#[tokio::test]
+async fn second_interrupt_aborts_a_running_migration_and_rollback_restores() {
+    let before = observed_before();
+    let double = Arc::new(LandscapeDouble::new(before.clone()));
+    double.set_config(DoubleConfig {
+        delays: vec![smig::drivers::double::Delay {
+            call: "hypervisor.migrate".into(),
+            ms: 2_000,
+        }],
+        ..Default::default()
+    });
+    let (tx, rx) = tokio::sync::watch::channel(0u8);
+    let (mut engine, _) = engine(&double, OnFailure::Rollback, 4);
+    engine.options.interrupt = Some(rx);
+    let plan = reference_plan(None);
+    let m = meta();
+    let started = std::time::Instant::now();
+    let apply = engine.apply(&plan, Box::new(MemoryJournal::new()), &m);
+    let interrupt = async {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tx.send(smig::apply::walker::INTERRUPT_STOP).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tx.send(smig::apply::walker::INTERRUPT_NOW).unwrap();
+    };
+    let (run, ()) = tokio::join!(apply, interrupt);
+    let run = run.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1_500),
+        "did not abort"
+    );
+    assert_eq!(run.report.outcome, Outcome::Interrupted);
+    assert!(run
+        .journal
+        .entries()
+        .iter()
+        .any(|e| matches!(e.record, Record::Interrupted { .. })));
+    // The migrations were aborted through the driver (journaled), not just dropped.
+    assert!(run.journal.entries().iter().any(|e| matches!(
+        &e.record,
+        Record::StepFailed { key, error, .. } if key.starts_with("migrate:") && error.contains("aborted")
+    )));
+    // Both VMs are still on their sources.
+    let o = double.observed();
+    assert!(o.hosts[&h("dc.hv2")].domains.contains_key("db"));
+    assert!(o.hosts[&h("dc.hv1")].domains.contains_key("batch"));
+    double.set_config(DoubleConfig::default());
+    let (engine2, _) = apply_support::engine(&double, OnFailure::Rollback, 4);
+    let run = engine2.rollback(run.journal).await.unwrap();
+    assert_eq!(run.report.outcome, Outcome::RolledBack, "{}", run.report);
+    let o = double.observed();
+    assert_clean(&o, &["web", "db", "batch"]);
+    assert_eq!(restorable(&o), restorable(&before));
+}

@@ -46,6 +46,9 @@ pub const INTERRUPT_STOP: u8 = 1;
 /// Second Ctrl-C: abort running steps and return at once.
 pub const INTERRUPT_NOW: u8 = 2;
 
+/// How long running steps get to abort cleanly after [`INTERRUPT_NOW`] before they are dropped.
+pub const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Walker settings.
 #[derive(Debug, Clone)]
 pub struct WalkOptions {
@@ -303,9 +306,21 @@ impl Walker {
                 }
                 level = next_interrupt(&mut interrupt) => {
                     if level >= INTERRUPT_NOW {
+                        // Tell running drivers to abort (a migration aborts its libvirt job and
+                        // leaves the domain on the source); give them a moment to journal it.
                         abort_handle.abort();
-                        running.abort_all();
-                        while running.join_next().await.is_some() {}
+                        let grace = tokio::time::sleep(ABORT_GRACE);
+                        tokio::pin!(grace);
+                        loop {
+                            tokio::select! {
+                                j = running.join_next() => if j.is_none() { break },
+                                _ = &mut grace => {
+                                    running.abort_all();
+                                    while running.join_next().await.is_some() {}
+                                    break;
+                                }
+                            }
+                        }
                         let reason = "interrupted twice: running steps were aborted".to_string();
                         if let Err(e) = shared.record(
                             Record::Interrupted { reason: reason.clone() },

@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+const MIGRATE: &str = "hypervisor.migrate";
+
 /// The environment variable holding a [`DoubleConfig`] as JSON (overrides the sidecar file).
 pub const CONFIG_ENV: &str = "SMIG_DOUBLE";
 
@@ -302,7 +304,8 @@ impl LandscapeDouble {
                 .config
                 .delays
                 .iter()
-                .filter(|d| d.call == "*" || d.call == op)
+                // A migration's own delay is its transfer time, spent (abortably) in migrate.
+                .filter(|d| d.call == "*" || (d.call == op && op != MIGRATE))
                 .map(|d| d.ms)
                 .sum();
             let fault = g
@@ -590,8 +593,18 @@ impl Hypervisor for LandscapeDouble {
         progress: ProgressSink,
         mut abort: AbortSignal,
     ) -> DriverResult<()> {
-        let op = "hypervisor.migrate";
-        let total = self.lock().config.migration_bytes.unwrap_or(64 << 20);
+        let op = MIGRATE;
+        let (total, transfer_ms) = {
+            let g = self.lock();
+            let ms: u64 = g
+                .config
+                .delays
+                .iter()
+                .filter(|d| d.call == op)
+                .map(|d| d.ms)
+                .sum();
+            (g.config.migration_bytes.unwrap_or(64 << 20), ms)
+        };
         // The transfer: progress in quarters; an abort before the switchover leaves the
         // domain on the source, as libvirt's abort job does.
         for quarter in 0..4u64 {
@@ -613,8 +626,18 @@ impl Hypervisor for LandscapeDouble {
             tokio::select! {
                 biased;
                 _ = abort.aborted() => {}
-                _ = tokio::task::yield_now() => {}
+                _ = tokio::time::sleep(Duration::from_millis(transfer_ms / 4)) => {}
             }
+        }
+        if abort.is_aborted() {
+            return self
+                .call(op, &request.from.0, args(request), true, |_| {
+                    Err(DriverError::Aborted {
+                        op: op.into(),
+                        target: request.from.to_string(),
+                    })
+                })
+                .await;
         }
         let result = self
             .call(op, &request.from.0, args(request), true, |g| {
