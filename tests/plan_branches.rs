@@ -88,16 +88,17 @@ fn live_block_first_follows_fig_3() {
     assert_eq!(
         outline(&p),
         "1 block vm.db @ dc.hv2 <- []\n\
-         2 migrate vm.db @ dc.hv2 <- [1]\n\
-         3 ipsec.install secure_link.web_db @ dc.hv1 <- [2]\n\
-         4 ipsec.install secure_link.web_db @ cloud.c1 <- [3]\n\
-         5 restart vm.db @ cloud.c1 <- [4]\n\
-         6 enable vm.db @ cloud.c1 <- [5]\n\
-         7 cleanup vm.db @ dc.hv2 <- [6]\n"
+         2 block vm.db @ cloud.c1 <- []\n\
+         3 migrate vm.db @ dc.hv2 <- [1, 2]\n\
+         4 ipsec.install secure_link.web_db @ dc.hv1 <- [3]\n\
+         5 ipsec.install secure_link.web_db @ cloud.c1 <- [4]\n\
+         6 restart vm.db @ cloud.c1 <- [5]\n\
+         7 enable vm.db @ cloud.c1 <- [6]\n\
+         8 cleanup vm.db @ dc.hv2 <- [7]\n"
     );
     assert_sound(&p);
     let g = &p.graph;
-    match &g[NodeIndex::new(1)].action {
+    match &g[NodeIndex::new(2)].action {
         Action::Migrate {
             from,
             to,
@@ -116,36 +117,36 @@ fn live_block_first_follows_fig_3() {
     }
     // The peer's host loads first, the moving VM's new host loads and initiates.
     assert!(matches!(
-        &g[NodeIndex::new(2)].action,
+        &g[NodeIndex::new(3)].action,
         Action::IpsecInstall { local, remote, initiate: false, .. }
             if local == &host("dc.hv1") && remote == &host("cloud.c1")
     ));
     assert!(matches!(
-        &g[NodeIndex::new(3)].action,
+        &g[NodeIndex::new(4)].action,
         Action::IpsecInstall { local, initiate: true, .. } if local == &host("cloud.c1")
     ));
     assert!(matches!(
-        &g[NodeIndex::new(4)].action,
+        &g[NodeIndex::new(5)].action,
         Action::Resume { .. }
     ));
-    assert!(g[NodeIndex::new(4)].precondition.contains(&Fact::SaUp {
+    assert!(g[NodeIndex::new(5)].precondition.contains(&Fact::SaUp {
         link: "web_db".into(),
         host: host("cloud.c1"),
         remote: host("dc.hv1"),
     }));
     assert!(matches!(
-        &g[NodeIndex::new(5)].action,
+        &g[NodeIndex::new(6)].action,
         Action::Unblock { secure_only: true, peers, .. } if peers == &["192.168.10.11".parse::<std::net::Ipv4Addr>().unwrap()]
     ));
     // Rolling back an enable blocks again: it never re-opens cleartext.
     assert!(matches!(
-        &g[NodeIndex::new(5)].inverse,
+        &g[NodeIndex::new(6)].inverse,
         Inverse::Action {
             action: Action::Block { .. }
         }
     ));
     assert!(matches!(
-        &g[NodeIndex::new(1)].inverse,
+        &g[NodeIndex::new(2)].inverse,
         Inverse::Action { action: Action::Migrate { from, paused: false, .. } } if from == &host("cloud.c1")
     ));
     assert_eq!(p.changes.len(), 2);
@@ -186,31 +187,32 @@ fn cold_shuts_down_before_migrating_and_starts_after() {
     assert_eq!(
         outline(&p),
         "1 block vm.db @ dc.hv2 <- []\n\
-         2 shutdown vm.db @ dc.hv2 <- [1]\n\
-         3 migrate vm.db @ dc.hv2 <- [2]\n\
-         4 ipsec.install secure_link.web_db @ dc.hv1 <- [3]\n\
-         5 ipsec.install secure_link.web_db @ cloud.c1 <- [4]\n\
-         6 restart vm.db @ cloud.c1 <- [5]\n\
-         7 enable vm.db @ cloud.c1 <- [6]\n\
-         8 cleanup vm.db @ dc.hv2 <- [7]\n"
+         2 block vm.db @ cloud.c1 <- []\n\
+         3 shutdown vm.db @ dc.hv2 <- [1]\n\
+         4 migrate vm.db @ dc.hv2 <- [2, 3]\n\
+         5 ipsec.install secure_link.web_db @ dc.hv1 <- [4]\n\
+         6 ipsec.install secure_link.web_db @ cloud.c1 <- [5]\n\
+         7 restart vm.db @ cloud.c1 <- [6]\n\
+         8 enable vm.db @ cloud.c1 <- [7]\n\
+         9 cleanup vm.db @ dc.hv2 <- [8]\n"
     );
     assert_sound(&p);
     let g = &p.graph;
     assert!(matches!(
-        &g[NodeIndex::new(1)].inverse,
+        &g[NodeIndex::new(2)].inverse,
         Inverse::Action {
             action: Action::Start { .. }
         }
     ));
     assert!(matches!(
-        &g[NodeIndex::new(2)].action,
+        &g[NodeIndex::new(3)].action,
         Action::Migrate {
             mode: smig::model::MigrationMode::Cold,
             paused: false,
             ..
         }
     ));
-    assert!(matches!(&g[NodeIndex::new(5)].action, Action::Start { .. }));
+    assert!(matches!(&g[NodeIndex::new(6)].action, Action::Start { .. }));
 }
 
 #[test]
@@ -219,30 +221,32 @@ fn whole_subnet_gets_a_tunnel_until_the_routing_core_learns() {
     assert_eq!(
         outline(&p),
         "1 block vm.db1 @ dc.hv2 <- []\n\
-         2 block vm.db2 @ dc.hv2 <- []\n\
-         3 migrate vm.db1 @ dc.hv2 <- [1]\n\
-         4 migrate vm.db2 @ dc.hv2 <- [2]\n\
-         5 tunnel.add subnet.data @ dc.routing_core <- [3, 4]\n\
-         6 ipsec.install secure_link.web_db1 @ dc.hv1 <- [3]\n\
-         7 ipsec.install secure_link.web_db1 @ cloud.c1 <- [6]\n\
-         8 restart vm.db1 @ cloud.c1 <- [5, 7]\n\
-         9 ipsec.install secure_link.web_db2 @ dc.hv1 <- [4]\n\
-         10 ipsec.install secure_link.web_db2 @ cloud.c1 <- [9]\n\
-         11 restart vm.db2 @ cloud.c1 <- [5, 10]\n\
-         12 enable vm.db1 @ cloud.c1 <- [8]\n\
-         13 enable vm.db2 @ cloud.c1 <- [11]\n\
-         14 route.check subnet.data @ dc.routing_core <- [12, 13]\n\
-         15 tunnel.remove subnet.data @ dc.routing_core <- [14]\n\
-         16 cleanup vm.db1 @ dc.hv2 <- [12]\n\
-         17 cleanup vm.db2 @ dc.hv2 <- [13]\n"
+         2 block vm.db1 @ cloud.c1 <- []\n\
+         3 block vm.db2 @ dc.hv2 <- []\n\
+         4 block vm.db2 @ cloud.c1 <- []\n\
+         5 migrate vm.db1 @ dc.hv2 <- [1, 2]\n\
+         6 migrate vm.db2 @ dc.hv2 <- [3, 4]\n\
+         7 tunnel.add subnet.data @ dc.routing_core <- [5, 6]\n\
+         8 ipsec.install secure_link.web_db1 @ dc.hv1 <- [5]\n\
+         9 ipsec.install secure_link.web_db1 @ cloud.c1 <- [8]\n\
+         10 restart vm.db1 @ cloud.c1 <- [7, 9]\n\
+         11 ipsec.install secure_link.web_db2 @ dc.hv1 <- [6]\n\
+         12 ipsec.install secure_link.web_db2 @ cloud.c1 <- [11]\n\
+         13 restart vm.db2 @ cloud.c1 <- [7, 12]\n\
+         14 enable vm.db1 @ cloud.c1 <- [10]\n\
+         15 enable vm.db2 @ cloud.c1 <- [13]\n\
+         16 route.check subnet.data @ dc.routing_core <- [14, 15]\n\
+         17 tunnel.remove subnet.data @ dc.routing_core <- [16]\n\
+         18 cleanup vm.db1 @ dc.hv2 <- [14]\n\
+         19 cleanup vm.db2 @ dc.hv2 <- [15]\n"
     );
     assert_sound(&p);
     assert!(matches!(
-        &p.graph[NodeIndex::new(4)].action,
+        &p.graph[NodeIndex::new(6)].action,
         Action::TunnelAdd { core, remote, .. } if core == "dc" && remote == &host("cloud.c1")
     ));
     assert!(matches!(
-        &p.graph[NodeIndex::new(14)].inverse,
+        &p.graph[NodeIndex::new(16)].inverse,
         Inverse::Action {
             action: Action::TunnelAdd { .. }
         }
@@ -293,33 +297,34 @@ fn moving_back_to_trusted_removes_ipsec_only_once_inside() {
     assert_eq!(
         outline(&p),
         "1 block vm.db @ cloud.c1 <- []\n\
-         2 migrate vm.db @ cloud.c1 <- [1]\n\
-         3 restart vm.db @ dc.hv2 <- [2]\n\
-         4 enable vm.db @ dc.hv2 <- [3]\n\
-         5 cleanup vm.db @ cloud.c1 <- [4]\n\
-         6 cleanup secure_link.web_db @ dc.hv1 <- [4]\n"
+         2 block vm.db @ dc.hv2 <- []\n\
+         3 migrate vm.db @ cloud.c1 <- [1, 2]\n\
+         4 restart vm.db @ dc.hv2 <- [3]\n\
+         5 enable vm.db @ dc.hv2 <- [4]\n\
+         6 cleanup vm.db @ cloud.c1 <- [5]\n\
+         7 cleanup secure_link.web_db @ dc.hv1 <- [5]\n"
     );
     assert_sound(&p);
     let g = &p.graph;
     assert!(g.node_weights().all(|s| s.kind != StepKind::IpsecInstall));
     assert!(matches!(
-        &g[NodeIndex::new(3)].action,
+        &g[NodeIndex::new(4)].action,
         Action::Unblock {
             secure_only: false,
             ..
         }
     ));
     assert!(matches!(
-        &g[NodeIndex::new(4)].action,
+        &g[NodeIndex::new(5)].action,
         Action::Cleanup { ipsec_links, host: h, .. } if ipsec_links == &["web_db"] && h == &host("cloud.c1")
     ));
     assert!(matches!(
-        &g[NodeIndex::new(5)].action,
+        &g[NodeIndex::new(6)].action,
         Action::IpsecRemove { local, remote, .. } if local == &host("dc.hv1") && remote == &host("cloud.c1")
     ));
-    let migrate = NodeIndex::new(1);
-    let restart = NodeIndex::new(2);
-    for cleanup in [NodeIndex::new(4), NodeIndex::new(5)] {
+    let migrate = NodeIndex::new(2);
+    let restart = NodeIndex::new(3);
+    for cleanup in [NodeIndex::new(5), NodeIndex::new(6)] {
         assert!(path(&p, migrate, cleanup) && path(&p, restart, cleanup));
     }
     // The block on the untrusted source is undone fail-closed.
@@ -340,14 +345,15 @@ fn trusted_to_trusted_is_a_plain_migration() {
     assert_eq!(
         outline(&p),
         "1 block vm.db @ dc.hv2 <- []\n\
-         2 migrate vm.db @ dc.hv2 <- [1]\n\
-         3 restart vm.db @ dc.hv3 <- [2]\n\
-         4 enable vm.db @ dc.hv3 <- [3]\n\
-         5 cleanup vm.db @ dc.hv2 <- [4]\n"
+         2 block vm.db @ dc.hv3 <- []\n\
+         3 migrate vm.db @ dc.hv2 <- [1, 2]\n\
+         4 restart vm.db @ dc.hv3 <- [3]\n\
+         5 enable vm.db @ dc.hv3 <- [4]\n\
+         6 cleanup vm.db @ dc.hv2 <- [5]\n"
     );
     assert_sound(&p);
     assert!(matches!(
-        &p.graph[NodeIndex::new(3)].action,
+        &p.graph[NodeIndex::new(4)].action,
         Action::Unblock {
             secure_only: false,
             ..
@@ -394,7 +400,7 @@ fn several_vms_run_in_parallel_and_share_steps() {
         .node_indices()
         .filter(|&n| p.graph[n].subject == "vm.cache")
         .collect();
-    assert_eq!(cache.len(), 5);
+    assert_eq!(cache.len(), 6);
     for &c in &cache {
         for other in p.graph.node_indices().filter(|n| !cache.contains(n)) {
             assert!(!path(&p, c, other) && !path(&p, other, c));
@@ -437,10 +443,10 @@ fn insecure_transport_is_refused_unless_allowed() {
         Err(PlanError::InvariantViolated { report, plan }) => {
             let r7 = report.get(7).unwrap();
             assert!(!r7.holds);
-            assert!(r7.violations[0].contains("migrate vm.db @ dc.hv2 (step 2)"));
+            assert!(r7.violations[0].contains("migrate vm.db @ dc.hv2 (step 3)"));
             assert!(r7.violations[0].contains("cloud.c1 is not qemu+tls://"));
             assert!(report.get(1).unwrap().holds);
-            assert_eq!(plan.graph.node_count(), 7);
+            assert_eq!(plan.graph.node_count(), 8);
         }
         other => panic!("{other:?}"),
     }

@@ -42,7 +42,7 @@ fn rejected(p: &Plan, f: &Fixture, number: u8, step: &str) {
 fn restart_without_ipsec_ancestor_breaks_invariant_1() {
     let f = case("01-live-block-first");
     let mut p = good(&f);
-    let init = NodeIndex::new(3);
+    let init = NodeIndex::new(4);
     let restart = find(&p, StepKind::Restart, "vm.db");
     remove_edge(&mut p, init, restart);
     rejected(&p, &f, 1, "restart vm.db @ cloud.c1");
@@ -67,7 +67,7 @@ fn dropping_the_initiating_install_breaks_invariant_1() {
 fn initiating_before_the_peer_loaded_breaks_invariant_1() {
     let f = case("01-live-block-first");
     let mut p = good(&f);
-    let (resp, init) = (NodeIndex::new(2), NodeIndex::new(3));
+    let (resp, init) = (NodeIndex::new(3), NodeIndex::new(4));
     remove_edge(&mut p, resp, init);
     // Keep the responder after the migration but parallel to the initiator.
     rejected(&p, &f, 1, "ipsec.install secure_link.web_db @ cloud.c1");
@@ -76,16 +76,20 @@ fn initiating_before_the_peer_loaded_breaks_invariant_1() {
 #[test]
 fn migrating_before_blocking_breaks_invariant_2() {
     let f = case("01-live-block-first");
-    // Reorder: the block now runs after the migration.
+    // Reorder: both blocks (source and target) now run after the migration.
     let mut p = good(&f);
-    let (block, migrate) = (NodeIndex::new(0), NodeIndex::new(1));
-    remove_edge(&mut p, block, migrate);
-    p.graph.add_edge(migrate, block, ());
+    let migrate = NodeIndex::new(2);
+    for block in [NodeIndex::new(0), NodeIndex::new(1)] {
+        assert_eq!(p.graph[block].kind, StepKind::Block);
+        remove_edge(&mut p, block, migrate);
+        p.graph.add_edge(migrate, block, ());
+    }
     rejected(&p, &f, 2, "migrate vm.db @ dc.hv2");
 
-    // Drop the block step.
+    // Drop the block steps.
     let mut p = good(&f);
-    p.graph.remove_node(block);
+    p.graph
+        .retain_nodes(|g, n| g[n].kind != StepKind::Block || g[n].subject != "vm.db");
     rejected(&p, &f, 2, "migrate vm.db");
 
     // The prestaged block on the target counts only as an ancestor too.
@@ -142,7 +146,7 @@ fn removing_a_tunnel_before_the_route_check_breaks_invariant_3() {
 fn a_cleartext_migration_breaks_invariant_7() {
     let f = case("01-live-block-first");
     let mut p = good(&f);
-    let migrate = NodeIndex::new(1);
+    let migrate = NodeIndex::new(2);
     if let Action::Migrate { tls, .. } = &mut p.graph[migrate].action {
         *tls = false;
     }
@@ -153,7 +157,7 @@ fn a_cleartext_migration_breaks_invariant_7() {
 fn a_cycle_is_rejected() {
     let f = case("01-live-block-first");
     let mut p = good(&f);
-    p.graph.add_edge(NodeIndex::new(6), NodeIndex::new(0), ());
+    p.graph.add_edge(NodeIndex::new(7), NodeIndex::new(0), ());
     let report = invariants::check(&p, &f.desired);
     assert!(!report.holds());
     assert!(report.failures().contains("cycle"));

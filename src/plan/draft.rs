@@ -14,6 +14,8 @@ use std::collections::BinaryHeap;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct VmSteps {
     pub block: Option<usize>,
+    /// Block-first only: the block waiting on the target host before the VM arrives.
+    pub block_target: Option<usize>,
     pub shutdown: Option<usize>,
     pub migrate: Option<usize>,
     pub tunnel_add: Option<usize>,

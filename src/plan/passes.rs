@@ -123,6 +123,37 @@ impl Pass for BlockPass {
             );
             let ix = draft.add(s);
             draft.vm.entry(vm.clone()).or_default().block = Some(ix);
+            // Block-first: the block on the source does not travel with the VM, so the target
+            // holds one too before the VM arrives; `enable` lifts it there.
+            if m.strategy == Strategy::BlockFirst {
+                let target = draft.add(step(
+                    StepKind::Block,
+                    vm_subject(m),
+                    Target::Host(m.to.clone()),
+                    Action::Block {
+                        vm: vm.clone(),
+                        host: m.to.clone(),
+                        address: m.vm.address,
+                        peers: m.peers.clone(),
+                    },
+                    vec![Fact::DomainAbsent {
+                        domain: m.vm.domain.clone(),
+                        host: m.to.clone(),
+                    }],
+                    vec![Fact::Blocked {
+                        vm: vm.clone(),
+                        host: m.to.clone(),
+                    }],
+                    undo(Action::Unblock {
+                        vm: vm.clone(),
+                        host: m.to.clone(),
+                        address: m.vm.address,
+                        peers: m.peers.clone(),
+                        secure_only: false,
+                    }),
+                ));
+                draft.vm.entry(vm.clone()).or_default().block_target = Some(target);
+            }
         }
         Ok(())
     }
@@ -250,6 +281,7 @@ impl Pass for MigratePass {
             let ix = draft.add(s);
             let steps = draft.vm(vm);
             draft.edge(steps.block, ix);
+            draft.edge(steps.block_target, ix);
             draft.edge(steps.shutdown, ix);
             draft.vm.entry(vm.clone()).or_default().migrate = Some(ix);
         }
@@ -871,10 +903,15 @@ mod tests {
     #[test]
     fn block_goes_on_the_source_or_on_the_target_when_prestaged() {
         let d = run(&Fixture::reference(), &[&BlockPass]);
-        assert_eq!(keys(&d), ["block:vm.db@dc.hv2"]);
+        assert_eq!(keys(&d), ["block:vm.db@dc.hv2", "block:vm.db@cloud.c1"]);
         assert!(matches!(
             d.steps[0].precondition[0],
             Fact::DomainRunning { .. }
+        ));
+        // Block-first also blocks on the target before the VM arrives, for enable to lift.
+        assert!(matches!(
+            d.steps[1].precondition[0],
+            Fact::DomainAbsent { .. }
         ));
         let d = run(&prestaged(), &[&BlockPass]);
         assert_eq!(keys(&d), ["block:vm.db@cloud.c1"]);
@@ -890,10 +927,17 @@ mod tests {
             run(&Fixture::reference(), &[&BlockPass, &ShutdownPass])
                 .steps
                 .len(),
-            1
+            2
         );
         let d = run(&cold(), &[&BlockPass, &ShutdownPass]);
-        assert_eq!(keys(&d), ["block:vm.db@dc.hv2", "shutdown:vm.db@dc.hv2"]);
+        assert_eq!(
+            keys(&d),
+            [
+                "block:vm.db@dc.hv2",
+                "block:vm.db@cloud.c1",
+                "shutdown:vm.db@dc.hv2"
+            ]
+        );
         assert!(has_edge(&d, "block:vm.db@dc.hv2", "shutdown:vm.db@dc.hv2"));
     }
 
@@ -906,7 +950,8 @@ mod tests {
             "migrate:vm.db@dc.hv2"
         ));
         assert!(has_edge(&d, "block:vm.db@dc.hv2", "migrate:vm.db@dc.hv2"));
-        let m = &d.steps[2];
+        assert!(has_edge(&d, "block:vm.db@cloud.c1", "migrate:vm.db@dc.hv2"));
+        let m = &d.steps[3];
         assert!(m.effect.contains(&Fact::DomainShutOff {
             domain: "db".into(),
             host: HostId::new("cloud", "c1"),
