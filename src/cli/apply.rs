@@ -340,7 +340,15 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         observed_fingerprint: Some(current.observed),
     };
     let engine = engine(loaded.landscape, &double, args.run.json, options);
-    let run = rt.block_on(session::apply(&backend, &engine, &plan, &meta))?;
+    let recheck: (&dyn crate::discover::Discover, &crate::model::Landscape) =
+        (double.as_ref(), &engine.ctx.landscape);
+    let run = rt.block_on(session::apply_checked(
+        &backend,
+        &engine,
+        &plan,
+        &meta,
+        Some(recheck),
+    ))?;
     finish(&run, args.run.json)
 }
 
