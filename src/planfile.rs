@@ -53,6 +53,25 @@ pub struct PlanFile {
     /// What the invariant checker needs beyond the steps (kept so that apply can check a
     /// saved plan again).
     pub context: PlanContext,
+    /// `--target` and `--exclude` addresses the plan was limited by (empty: the whole
+    /// configuration).
+    #[serde(default)]
+    pub targeting: Targeting,
+}
+
+/// Resource targeting in effect when the plan was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Targeting {
+    pub targets: Vec<String>,
+    pub excludes: Vec<String>,
+}
+
+impl Targeting {
+    /// Whether the plan covers only part of the configuration.
+    pub fn is_partial(&self) -> bool {
+        !self.targets.is_empty() || !self.excludes.is_empty()
+    }
 }
 
 /// What the plan was made from. Both are `sha256:` followed by 64 hex digits.
@@ -232,7 +251,17 @@ impl PlanFile {
             invariants: plan.invariants.results.clone(),
             warnings: plan.warnings.clone(),
             context: plan.context.clone(),
+            targeting: Targeting::default(),
         }
+    }
+
+    /// Records the `--target` and `--exclude` addresses the plan was limited by.
+    pub fn with_targeting(mut self, targets: &[String], excludes: &[String]) -> Self {
+        self.targeting = Targeting {
+            targets: targets.to_vec(),
+            excludes: excludes.to_vec(),
+        };
+        self
     }
 
     /// Rebuilds the plan (graph, changes, warnings, invariants, context) for apply.
@@ -290,15 +319,30 @@ impl PlanFile {
             }
         };
         // The version is checked before the shape, so that a newer format gets the right
-        // message rather than a complaint about an unknown field.
-        let value: serde_json::Value = serde_json::from_str(text).map_err(classify)?;
-        let Some(object) = value.as_object() else {
-            return Err(PlanFileError::Malformed {
-                path,
-                reason: "the document is not a JSON object".into(),
-            });
-        };
-        match object.get("format_version") {
+        // message rather than a complaint about an unknown field. The probe skips everything
+        // else without building it.
+        #[derive(Deserialize)]
+        struct Probe {
+            // Present (even as null) gives Some; absent gives None.
+            #[serde(default, deserialize_with = "present")]
+            format_version: Option<serde_json::Value>,
+        }
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<serde_json::Value>, D::Error> {
+            serde_json::Value::deserialize(d).map(Some)
+        }
+        let probe: Probe = serde_json::from_str(text).map_err(|e| {
+            if e.classify() == serde_json::error::Category::Data {
+                PlanFileError::Malformed {
+                    path: path.clone(),
+                    reason: format!("the document is not a JSON object ({e})"),
+                }
+            } else {
+                classify(e)
+            }
+        })?;
+        match probe.format_version {
             None => {
                 return Err(PlanFileError::Malformed {
                     path,
@@ -313,7 +357,7 @@ impl PlanFile {
                 })
             }
         }
-        let doc: PlanFile = serde_json::from_value(value).map_err(classify)?;
+        let doc: PlanFile = serde_json::from_str(text).map_err(classify)?;
         doc.check()
             .map_err(|reason| PlanFileError::Inconsistent { path, reason })?;
         Ok(doc)
@@ -414,13 +458,41 @@ pub fn sha256_fingerprint(hasher: Sha256) -> String {
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
-/// The fingerprint of a discovered landscape: sha256 of its canonical JSON (maps are ordered,
-/// so equal landscapes give equal fingerprints).
+/// The fingerprint of a discovered landscape: sha256 of its canonical JSON. Canonical means
+/// object keys sorted and every list sorted too: discovery reports rules, SAs, routes and
+/// connections in whatever order the host lists them, and that order means nothing, so equal
+/// landscapes give equal fingerprints.
 pub fn observed_fingerprint(observed: &Observed) -> String {
     let mut h = Sha256::new();
     // Observed holds only strings, numbers, booleans, lists and string-keyed maps.
-    h.update(serde_json::to_vec(observed).unwrap_or_default());
+    let value = serde_json::to_value(observed).unwrap_or_default();
+    h.update(canonical_json(&value).as_bytes());
     sha256_fingerprint(h)
+}
+
+/// JSON text with object keys and list items in sorted order.
+fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, String)> = map
+                .iter()
+                .map(|(k, v)| (Value::String(k.clone()).to_string(), canonical_json(v)))
+                .collect();
+            entries.sort();
+            let inner: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let mut inner: Vec<String> = items.iter().map(canonical_json).collect();
+            inner.sort();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Reads and checks a plan file.

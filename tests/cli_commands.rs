@@ -382,3 +382,72 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     assert!(err.contains("smig::planfile::io"), "{err:?}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+#[test]
+fn plan_with_targeting_says_so() {
+    let o = smig_in_reference(
+        &["plan", "--observed", "observed.json", "--target", "vm.nope"],
+        &[PSK],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("smig::plan::unknown_target"),
+        "{}",
+        stderr(&o)
+    );
+    let o = smig_in_reference(
+        &[
+            "plan",
+            "--observed",
+            "observed.json",
+            "--exclude",
+            "vm.db",
+            "--detailed-exitcode",
+        ],
+        &[PSK],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("No changes."), "{out}");
+    assert!(
+        out.contains("resource targeting is in effect: this plan covers without vm.db"),
+        "{out}"
+    );
+    let o = smig_in_reference(
+        &[
+            "plan",
+            "--observed",
+            "observed.json",
+            "--target",
+            "secure_link.web_db",
+            "--json",
+        ],
+        &[PSK],
+    );
+    let doc = smig::planfile::PlanFile::parse(&stdout(&o), "stdout").unwrap();
+    assert_eq!(
+        doc.targeting.targets,
+        vec!["secure_link.web_db".to_string()]
+    );
+    assert!(doc.summary.has_changes());
+}
+
+#[test]
+fn a_missing_var_file_is_an_error() {
+    let o = smig_in_reference(
+        &[
+            "plan",
+            "--observed",
+            "observed.json",
+            "--var-file",
+            "nope.hcl",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read nope.hcl"),
+        "{}",
+        stderr(&o)
+    );
+}

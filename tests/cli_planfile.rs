@@ -281,7 +281,23 @@ fn observed_fingerprint_follows_the_landscape() {
     let a = planfile::observed_fingerprint(&o);
     assert_eq!(a, planfile::observed_fingerprint(&o.clone()));
     o.hosts.insert(host("dc.hv1"), Default::default());
-    assert_ne!(a, planfile::observed_fingerprint(&o));
+    let b = planfile::observed_fingerprint(&o);
+    assert_ne!(a, b);
+    // The order in which discovery lists rules does not matter; their content does.
+    let rule = |vm: &str| smig::model::BlockRule {
+        vm: vm.into(),
+        address: "192.168.10.11".parse().unwrap(),
+        peers: vec![],
+    };
+    let mut x = o.clone();
+    x.hosts.get_mut(&host("dc.hv1")).unwrap().block_rules = vec![rule("web"), rule("db")];
+    let mut y = o.clone();
+    y.hosts.get_mut(&host("dc.hv1")).unwrap().block_rules = vec![rule("db"), rule("web")];
+    assert_eq!(
+        planfile::observed_fingerprint(&x),
+        planfile::observed_fingerprint(&y)
+    );
+    assert_ne!(planfile::observed_fingerprint(&x), b);
 }
 
 #[test]

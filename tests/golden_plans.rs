@@ -1,13 +1,14 @@
 //! Golden plans: for every `testdata/plans/<case>/` (its `*.smig.hcl` files and a recorded
 //! `observed.json`, optionally `vars.hcl` passed as `--var-file`), run the `smig` binary and
-//! snapshot the human plan, the JSON plan and the graph in DOT and Mermaid
+//! snapshot the human plan, the JSON plan, the graph in DOT and Mermaid and the runbook
 //! (`tests/snapshots/golden/`).
 //!
 //! Each run happens inside the case directory with an empty environment (no colour, no
 //! `SMIG_VAR_*` from the machine), so snapshots hold no machine-specific path or value. Beyond
 //! the snapshots, every case checks: the JSON validates against `schemas/plan.schema.json`;
 //! `--detailed-exitcode` agrees with the JSON summary; a plan saved with `--out` shows the same
-//! through `smig show`; no value from `vars.hcl` appears in any output.
+//! through `smig show`; no secret (a value from `vars.hcl` or a literal `psk`) appears in any
+//! output.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -60,12 +61,24 @@ fn transcript(o: &Output) -> String {
     )
 }
 
-/// Quoted string values of `vars.hcl` (the secrets a case feeds in).
-fn var_values(case: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(case.join("vars.hcl")) else {
-        return Vec::new();
-    };
-    text.lines()
+/// The secrets a case feeds in: quoted values of `vars.hcl` and of `psk` attributes in its
+/// configuration files.
+fn secrets(case: &Path) -> Vec<String> {
+    let mut texts = Vec::new();
+    for entry in std::fs::read_dir(case).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "vars.hcl" || name.ends_with(".smig.hcl") {
+            let all = name == "vars.hcl";
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            texts.extend(
+                text.lines()
+                    .filter(|l| all || l.trim_start().starts_with("psk"))
+                    .map(str::to_string),
+            );
+        }
+    }
+    texts
+        .iter()
         .filter_map(|l| l.split_once('=').map(|(_, v)| v.trim()))
         .filter_map(|v| v.strip_prefix('"').and_then(|v| v.strip_suffix('"')))
         .filter(|v| v.len() >= 6)
@@ -97,12 +110,14 @@ fn golden_plans() {
         let dot = smig(&case, &[&graph[..], &["--format", "dot"]].concat());
         let mermaid = smig(&case, &[&graph[..], &["--format", "mermaid"]].concat());
 
-        let secrets = var_values(&case);
+        let secrets = secrets(&case);
+        let runbook = smig(&case, &[&plan[..], &["--runbook"]].concat());
         for (what, out) in [
             ("human", &human),
             ("json", &json),
             ("dot", &dot),
             ("mermaid", &mermaid),
+            ("runbook", &runbook),
         ] {
             let all = format!(
                 "{}{}",
@@ -127,6 +142,7 @@ fn golden_plans() {
             insta::assert_snapshot!(format!("{name}__json"), transcript(&json));
             insta::assert_snapshot!(format!("{name}__dot"), transcript(&dot));
             insta::assert_snapshot!(format!("{name}__mermaid"), transcript(&mermaid));
+            insta::assert_snapshot!(format!("{name}__runbook"), transcript(&runbook));
         });
 
         let code = human.status.code();

@@ -1,8 +1,27 @@
 //! The command line: one module per subcommand, the views they render with, and the few
 //! pieces they share (reading configuration inputs, colour, exit codes).
 //!
-//! Exit codes: 0 success; 1 error (diagnostics on stderr); 2 `plan --detailed-exitcode` with
-//! changes; 3 `fmt --check` with a file that would be rewritten.
+//! | command | does |
+//! |---|---|
+//! | `validate [DIR]` | load every `*.smig.hcl` of DIR, report every error |
+//! | `fmt [DIR\|FILE] [--check] [--diff]` | rewrite files canonically (atomic rename) |
+//! | `plan [DIR] --observed FILE` | plan; `--json`, `--runbook`, `--out FILE`, `--detailed-exitcode`, `--target`, `--exclude` |
+//! | `show FILE` | render a saved plan; `--json`, `--runbook` |
+//! | `graph [DIR] --observed FILE \| --plan FILE` | the step DAG; `--format dot\|mermaid` |
+//! | `completions SHELL` | bash, zsh, fish, elvish, powershell |
+//!
+//! Variables: `--var NAME=VALUE` over `--var-file FILE` over `SMIG_VAR_NAME`.
+//!
+//! Exit codes: 0 success; 1 error (diagnostics on stderr, also for usage errors); 2
+//! `plan --detailed-exitcode` with changes; 3 `fmt --check` with a file that would be
+//! rewritten (as `terraform fmt -check`).
+//!
+//! Colour only when the stream is a terminal, `NO_COLOR` is unset and `--no-color` is not
+//! given; diagnostics (miette) follow the same rule on stderr.
+//!
+//! The plan document (`--json`, `--out`, `show`) is [`crate::planfile::PlanFile`], described by
+//! `schemas/plan.schema.json`; recorded snapshots (`--observed`) follow
+//! `schemas/observed.schema.json`.
 
 pub mod apply;
 pub mod completions;

@@ -83,11 +83,11 @@ pub fn plan(
     };
     match plan::build(&loaded.landscape, observed, &options) {
         Ok(p) => Ok(Planned {
-            doc: PlanFile::new(&p, fingerprints),
+            doc: PlanFile::new(&p, fingerprints).with_targeting(targets, excludes),
             refused: None,
         }),
         Err(PlanError::InvariantViolated { report, plan }) => {
-            let doc = PlanFile::new(&plan, fingerprints);
+            let doc = PlanFile::new(&plan, fingerprints).with_targeting(targets, excludes);
             Ok(Planned {
                 doc,
                 refused: Some(PlanError::InvariantViolated { report, plan }.into()),

@@ -202,10 +202,36 @@ fn invariants(out: &mut String, plan: &PlanFile, p: Paint) {
 }
 
 fn warnings(out: &mut String, plan: &PlanFile, p: Paint) {
+    if plan.targeting.is_partial() {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{} {}",
+            p.yellow(&p.bold("Note:")),
+            targeting_note(plan)
+        );
+    }
     for w in &plan.warnings {
         out.push('\n');
         let _ = writeln!(out, "{} {}", p.red(&p.bold("Warning:")), p.red(w));
     }
+}
+
+/// Says which part of the configuration a targeted plan covers.
+pub fn targeting_note(plan: &PlanFile) -> String {
+    let t = &plan.targeting;
+    let mut parts = Vec::new();
+    if !t.targets.is_empty() {
+        parts.push(format!("only {} and what it needs", t.targets.join(", ")));
+    }
+    if !t.excludes.is_empty() {
+        parts.push(format!("without {}", t.excludes.join(", ")));
+    }
+    format!(
+        "resource targeting is in effect: this plan covers {}. Other differences between \
+         the configuration and the landscape may remain.",
+        parts.join(", ")
+    )
 }
 
 /// `Plan: 1 VM to move, 1 link to add, 9 steps.`

@@ -27,6 +27,9 @@ impl PlanView for Runbook {
         for w in &plan.warnings {
             let _ = writeln!(out, "> **Warning:** {w}\n");
         }
+        if plan.targeting.is_partial() {
+            let _ = writeln!(out, "> **Note:** {}\n", super::human::targeting_note(plan));
+        }
         if plan.steps.is_empty() {
             let _ = writeln!(
                 out,
