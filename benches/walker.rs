@@ -3,6 +3,16 @@
 //! journal's append + fsync per entry.
 //!
 //! `cargo bench --bench walker` (add `-- quick` for a smaller run).
+//!
+//! Measured on the 2-core development machine while other builds ran (load average 6-12),
+//! so the figures are upper bounds:
+//! - zero-latency double, in-memory journal: 1.9 s for 10,000 steps, ~190 us per step
+//!   (42,000 driver calls: probe, act, verify);
+//! - 1 ms per call: 7.1-9.0 s, at or below the measured floor of 16 tasks doing the same
+//!   number of 1 ms sleeps (10.0 s): the walker's own cost is within the timer's noise;
+//! - file journal, fdatasync per entry (group commit): ~1.2-1.3 ms per step;
+//! - one journal append + fdatasync: p50 0.14-0.5 ms, p90 3-5 ms, p99 ~20 ms (ext4 on a
+//!   virtual disk; p50 was 4 ms in a 200-entry run under heavier load).
 
 use smig::apply::events;
 use smig::apply::{ApplyMeta, Engine, ExecContext, OnFailure, WalkOptions};
