@@ -382,3 +382,46 @@ impl std::io::Write for SharedBuf {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn a_landscape_changed_before_the_lock_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = LocalState::new(dir.path());
+    let before = observed_before();
+    let double = Arc::new(LandscapeDouble::new(before.clone()));
+    let (engine, _) = engine(&double, OnFailure::Rollback, 2);
+    let landscape = landscape();
+    let mut m = meta("late");
+    // Planned from a landscape that is no longer there.
+    let mut other = before.clone();
+    other.connections.clear();
+    m.observed_fingerprint = Some(smig::planfile::observed_fingerprint(&other));
+    let d: &dyn smig::discover::Discover = double.as_ref();
+    let err = session::apply_checked(
+        &state,
+        &engine,
+        &reference_plan(None),
+        &m,
+        Some((d, &landscape)),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(matches!(err, ApplyError::LandscapeChanged), "{err}");
+    assert!(double.mutating_calls().is_empty());
+    assert!(
+        state.current_lock().unwrap().is_none(),
+        "the lock is released"
+    );
+    m.observed_fingerprint = Some(smig::planfile::observed_fingerprint(&before));
+    let run = session::apply_checked(
+        &state,
+        &engine,
+        &reference_plan(None),
+        &m,
+        Some((d, &landscape)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run.report.outcome, Outcome::Succeeded);
+}

@@ -374,3 +374,54 @@ async fn second_interrupt_aborts_a_running_migration_and_rollback_restores() {
     assert_clean(&o, &["web", "db", "batch"]);
     assert_eq!(restorable(&o), restorable(&before));
 }
+
+#[tokio::test]
+async fn a_failed_undo_halts_and_a_later_rollback_finishes_the_job() {
+    let before = observed_before();
+    let double = Arc::new(LandscapeDouble::new(before.clone()));
+    // The forward run fails at enable of db; the first undo of a migration fails too.
+    double.set_config(DoubleConfig {
+        faults: vec![
+            Fault {
+                call: "network.reset_connections".into(),
+                nth: Some(1),
+                target: None,
+                when: FaultWhen::Before,
+                message: None,
+            },
+            Fault {
+                call: "hypervisor.migrate".into(),
+                nth: Some(2),
+                target: None,
+                when: FaultWhen::Before,
+                message: Some("migration stream broke".into()),
+            },
+        ],
+        ..Default::default()
+    });
+    let (engine, _) = engine(&double, OnFailure::Rollback, 1);
+    let run = engine
+        .apply(
+            &reference_plan(None),
+            Box::new(MemoryJournal::new()),
+            &meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.report.outcome, Outcome::Halted, "{}", run.report);
+    let o = double.observed();
+    assert_eq!(o.placements("db").count(), 1);
+    // The undo stopped at the migration back: db stays on the target, blocked (fail closed),
+    // its IPsec already removed.
+    let c1 = &o.hosts[&h("cloud.c1")];
+    assert!(c1.domains.contains_key("db"));
+    assert!(c1.block_rules.iter().any(|r| r.vm == "db"));
+    assert!(o.hosts.values().all(|h| h.ipsec.is_empty()));
+    double.set_config(DoubleConfig::default());
+    let (engine2, _) = apply_support::engine(&double, OnFailure::Rollback, 1);
+    let run = engine2.rollback(run.journal).await.unwrap();
+    assert_eq!(run.report.outcome, Outcome::RolledBack, "{}", run.report);
+    let o = double.observed();
+    assert_clean(&o, &["web", "db", "batch"]);
+    assert_eq!(restorable(&o), restorable(&before));
+}

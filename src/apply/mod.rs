@@ -34,6 +34,19 @@ pub enum ApplyError {
         help("restore the configuration it ran with, or `smig rollback` to undo what it did")
     )]
     ConfigChanged { apply_id: String },
+    /// Discovery failed.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Discover(#[from] crate::discover::DiscoverError),
+    /// The landscape changed between planning and taking the lock.
+    #[error(
+        "the discovered landscape changed since the plan was made (another apply may have run)"
+    )]
+    #[diagnostic(
+        code(smig::apply::landscape_changed),
+        help("nothing was applied; run `smig plan` again and review the new plan")
+    )]
+    LandscapeChanged,
     /// The journal's header is missing or unusable.
     #[error("the journal has no usable plan")]
     #[diagnostic(code(smig::apply::journal_plan))]

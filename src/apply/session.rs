@@ -2,6 +2,8 @@
 //! journal, run, record the last applied configuration, archive the journal, release the lock.
 
 use super::{ApplyError, ApplyMeta, Engine, Run};
+use crate::discover::Discover;
+use crate::model::Landscape;
 use crate::plan::Plan;
 use crate::state::journal::{self, Outcome, Record};
 use crate::state::{now_rfc3339, Applied, LockInfo, StateBackend, StateError};
@@ -92,7 +94,25 @@ pub async fn apply(
     plan: &Plan,
     meta: &ApplyMeta,
 ) -> Result<Run, ApplyError> {
+    apply_checked(backend, engine, plan, meta, None).await
+}
+
+/// Like [`apply`]; with `recheck`, discovers again once the lock is held and refuses when the
+/// landscape is no longer the one the plan was made from (another apply got there first).
+pub async fn apply_checked(
+    backend: &dyn StateBackend,
+    engine: &Engine,
+    plan: &Plan,
+    meta: &ApplyMeta,
+    recheck: Option<(&dyn Discover, &Landscape)>,
+) -> Result<Run, ApplyError> {
     let mut guard = take_lock(backend, "apply")?;
+    if let (Some((discover, landscape)), Some(planned)) = (recheck, &meta.observed_fingerprint) {
+        let now = discover.discover(landscape).await?;
+        if &crate::planfile::observed_fingerprint(&now) != planned {
+            return Err(ApplyError::LandscapeChanged);
+        }
+    }
     // A state file smig cannot read stops everything before any change.
     backend.read_state()?;
     if let Some(entries) = unfinished(backend)? {

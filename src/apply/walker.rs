@@ -142,7 +142,11 @@ impl Shared {
 
     /// Appends a journal record, then (only once it is durable) emits the event.
     pub fn record(&self, record: Record, event: Option<Event>) -> Result<(), StateError> {
-        self.journal().append(record)?;
+        // Write under the lock (entries stay in order), make durable outside it.
+        let sync = self.journal().write(record)?;
+        if let Some(sync) = sync {
+            sync()?;
+        }
         if let Some(e) = event {
             (self.events)(&e);
         }

@@ -89,9 +89,9 @@ pub struct Args {
     /// Apply without asking for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
-    /// Steps run at once.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-    pub parallelism: u16,
+    /// Steps run at once (default: the configuration's policy, else 4).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallelism: Option<u16>,
     /// What to do when a step fails: undo what was done, or stop fail-closed.
     #[arg(long, value_enum, default_value_t = FailureArg::Rollback)]
     pub on_failure: FailureArg,
@@ -282,7 +282,9 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
     let backend = LocalState::new(state_dir(args.run.state.as_deref(), &config.dir));
     let rt = runtime()?;
     let options = WalkOptions {
-        parallelism: usize::from(args.parallelism),
+        parallelism: args
+            .parallelism
+            .map_or(loaded.landscape.policy.parallelism.max(1), usize::from),
         on_failure: match args.on_failure {
             FailureArg::Rollback => OnFailure::Rollback,
             FailureArg::Halt => OnFailure::Halt,
@@ -340,7 +342,15 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         observed_fingerprint: Some(current.observed),
     };
     let engine = engine(loaded.landscape, &double, args.run.json, options);
-    let run = rt.block_on(session::apply(&backend, &engine, &plan, &meta))?;
+    let recheck: (&dyn crate::discover::Discover, &crate::model::Landscape) =
+        (double.as_ref(), &engine.ctx.landscape);
+    let run = rt.block_on(session::apply_checked(
+        &backend,
+        &engine,
+        &plan,
+        &meta,
+        Some(recheck),
+    ))?;
     finish(&run, args.run.json)
 }
 

@@ -173,10 +173,22 @@ impl PlanRecord {
 /// Where journal entries go.
 pub trait JournalSink: Send {
     /// Appends one entry durably (or returns why it could not).
-    fn append(&mut self, record: Record) -> Result<(), StateError>;
+    fn append(&mut self, record: Record) -> Result<(), StateError> {
+        match self.write(record)? {
+            Some(sync) => sync(),
+            None => Ok(()),
+        }
+    }
+    /// Writes one entry and returns what makes it durable. Callers that share a sink call it
+    /// after letting go of the sink, so concurrent writers share one fsync (group commit);
+    /// the entry is durable once it returns.
+    fn write(&mut self, record: Record) -> Result<Option<Syncer>, StateError>;
     /// Entries written so far through this sink, including those read back on reopen.
     fn entries(&self) -> &[JournalEntry];
 }
+
+/// Makes written journal entries durable.
+pub type Syncer = Box<dyn FnOnce() -> Result<(), StateError> + Send>;
 
 /// A journal kept in memory (benchmarks, unit tests).
 #[derive(Debug, Default)]
@@ -194,24 +206,24 @@ impl MemoryJournal {
 }
 
 impl JournalSink for MemoryJournal {
-    fn append(&mut self, record: Record) -> Result<(), StateError> {
+    fn write(&mut self, record: Record) -> Result<Option<Syncer>, StateError> {
         self.entries.push(JournalEntry {
             seq: self.entries.len() as u64,
             at: super::now_rfc3339(),
             record,
         });
-        Ok(())
+        Ok(None)
     }
     fn entries(&self) -> &[JournalEntry] {
         &self.entries
     }
 }
 
-/// A journal file: append + fdatasync per entry.
+/// A journal file: append + fdatasync per entry (concurrent entries may share one).
 #[derive(Debug)]
 pub struct FileJournal {
     path: PathBuf,
-    file: File,
+    file: std::sync::Arc<File>,
     entries: Vec<JournalEntry>,
 }
 
@@ -227,7 +239,7 @@ impl FileJournal {
             .map_err(|e| StateError::io(path, e))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
-            file,
+            file: std::sync::Arc::new(file),
             entries: Vec::new(),
         })
     }
@@ -241,7 +253,7 @@ impl FileJournal {
             .map_err(|e| StateError::io(path, e))?;
         Ok(FileJournal {
             path: path.to_path_buf(),
-            file,
+            file: std::sync::Arc::new(file),
             entries,
         })
     }
@@ -252,7 +264,7 @@ impl FileJournal {
 }
 
 impl JournalSink for FileJournal {
-    fn append(&mut self, record: Record) -> Result<(), StateError> {
+    fn write(&mut self, record: Record) -> Result<Option<Syncer>, StateError> {
         let entry = JournalEntry {
             seq: self.entries.len() as u64,
             at: super::now_rfc3339(),
@@ -260,12 +272,14 @@ impl JournalSink for FileJournal {
         };
         let mut line = serde_json::to_vec(&entry).map_err(|e| StateError::io(&self.path, e))?;
         line.push(b'\n');
-        self.file
+        (&*self.file)
             .write_all(&line)
-            .and_then(|_| self.file.sync_data())
             .map_err(|e| StateError::io(&self.path, e))?;
         self.entries.push(entry);
-        Ok(())
+        let (file, path) = (self.file.clone(), self.path.clone());
+        Ok(Some(Box::new(move || {
+            file.sync_data().map_err(|e| StateError::io(&path, e))
+        })))
     }
     fn entries(&self) -> &[JournalEntry] {
         &self.entries

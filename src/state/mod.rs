@@ -61,7 +61,7 @@ pub enum StateError {
     #[error("the state is not locked")]
     #[diagnostic(code(smig::state::not_locked))]
     NotLocked,
-    #[error("an apply ({apply_id}) did not finish: its journal is {path}")]
+    #[error("an apply ({apply_id}) did not finish: its journal is in {path}")]
     #[diagnostic(
         code(smig::state::unfinished),
         help("`smig apply --resume` continues it, `smig rollback` undoes what it did; both check the landscape first")
