@@ -23,13 +23,11 @@ pub(crate) fn format(source: &SourceFile) -> Result<String, ConfigErrors> {
         return Err(ConfigErrors::new(sink.errors));
     };
     format_body(&mut body, 0, true);
+    // Expressions (and heredoc text in them) are printed as written; the file ends with
+    // exactly one newline.
     let mut out = body.to_string();
-    // Trailing whitespace inside multi-line expressions and comments; one final newline.
-    let mut lines: Vec<&str> = out.lines().map(str::trim_end).collect();
-    while lines.last().is_some_and(|l| l.is_empty()) {
-        lines.pop();
-    }
-    out = lines.join("\n");
+    let kept = out.trim_end_matches(['\n', '\r', ' ', '\t']).len();
+    out.truncate(kept);
     if !out.is_empty() {
         out.push('\n');
     }
@@ -270,6 +268,13 @@ mod tests {
             once.contains("  a = [1,\n    2]\n  bb = { x = 1 }\n\n  ccc = 3\n"),
             "{once}"
         );
+    }
+
+    #[test]
+    fn heredoc_text_is_kept_byte_for_byte() {
+        let input =
+            "locals {\n  motd = <<EOT\nline with trailing spaces   \n\n\n  indented\nEOT\n}\n";
+        assert_eq!(fmt(input), input);
     }
 
     #[test]
