@@ -101,6 +101,11 @@ fn invalid_configurations_render_golden_diagnostics() {
         assert_eq!(got, want, "codes of case {case}");
         covered.extend(expect);
         for e in errors.errors() {
+            assert!(
+                miette::Diagnostic::help(e).is_some(),
+                "case {case}: `{}` has help",
+                e.message()
+            );
             if e.code() != Code::UndeclaredVariable && e.code() != Code::WrongType {
                 assert!(
                     e.span().is_some(),

@@ -39,6 +39,9 @@ fn corpus_replays_without_panics() {
             .expect("thread starts")
             .join();
         let took = start.elapsed();
+        if took > Duration::from_millis(500) {
+            println!("{}: {took:?}", path.display());
+        }
         if outcome.is_err() {
             failures.push(format!("{}: panicked", path.display()));
         } else if took > BOUND {

@@ -120,6 +120,50 @@ impl Code {
     }
 }
 
+impl Code {
+    /// Help for a diagnostic whose site gives none more specific.
+    pub fn default_help(self) -> &'static str {
+        match self {
+            Code::Syntax => "check for unclosed brackets, strings or heredocs near this point",
+            Code::TooDeep => "flatten the expression or block structure",
+            Code::UnknownBlock => {
+                "see schemas/landscape.schema.json for the blocks of the language"
+            }
+            Code::UnknownAttribute => {
+                "see schemas/landscape.schema.json for the attributes of each block"
+            }
+            Code::MissingAttribute => "add the missing attribute or block",
+            Code::InvalidLabel => {
+                "names start with a letter or `_` and hold only letters, digits, `_` and `-`"
+            }
+            Code::WrongType => "change the value to the expected type",
+            Code::InvalidValue => "change the value to one the attribute accepts",
+            Code::UnknownReference => "declare it, or fix the spelling of the reference",
+            Code::ReferenceCycle => {
+                "break the cycle: one of these values must not depend on the others"
+            }
+            Code::DuplicateName => "rename or remove one of them",
+            Code::AddressOutsideSubnet => "choose an address inside the VM's subnet",
+            Code::DuplicateAddress => "every VM needs its own address",
+            Code::MissingVm => "declare the VM, or remove it from the secure_link",
+            Code::UnknownHost => {
+                "declare the host in its environment, or place the VM on an existing host"
+            }
+            Code::InsecureTransport => {
+                "use \"qemu+tls://...\", or set `policy { allow_insecure_transport = true }`"
+            }
+            Code::MissingVariable => {
+                "give the variable a value with --var, --var-file or SMIG_VAR_<name>"
+            }
+            Code::UndeclaredVariable => "declare it with a `variable` block, or remove the value",
+            Code::Validation => "give the variable a value that meets its validation",
+            Code::Evaluation => "check the types of the values the expression combines",
+            Code::Expansion => "`count` takes a whole number; `for_each` a map or a set of strings",
+            Code::TooManyErrors => "fix the errors above and run again",
+        }
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -324,21 +368,26 @@ impl Sink {
             return;
         }
         let help: String = help.into();
-        let mut e = ConfigError::new(code, message).at(&self.files, loc, label);
-        if !help.is_empty() {
-            e = e.help(help);
-        }
+        let help = if help.is_empty() {
+            code.default_help().to_string()
+        } else {
+            help
+        };
+        let e = ConfigError::new(code, message)
+            .at(&self.files, loc, label)
+            .help(help);
         self.errors.push(e);
     }
 
     /// Records an error that points nowhere in a file (a command-line value).
     pub fn error_plain(&mut self, code: Code, message: impl Into<String>, help: impl Into<String>) {
         let help: String = help.into();
-        let mut e = ConfigError::new(code, message);
-        if !help.is_empty() {
-            e = e.help(help);
-        }
-        self.errors.push(e);
+        let help = if help.is_empty() {
+            code.default_help().to_string()
+        } else {
+            help
+        };
+        self.errors.push(ConfigError::new(code, message).help(help));
     }
 
     pub fn has_errors(&self) -> bool {

@@ -357,24 +357,82 @@ pub(crate) fn resolve_plain<'v>(e: &hcl::Expression, lookup: &Lookup<'v>) -> Opt
 }
 
 /// Where [`bind`] puts the values it resolves: variables of the evaluation context, so the
-/// evaluator copies each once instead of converting it to an expression and back.
+/// evaluator copies each once instead of converting it to an expression and back. Values are
+/// held back until an evaluation needs them, so a result that is just bound values
+/// (`vm.web[count.index]`, `[vm.a, vm.b]`) is taken without evaluating at all.
 pub(crate) struct Binder<'c> {
-    pub ctx: &'c mut Context<'static>,
+    ctx: &'c mut Context<'static>,
     next: usize,
+    pending: Vec<(usize, Value)>,
 }
 
 impl<'c> Binder<'c> {
     pub fn new(ctx: &'c mut Context<'static>) -> Self {
-        Binder { ctx, next: 0 }
+        Binder {
+            ctx,
+            next: 0,
+            pending: Vec::new(),
+        }
     }
 
     fn declare(&mut self, v: Value) -> hcl::Expression {
-        let name = format!("__smig_ref_{}", self.next);
+        let n = self.next;
         self.next += 1;
-        self.ctx.declare_var(name.as_str(), v);
-        hcl::Expression::Variable(hcl::expr::Variable::unchecked(name))
+        self.pending.push((n, v));
+        hcl::Expression::Variable(hcl::expr::Variable::unchecked(format!("{REF_PREFIX}{n}")))
+    }
+
+    /// The context, with every held-back value declared.
+    pub fn ctx(&mut self) -> &Context<'static> {
+        for (n, v) in self.pending.drain(..) {
+            self.ctx.declare_var(format!("{REF_PREFIX}{n}").as_str(), v);
+        }
+        self.ctx
+    }
+
+    /// Evaluates a bound expression.
+    pub fn evaluate(&mut self, e: &hcl::Expression) -> Result<Value, hcl::eval::Error> {
+        if self.is_direct(e) {
+            return Ok(self.take(e));
+        }
+        e.evaluate(self.ctx())
+    }
+
+    /// Whether `e` is made only of literals and held-back values.
+    fn is_direct(&self, e: &hcl::Expression) -> bool {
+        use hcl::expr::Expression as E;
+        match e {
+            E::Null | E::Bool(_) | E::Number(_) | E::String(_) => true,
+            E::Variable(v) => self.pending_index(v.as_str()).is_some(),
+            E::Array(a) => a.iter().all(|x| self.is_direct(x)),
+            _ => false,
+        }
+    }
+
+    fn pending_index(&self, name: &str) -> Option<usize> {
+        let n: usize = name.strip_prefix(REF_PREFIX)?.parse().ok()?;
+        self.pending.iter().position(|(m, _)| *m == n)
+    }
+
+    /// Builds the value of an expression that [`Self::is_direct`] accepted.
+    fn take(&mut self, e: &hcl::Expression) -> Value {
+        use hcl::expr::Expression as E;
+        match e {
+            E::Bool(b) => Value::Bool(*b),
+            E::Number(n) => Value::Number(*n),
+            E::String(s) => Value::String(s.clone()),
+            E::Variable(v) => match self.pending_index(v.as_str()) {
+                // Each reference is bound once, so its value can be moved out.
+                Some(i) => std::mem::take(&mut self.pending[i].1),
+                None => Value::Null,
+            },
+            E::Array(a) => Value::Array(a.iter().map(|x| self.take(x)).collect()),
+            _ => Value::Null,
+        }
     }
 }
+
+const REF_PREFIX: &str = "__smig_ref_";
 
 /// The roots whose references [`bind`] resolves.
 pub(crate) const NAMESPACES: &[&str] =
@@ -430,7 +488,7 @@ pub(crate) fn bind<'v>(
         E::Conditional(c) => {
             // Only the branch taken is resolved (and copied).
             let cond = bind(&c.cond_expr, lookup, b)?;
-            match cond.evaluate(b.ctx)? {
+            match b.evaluate(&cond)? {
                 Value::Bool(true) => bind(&c.true_expr, lookup, b)?,
                 Value::Bool(false) => bind(&c.false_expr, lookup, b)?,
                 other => {
@@ -486,7 +544,7 @@ pub(crate) fn bind<'v>(
                     Op::LegacyIndex(i) => cur.as_array().and_then(|a| a.get(*i as usize)),
                     Op::Index(ix) => {
                         let bound = bind(ix, lookup, b)?;
-                        let idx = bound.evaluate(b.ctx)?;
+                        let idx = b.evaluate(&bound)?;
                         let found = index_ref(cur, &idx);
                         if found.is_none() {
                             pending = Some(Op::Index(hcl::Expression::from(idx)));

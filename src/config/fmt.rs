@@ -8,7 +8,7 @@ use super::diagnostic::{ConfigErrors, SharedSource, Sink};
 use super::syntax;
 use super::SourceFile;
 use hcl_edit::structure::{Body, Structure};
-use hcl_edit::{Decorate, RawString};
+use hcl_edit::{Decorate, RawString, Span};
 use std::sync::Arc;
 
 pub(crate) fn format(source: &SourceFile) -> Result<String, ConfigErrors> {
@@ -19,21 +19,172 @@ pub(crate) fn format(source: &SourceFile) -> Result<String, ConfigErrors> {
         }],
         ..Default::default()
     };
-    let Some(mut body) = syntax::parse_file(0, &source.text, &mut sink) else {
+    let Some(body) = syntax::parse_file(0, &source.text, &mut sink) else {
         return Err(ConfigErrors::new(sink.errors));
     };
-    format_body(&mut body, 0, true);
-    let mut out = body.to_string();
-    // Trailing whitespace inside multi-line expressions and comments; one final newline.
-    let mut lines: Vec<&str> = out.lines().map(str::trim_end).collect();
-    while lines.last().is_some_and(|l| l.is_empty()) {
-        lines.pop();
-    }
-    out = lines.join("\n");
+    let mut out = String::with_capacity(source.text.len());
+    emit_body(&body, &source.text, 0, &mut out);
+    // The file ends with exactly one newline.
+    let kept = out.trim_end_matches(['\n', '\r', ' ', '\t']).len();
+    out.truncate(kept);
     if !out.is_empty() {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// The text of a node as written in the source (expressions are never re-encoded: the
+/// encoder does not reproduce every escape of every template byte for byte).
+fn text_of<'s>(
+    src: &'s str,
+    span: Option<std::ops::Range<usize>>,
+    fallback: impl FnOnce() -> String,
+) -> std::borrow::Cow<'s, str> {
+    match span.and_then(|r| src.get(r)) {
+        Some(t) => std::borrow::Cow::Borrowed(t),
+        None => std::borrow::Cow::Owned(fallback()),
+    }
+}
+
+fn value_text<'s>(a: &hcl_edit::structure::Attribute, src: &'s str) -> std::borrow::Cow<'s, str> {
+    text_of(src, a.value.span(), || a.value.to_string())
+}
+
+/// Whether a block prints on one line: `subnet "app" { cidr = "10.0.0.0/24" }`.
+fn one_line_block(b: &hcl_edit::structure::Block, src: &str) -> bool {
+    let body = &b.body;
+    body.prefer_oneline()
+        && body.len() <= 1
+        && body.iter().all(|s| {
+            s.as_attribute().is_some_and(|a| {
+                !value_text(a, src).contains('\n')
+                    && raw(a.decor().prefix()).trim().is_empty()
+                    && raw(a.decor().suffix()).trim().is_empty()
+            })
+        })
+        && raw(body.decor().prefix()).trim().is_empty()
+        && raw(body.decor().suffix()).trim().is_empty()
+}
+
+fn emit_body(body: &Body, src: &str, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    // Alignment groups: runs of single-line attributes not separated by a blank line.
+    let items: Vec<&Structure> = body.iter().collect();
+    let single = |s: &Structure| {
+        s.as_attribute()
+            .is_some_and(|a| !value_text(a, src).contains('\n'))
+    };
+    let mut width = vec![0usize; items.len()];
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start;
+        while end < items.len()
+            && single(items[end])
+            && (end == start || !has_blank_line(raw(items[end].decor().prefix())))
+        {
+            end += 1;
+        }
+        if end == start {
+            start += 1;
+            continue;
+        }
+        let w = items[start..end]
+            .iter()
+            .filter_map(|s| s.as_attribute())
+            .map(|a| a.key.as_str().chars().count())
+            .max()
+            .unwrap_or(0);
+        for x in &mut width[start..end] {
+            *x = w;
+        }
+        start = end;
+    }
+    for (i, s) in items.iter().enumerate() {
+        out.push_str(&prefix(raw(s.decor().prefix()), &indent, i == 0));
+        match s {
+            Structure::Attribute(a) => {
+                let key = a.key.as_str();
+                out.push_str(key);
+                let pad = width[i].saturating_sub(key.chars().count()) + 1;
+                out.extend(std::iter::repeat_n(' ', pad));
+                out.push_str("= ");
+                out.push_str(&value_text(a, src));
+                out.push_str(&suffix(raw(a.value.decor().suffix())));
+            }
+            Structure::Block(b) => {
+                out.push_str(b.ident.as_str());
+                for label in &b.labels {
+                    out.push(' ');
+                    match label {
+                        hcl_edit::structure::BlockLabel::Ident(id) => out.push_str(id.as_str()),
+                        hcl_edit::structure::BlockLabel::String(_) => {
+                            out.push_str(&text_of(src, label.span(), || {
+                                format!("{:?}", label.as_str())
+                            }))
+                        }
+                    }
+                }
+                if one_line_block(b, src) {
+                    match b.body.iter().next().and_then(Structure::as_attribute) {
+                        Some(a) => {
+                            out.push_str(" { ");
+                            out.push_str(a.key.as_str());
+                            out.push_str(" = ");
+                            out.push_str(&value_text(a, src));
+                            out.push_str(" }");
+                        }
+                        None => out.push_str(" {}"),
+                    }
+                } else {
+                    out.push_str(" {");
+                    out.push_str(&suffix(raw(b.body.decor().prefix())));
+                    out.push('\n');
+                    emit_body(&b.body, src, depth + 1, out);
+                    // Comments before `}`.
+                    let inner = "  ".repeat(depth + 1);
+                    let (lines, inline) = lines_of(raw(b.body.decor().suffix()));
+                    for line in lines {
+                        if let Line::Comment(c) = line {
+                            out.push_str(&inner);
+                            out.push_str(c);
+                            out.push('\n');
+                        }
+                    }
+                    if !inline.is_empty() {
+                        out.push_str(&inner);
+                        out.push_str(inline);
+                        out.push('\n');
+                    }
+                    out.push_str(&indent);
+                    out.push('}');
+                }
+            }
+        }
+        out.push_str(&suffix(raw(s.decor().suffix())));
+        out.push('\n');
+    }
+    if depth == 0 {
+        // Comments after the last item of the file.
+        let (lines, inline) = lines_of(raw(body.decor().suffix()));
+        let mut blank = false;
+        for line in lines {
+            match line {
+                Line::Blank => blank = true,
+                Line::Comment(c) => {
+                    if blank && !items.is_empty() {
+                        out.push('\n');
+                    }
+                    blank = false;
+                    out.push_str(c);
+                    out.push('\n');
+                }
+            }
+        }
+        if !inline.is_empty() {
+            out.push_str(inline);
+            out.push('\n');
+        }
+    }
 }
 
 /// One line of the text between two items: a blank line or a comment.
@@ -109,137 +260,8 @@ fn raw(decor_part: Option<&RawString>) -> &str {
     decor_part.map_or("", |r| &**r)
 }
 
-/// Whether a structure prints on one line (alignment groups break at those that do not).
-fn single_line(s: &Structure) -> bool {
-    match s {
-        Structure::Attribute(a) => !a.value.to_string().contains('\n'),
-        Structure::Block(_) => false,
-    }
-}
-
 fn has_blank_line(raw: &str) -> bool {
     lines_of(raw).0.iter().any(|l| matches!(l, Line::Blank))
-}
-
-fn format_body(body: &mut Body, depth: usize, root: bool) {
-    let indent = "  ".repeat(depth);
-    let oneline =
-        !root && body.prefer_oneline() && body.len() <= 1 && body.iter().all(|s| s.is_attribute());
-
-    // Alignment groups: runs of single-line attributes not separated by a blank line.
-    let n = body.len();
-    let mut width = vec![0usize; n];
-    let mut start = 0;
-    while start < n {
-        let mut end = start;
-        while end < n {
-            let s = body.get(end).expect("index in range");
-            if !single_line(s) || (end > start && has_blank_line(raw(s.decor().prefix()))) {
-                break;
-            }
-            end += 1;
-        }
-        if end == start {
-            start += 1;
-            continue;
-        }
-        let w = (start..end)
-            .filter_map(|i| body.get(i).and_then(Structure::as_attribute))
-            .map(|a| a.key.as_str().chars().count())
-            .max()
-            .unwrap_or(0);
-        for item in width.iter_mut().take(end).skip(start) {
-            *item = w;
-        }
-        start = end;
-    }
-
-    for (i, mut s) in body.iter_mut().enumerate() {
-        let (p, sfx) = if oneline {
-            (" ".to_string(), " ".to_string())
-        } else {
-            (
-                prefix(raw(s.decor().prefix()), &indent, i == 0),
-                suffix(raw(s.decor().suffix())),
-            )
-        };
-        let decor = s.decor_mut();
-        decor.set_prefix(p);
-        decor.set_suffix(sfx);
-        if let Some(mut a) = s.as_attribute_mut() {
-            let key_len = a.get().key.as_str().chars().count();
-            let pad = if oneline {
-                1
-            } else {
-                width[i].saturating_sub(key_len) + 1
-            };
-            a.key_decor_mut().set_prefix("");
-            a.key_decor_mut().set_suffix(" ".repeat(pad));
-            let value_suffix = suffix(raw(a.get().value.decor().suffix()));
-            a.value_mut().decor_mut().set_prefix(" ");
-            a.value_mut().decor_mut().set_suffix(value_suffix);
-        } else if let Some(b) = s.as_block_mut() {
-            b.ident.decor_mut().set_prefix("");
-            b.ident.decor_mut().set_suffix(" ");
-            for label in &mut b.labels {
-                label.decor_mut().set_prefix("");
-                label.decor_mut().set_suffix(" ");
-            }
-            format_body(&mut b.body, depth + 1, false);
-        }
-    }
-
-    if root {
-        // Comments after the last item of the file.
-        let (lines, inline) = lines_of(raw(body.decor().suffix()));
-        let mut out = String::new();
-        let mut blank = false;
-        for line in lines {
-            match line {
-                Line::Blank => blank = true,
-                Line::Comment(c) => {
-                    if blank && (n > 0 || !out.is_empty()) {
-                        out.push('\n');
-                    }
-                    blank = false;
-                    out.push_str(c);
-                    out.push('\n');
-                }
-            }
-        }
-        if !inline.is_empty() {
-            out.push_str(inline);
-            out.push('\n');
-        }
-        body.decor_mut().set_suffix(out);
-        return;
-    }
-    if oneline {
-        body.decor_mut().set_prefix("");
-        body.decor_mut().set_suffix("");
-        return;
-    }
-    // After `{`: a comment on that line. Before `}`: comments of the body's end.
-    let after_brace = suffix(raw(body.decor().prefix()));
-    let inner = "  ".repeat(depth);
-    let outer = "  ".repeat(depth.saturating_sub(1));
-    let (lines, inline) = lines_of(raw(body.decor().suffix()));
-    let mut end = String::new();
-    for line in lines {
-        if let Line::Comment(c) = line {
-            end.push_str(&inner);
-            end.push_str(c);
-            end.push('\n');
-        }
-    }
-    if !inline.is_empty() {
-        end.push_str(&inner);
-        end.push_str(inline);
-        end.push('\n');
-    }
-    end.push_str(&outer);
-    body.decor_mut().set_prefix(after_brace);
-    body.decor_mut().set_suffix(end);
 }
 
 #[cfg(test)]
@@ -270,6 +292,13 @@ mod tests {
             once.contains("  a = [1,\n    2]\n  bb = { x = 1 }\n\n  ccc = 3\n"),
             "{once}"
         );
+    }
+
+    #[test]
+    fn heredoc_text_is_kept_byte_for_byte() {
+        let input =
+            "locals {\n  motd = <<EOT\nline with trailing spaces   \n\n\n  indented\nEOT\n}\n";
+        assert_eq!(fmt(input), input);
     }
 
     #[test]

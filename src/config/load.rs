@@ -1231,8 +1231,7 @@ impl Loader {
             Some(v) => Ok(v.clone()),
             None => {
                 let mut binder = super::eval::Binder::new(ctx);
-                super::eval::bind(&p.expr, &lookup, &mut binder)
-                    .and_then(|e| e.evaluate(binder.ctx))
+                super::eval::bind(&p.expr, &lookup, &mut binder).and_then(|e| binder.evaluate(&e))
             }
         };
         match result {
