@@ -23,6 +23,7 @@
 //! `schemas/plan.schema.json`; recorded snapshots (`--observed`) follow
 //! `schemas/observed.schema.json`.
 
+pub mod apply;
 pub mod completions;
 pub mod fmt;
 pub mod graph;
@@ -30,6 +31,7 @@ pub mod inputs;
 pub mod pipeline;
 pub mod plan;
 pub mod show;
+pub mod state;
 pub mod validate;
 pub mod views;
 
@@ -63,6 +65,12 @@ pub enum Command {
     Show(show::Args),
     /// Print the plan's step graph in DOT or Mermaid.
     Graph(graph::Args),
+    /// Apply a plan (saved, or made now and confirmed) with rollback on failure.
+    Apply(apply::Args),
+    /// Undo what an unfinished apply did, checking the landscape before each step.
+    Rollback(apply::RollbackArgs),
+    /// Inspect the state directory: lock, unfinished apply, last applied configuration.
+    State(state::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }
@@ -167,6 +175,9 @@ pub fn run(cli: Cli) -> miette::Result<Exit> {
         Command::Plan(args) => plan::run(args, no_color),
         Command::Show(args) => show::run(args, no_color),
         Command::Graph(args) => graph::run(args),
+        Command::Apply(args) => apply::run(args, no_color),
+        Command::Rollback(args) => apply::run_rollback(args),
+        Command::State(args) => state::run(args),
         Command::Completions(args) => completions::run(args),
     }
 }

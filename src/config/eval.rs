@@ -2,7 +2,7 @@
 //! offers, and evaluation errors turned into messages that never print a value.
 
 use super::diagnostic::Loc;
-use hcl::eval::{Context, ErrorKind, FuncArgs, FuncDef, ParamType};
+use hcl::eval::{Context, ErrorKind, Evaluate, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Number, Value};
 use hcl_edit::expr::{Expression, ObjectKey, TraversalOperator};
 use hcl_edit::template::{Directive, Element, Template};
@@ -18,6 +18,10 @@ pub(crate) struct Ref {
     pub path: Vec<String>,
     /// From the root to the end of the static path.
     pub loc: Loc,
+    /// Inside a template or a `for` expression's body: evaluated by the evaluator itself, which
+    /// needs the value in its context (elsewhere [`bind`] resolves references without copying
+    /// whole namespaces).
+    pub in_template: bool,
 }
 
 /// Everything an expression refers to.
@@ -25,6 +29,7 @@ pub(crate) struct Ref {
 pub(crate) struct Refs {
     pub refs: Vec<Ref>,
     pub funcs: Vec<(String, Loc)>,
+    template_depth: usize,
 }
 
 impl Refs {
@@ -74,6 +79,7 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                     root: name.to_string(),
                     path: Vec::new(),
                     loc: span_loc(file, v.span()),
+                    in_template: out.template_depth > 0,
                 });
             }
         }
@@ -121,6 +127,7 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                             file,
                             span: start..end.max(start),
                         },
+                        in_template: out.template_depth > 0,
                     });
                 }
             } else {
@@ -144,6 +151,7 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                 scope.push(k.as_str().to_string());
             }
             scope.push(f.intro.value_var.as_str().to_string());
+            out.template_depth += 1;
             if let Some(k) = &f.key_expr {
                 walk(out, file, k, scope);
             }
@@ -151,12 +159,19 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
             if let Some(c) = &f.cond {
                 walk(out, file, &c.expr, scope);
             }
+            out.template_depth -= 1;
             scope.truncate(before);
         }
     }
 }
 
 fn walk_template(out: &mut Refs, file: usize, t: &Template, scope: &mut Vec<String>) {
+    out.template_depth += 1;
+    walk_template_elements(out, file, t, scope);
+    out.template_depth -= 1;
+}
+
+fn walk_template_elements(out: &mut Refs, file: usize, t: &Template, scope: &mut Vec<String>) {
     for el in t.iter() {
         match el {
             Element::Literal(_) => {}
@@ -182,6 +197,344 @@ fn walk_template(out: &mut Refs, file: usize, t: &Template, scope: &mut Vec<Stri
                 }
             },
         }
+    }
+}
+
+/// The internal function compiled templates call (not part of the language).
+pub(crate) const TEMPLATE_FUNC: &str = "__smig_template";
+
+/// Rewrites quoted-string templates without directives (`"c${count.index}"`) into a call of
+/// [`TEMPLATE_FUNC`]. The evaluator re-parses a template string on every evaluation; the
+/// rewritten form is parsed once, and [`bind`] can resolve the references inside it.
+pub(crate) fn compile(e: &hcl::Expression, depth: usize) -> hcl::Expression {
+    use hcl::expr::{Expression as E, Operation, TemplateExpr, TraversalOperator as Op};
+    use hcl::template::{Element, Strip};
+    if depth > 2 * super::depth::MAX_DEPTH {
+        return e.clone();
+    }
+    let d = depth + 1;
+    match e {
+        E::TemplateExpr(t) => {
+            let TemplateExpr::QuotedString(_) = &**t else {
+                return e.clone();
+            };
+            let Ok(tpl) = hcl::Template::from_expr(t) else {
+                return e.clone();
+            };
+            let elements = tpl.elements();
+            let mut args = Vec::with_capacity(elements.len());
+            for el in elements {
+                match el {
+                    Element::Literal(l) => args.push(E::String(l.clone())),
+                    Element::Interpolation(i) if i.strip == Strip::None => {
+                        args.push(compile(&i.expr, d))
+                    }
+                    _ => return e.clone(),
+                }
+            }
+            if let [E::String(_)] = args.as_slice() {
+                return args.pop().unwrap_or(E::Null);
+            }
+            if elements.len() == 1 {
+                // `"${x}"` is `x` itself, not its string form.
+                return args.pop().unwrap_or(E::Null);
+            }
+            let mut call = hcl::expr::FuncCall::new(TEMPLATE_FUNC);
+            call.args = args;
+            E::FuncCall(Box::new(call))
+        }
+        E::Array(a) => E::Array(a.iter().map(|x| compile(x, d)).collect()),
+        E::Object(o) => E::Object(
+            o.iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        hcl::ObjectKey::Expression(ke) => {
+                            hcl::ObjectKey::Expression(compile(ke, d))
+                        }
+                        other => other.clone(),
+                    };
+                    (k, compile(v, d))
+                })
+                .collect(),
+        ),
+        E::Parenthesis(p) => E::Parenthesis(Box::new(compile(p, d))),
+        E::FuncCall(f) => {
+            let mut f = (**f).clone();
+            for a in &mut f.args {
+                *a = compile(a, d);
+            }
+            E::FuncCall(Box::new(f))
+        }
+        E::Conditional(c) => {
+            let mut c = (**c).clone();
+            c.cond_expr = compile(&c.cond_expr, d);
+            c.true_expr = compile(&c.true_expr, d);
+            c.false_expr = compile(&c.false_expr, d);
+            E::Conditional(Box::new(c))
+        }
+        E::Operation(op) => E::Operation(Box::new(match &**op {
+            Operation::Unary(u) => {
+                let mut u = u.clone();
+                u.expr = compile(&u.expr, d);
+                Operation::Unary(u)
+            }
+            Operation::Binary(b) => {
+                let mut b = b.clone();
+                b.lhs_expr = compile(&b.lhs_expr, d);
+                b.rhs_expr = compile(&b.rhs_expr, d);
+                Operation::Binary(b)
+            }
+        })),
+        E::ForExpr(f) => {
+            let mut f = (**f).clone();
+            f.collection_expr = compile(&f.collection_expr, d);
+            f.key_expr = f.key_expr.as_ref().map(|k| compile(k, d));
+            f.value_expr = compile(&f.value_expr, d);
+            f.cond_expr = f.cond_expr.as_ref().map(|c| compile(c, d));
+            E::ForExpr(Box::new(f))
+        }
+        E::Traversal(t) => {
+            let mut t = (**t).clone();
+            t.expr = compile(&t.expr, d);
+            for op in &mut t.operators {
+                if let Op::Index(ix) = op {
+                    *ix = compile(ix, d);
+                }
+            }
+            E::Traversal(Box::new(t))
+        }
+        _ => e.clone(),
+    }
+}
+
+fn f_template(args: FuncArgs) -> Result<Value, String> {
+    let mut out = String::new();
+    for a in args.iter() {
+        match to_plain_string(a) {
+            Some(s) => out.push_str(&s),
+            None if a.is_null() => return Err("a template interpolates a null value".into()),
+            None => return Err(format!("a template cannot interpolate a {}", type_name(a))),
+        }
+    }
+    Ok(Value::String(out))
+}
+
+/// A context holding only the internal template function.
+pub(crate) fn template_context() -> Context<'static> {
+    let mut ctx = Context::new();
+    ctx.declare_func(
+        TEMPLATE_FUNC,
+        FuncDef::builder()
+            .variadic_param(ParamType::Any)
+            .build(f_template),
+    );
+    ctx
+}
+
+/// Resolves `e` when it is a plain reference into a namespace (`environment.dc.host.hv1`),
+/// without evaluating: the common case, copied once.
+pub(crate) fn resolve_plain<'v>(e: &hcl::Expression, lookup: &Lookup<'v>) -> Option<&'v Value> {
+    use hcl::expr::{Expression as E, TraversalOperator as Op};
+    let E::Traversal(t) = e else { return None };
+    let E::Variable(root) = &t.expr else {
+        return None;
+    };
+    let (Some(Op::GetAttr(name)), rest) =
+        (t.operators.first(), t.operators.get(1..).unwrap_or(&[]))
+    else {
+        return None;
+    };
+    let mut cur = lookup(root.as_str(), name.as_str())?;
+    for op in rest {
+        cur = match op {
+            Op::GetAttr(k) => cur.as_object()?.get(k.as_str())?,
+            Op::LegacyIndex(i) => cur.as_array()?.get(usize::try_from(*i).ok()?)?,
+            Op::Index(E::String(k)) => cur.as_object()?.get(k.as_str())?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Where [`bind`] puts the values it resolves: variables of the evaluation context, so the
+/// evaluator copies each once instead of converting it to an expression and back.
+pub(crate) struct Binder<'c> {
+    pub ctx: &'c mut Context<'static>,
+    next: usize,
+}
+
+impl<'c> Binder<'c> {
+    pub fn new(ctx: &'c mut Context<'static>) -> Self {
+        Binder { ctx, next: 0 }
+    }
+
+    fn declare(&mut self, v: Value) -> hcl::Expression {
+        let name = format!("__smig_ref_{}", self.next);
+        self.next += 1;
+        self.ctx.declare_var(name.as_str(), v);
+        hcl::Expression::Variable(hcl::expr::Variable::unchecked(name))
+    }
+}
+
+/// The roots whose references [`bind`] resolves.
+pub(crate) const NAMESPACES: &[&str] =
+    &["var", "local", "environment", "subnet", "vm", "secure_link"];
+
+/// Looks up the value of `root.name` (`vm.web`), by reference.
+pub(crate) type Lookup<'v> = dyn Fn(&str, &str) -> Option<&'v Value> + 'v;
+
+/// Returns `e` with every reference into a namespace (`vm.web[count.index * 2]`) replaced by
+/// the value it denotes. The evaluator copies a variable's whole value on every lookup; bound
+/// references copy only what they select, which keeps 10,000 `count` instances linear.
+/// Index expressions are evaluated in `ctx`; what cannot be resolved is left for the evaluator
+/// to report.
+pub(crate) fn bind<'v>(
+    e: &hcl::Expression,
+    lookup: &Lookup<'v>,
+    b: &mut Binder,
+) -> Result<hcl::Expression, hcl::eval::Error> {
+    use hcl::expr::{Expression as E, Operation, TraversalOperator as Op};
+    Ok(match e {
+        E::Null
+        | E::Bool(_)
+        | E::Number(_)
+        | E::String(_)
+        | E::TemplateExpr(_)
+        | E::Variable(_) => e.clone(),
+        E::Array(a) => E::Array(
+            a.iter()
+                .map(|x| bind(x, lookup, b))
+                .collect::<Result<_, _>>()?,
+        ),
+        E::Object(o) => {
+            let mut out = hcl::expr::Object::new();
+            for (k, v) in o {
+                let k = match k {
+                    hcl::ObjectKey::Expression(ke) => {
+                        hcl::ObjectKey::Expression(bind(ke, lookup, b)?)
+                    }
+                    other => other.clone(),
+                };
+                out.insert(k, bind(v, lookup, b)?);
+            }
+            E::Object(out)
+        }
+        E::Parenthesis(p) => E::Parenthesis(Box::new(bind(p, lookup, b)?)),
+        E::FuncCall(f) => {
+            let mut f = (**f).clone();
+            for a in &mut f.args {
+                *a = bind(a, lookup, b)?;
+            }
+            E::FuncCall(Box::new(f))
+        }
+        E::Conditional(c) => {
+            // Only the branch taken is resolved (and copied).
+            let cond = bind(&c.cond_expr, lookup, b)?;
+            match cond.evaluate(b.ctx)? {
+                Value::Bool(true) => bind(&c.true_expr, lookup, b)?,
+                Value::Bool(false) => bind(&c.false_expr, lookup, b)?,
+                other => {
+                    let mut c = (**c).clone();
+                    c.cond_expr = E::from(other);
+                    E::Conditional(Box::new(c))
+                }
+            }
+        }
+        E::Operation(op) => E::Operation(Box::new(match &**op {
+            Operation::Unary(u) => {
+                let mut u = u.clone();
+                u.expr = bind(&u.expr, lookup, b)?;
+                Operation::Unary(u)
+            }
+            Operation::Binary(op) => {
+                let mut op = op.clone();
+                op.lhs_expr = bind(&op.lhs_expr, lookup, b)?;
+                op.rhs_expr = bind(&op.rhs_expr, lookup, b)?;
+                Operation::Binary(op)
+            }
+        })),
+        E::ForExpr(f) => {
+            let mut f = (**f).clone();
+            f.collection_expr = bind(&f.collection_expr, lookup, b)?;
+            // The loop body runs in the evaluator's own scope, where index expressions may use
+            // the loop variables: leave it to the evaluator.
+            E::ForExpr(Box::new(f))
+        }
+        E::Traversal(t) => {
+            let root = match &t.expr {
+                E::Variable(v) if NAMESPACES.contains(&v.as_str()) => Some(v.as_str()),
+                _ => None,
+            };
+            let (Some(root), Some(Op::GetAttr(name))) = (root, t.operators.first()) else {
+                let mut t = (**t).clone();
+                t.expr = bind(&t.expr, lookup, b)?;
+                for op in &mut t.operators {
+                    if let Op::Index(ix) = op {
+                        *ix = bind(ix, lookup, b)?;
+                    }
+                }
+                return Ok(E::Traversal(Box::new(t)));
+            };
+            let Some(mut cur) = lookup(root, name.as_str()) else {
+                return Ok(e.clone());
+            };
+            let mut rest = t.operators[1..].iter().peekable();
+            let mut pending: Option<Op> = None;
+            while let Some(op) = rest.peek() {
+                let next = match op {
+                    Op::GetAttr(k) => cur.as_object().and_then(|o| o.get(k.as_str())),
+                    Op::LegacyIndex(i) => cur.as_array().and_then(|a| a.get(*i as usize)),
+                    Op::Index(ix) => {
+                        let bound = bind(ix, lookup, b)?;
+                        let idx = bound.evaluate(b.ctx)?;
+                        let found = index_ref(cur, &idx);
+                        if found.is_none() {
+                            pending = Some(Op::Index(hcl::Expression::from(idx)));
+                        }
+                        found
+                    }
+                    Op::AttrSplat | Op::FullSplat => None,
+                };
+                match next {
+                    Some(v) => {
+                        cur = v;
+                        rest.next();
+                    }
+                    None => break,
+                }
+            }
+            let mut remaining: Vec<Op> = Vec::new();
+            if let Some(p) = pending {
+                remaining.push(p);
+                rest.next();
+            }
+            for op in rest {
+                remaining.push(match op {
+                    Op::Index(ix) => Op::Index(bind(ix, lookup, b)?),
+                    other => other.clone(),
+                });
+            }
+            let value = b.declare(cur.clone());
+            if remaining.is_empty() {
+                value
+            } else {
+                E::Traversal(Box::new(hcl::expr::Traversal::new(value, remaining)))
+            }
+        }
+        // Variants added in later versions: left to the evaluator.
+        _ => e.clone(),
+    })
+}
+
+fn index_ref<'a>(v: &'a Value, idx: &Value) -> Option<&'a Value> {
+    match (v, idx) {
+        (Value::Array(a), Value::Number(n)) => {
+            n.as_u64().and_then(|i| a.get(usize::try_from(i).ok()?))
+        }
+        (Value::Array(a), Value::String(s)) => s.parse::<usize>().ok().and_then(|i| a.get(i)),
+        (Value::Object(o), Value::String(s)) => o.get(s.as_str()),
+        (Value::Object(o), Value::Number(n)) => o.get(n.to_string().as_str()),
+        _ => None,
     }
 }
 
@@ -227,7 +580,7 @@ pub(crate) const MAX_COLLECTION: usize = 1_000_000;
 
 /// A context holding the language's functions.
 pub(crate) fn base_context() -> Context<'static> {
-    let mut ctx = Context::new();
+    let mut ctx = template_context();
     let funcs: &[(&str, usize, bool, hcl::eval::Func)] = &[
         ("format", 1, true, f_format),
         ("cidrhost", 2, false, f_cidrhost),
@@ -630,7 +983,6 @@ fn f_zipmap(args: FuncArgs) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hcl::eval::Evaluate;
 
     fn eval(src: &str) -> Result<Value, String> {
         let e: hcl::Expression = hcl_edit::parser::parse_expr(src)

@@ -106,9 +106,18 @@ enum Ev {
 /// What is known about the values of each named thing while the graph is walked.
 #[derive(Default)]
 struct Scope {
-    values: HashMap<Key, Value>,
+    values: HashMap<Ns, HashMap<String, Value>>,
     unknown: HashSet<Key>,
     sensitive: HashSet<Key>,
+}
+
+impl Scope {
+    fn set(&mut self, key: Key, value: Value) {
+        self.values.entry(key.0).or_default().insert(key.1, value);
+    }
+    fn get(&self, key: &Key) -> Option<&Value> {
+        self.values.get(&key.0).and_then(|m| m.get(&key.1))
+    }
 }
 
 /// Loads and validates a configuration; see [`super::load`].
@@ -159,6 +168,7 @@ pub(crate) fn load(
         declared: HashSet::new(),
         vm_locs: HashMap::new(),
         link_locs: HashMap::new(),
+        referenced: HashSet::new(),
     };
     loader.run(&blocks, inputs);
     if loader.sink.has_errors() {
@@ -185,6 +195,8 @@ struct Loader {
     declared: HashSet<Key>,
     vm_locs: HashMap<String, VmLocs>,
     link_locs: HashMap<String, LinkLocs>,
+    /// Names something else refers to: only those need their value built.
+    referenced: HashSet<Key>,
 }
 
 impl Loader {
@@ -288,6 +300,7 @@ impl Loader {
                 }
                 if let Some(&j) = index.get(&key) {
                     graph.add_edge(NodeIndex::new(i), NodeIndex::new(j), r.loc.clone());
+                    self.referenced.insert(key);
                 }
             }
         }
@@ -654,7 +667,7 @@ impl Loader {
             };
             match value {
                 Some((v, origin)) if self.validate_variable(name, decl, &v, &origin) => {
-                    self.scope.values.insert(key, v);
+                    self.scope.set(key, v);
                 }
                 Some(_) => {
                     self.scope.unknown.insert(key);
@@ -867,7 +880,7 @@ impl Loader {
         }
         Prepared {
             raw: a,
-            expr: a.expr.clone().into(),
+            expr: super::eval::compile(&a.expr.clone().into(), 0),
             refs,
             unknown,
             sensitive,
@@ -958,7 +971,7 @@ impl Loader {
                     Ns::Var => {
                         vars.contains_key(name)
                             || self.scope.unknown.contains(&key)
-                            || self.scope.values.contains_key(&key)
+                            || self.scope.get(&key).is_some()
                     }
                     _ => self.declared(&key),
                 };
@@ -1077,9 +1090,16 @@ impl Loader {
 /// Replaces every character in `spans` by `*` (one per byte, newlines kept), so byte offsets
 /// stay valid while the masked text never shows.
 pub(crate) fn mask(text: &str, spans: &[std::ops::Range<usize>]) -> String {
+    let mut spans: Vec<&std::ops::Range<usize>> = spans.iter().collect();
+    spans.sort_by_key(|r| r.start);
+    let mut next = spans.into_iter().peekable();
+    let mut current: Option<&std::ops::Range<usize>> = None;
     let mut out = String::with_capacity(text.len());
     for (i, c) in text.char_indices() {
-        if c != '\n' && spans.iter().any(|s| s.contains(&i)) {
+        while current.is_none_or(|r| r.end <= i) && next.peek().is_some_and(|r| r.start <= i) {
+            current = next.next();
+        }
+        if c != '\n' && current.is_some_and(|r| r.contains(&i)) {
             for _ in 0..c.len_utf8() {
                 out.push('*');
             }
@@ -1091,7 +1111,7 @@ pub(crate) fn mask(text: &str, spans: &[std::ops::Range<usize>]) -> String {
 }
 
 /// The names of the functions the language offers.
-pub(crate) const FUNCTIONS: &[&str] = &[
+pub const FUNCTIONS: &[&str] = &[
     "cidrhost",
     "cidrsubnet",
     "concat",
@@ -1164,7 +1184,7 @@ struct LinkLocs {
 impl Loader {
     /// A context holding the functions and the values a set of attributes refers to.
     fn context_for(&self, prepared: &[&Prepared]) -> Context<'static> {
-        let mut ctx = Context::new();
+        let mut ctx = super::eval::template_context();
         let base = base_context();
         let mut funcs: Vec<&str> = Vec::new();
         let mut spaces: BTreeMap<Ns, Map<String, Value>> = BTreeMap::new();
@@ -1174,7 +1194,7 @@ impl Loader {
                     funcs.push(f);
                 }
             }
-            for r in &p.refs.refs {
+            for r in p.refs.refs.iter().filter(|r| r.in_template) {
                 let (Some(ns), Some(name)) = (Ns::from_root(&r.root), r.path.first()) else {
                     continue;
                 };
@@ -1182,7 +1202,7 @@ impl Loader {
                 if space.contains_key(name) {
                     continue;
                 }
-                if let Some(v) = self.scope.values.get(&(ns, name.clone())) {
+                if let Some(v) = self.scope.values.get(&ns).and_then(|m| m.get(name)) {
                     space.insert(name.clone(), v.clone());
                 }
             }
@@ -1197,11 +1217,25 @@ impl Loader {
     }
 
     /// Evaluates a prepared attribute; evaluation errors are reported at its value.
-    fn eval(&mut self, p: &Prepared, ctx: &Context, in_link: bool) -> Ev {
+    fn eval(&mut self, p: &Prepared, ctx: &mut Context<'static>, in_link: bool) -> Ev {
         if p.unknown {
             return Ev::Unknown;
         }
-        match p.expr.evaluate(ctx) {
+        let values = &self.scope.values;
+        let lookup = |root: &str, name: &str| {
+            Ns::from_root(root)
+                .and_then(|ns| values.get(&ns))
+                .and_then(|m| m.get(name))
+        };
+        let result = match super::eval::resolve_plain(&p.expr, &lookup) {
+            Some(v) => Ok(v.clone()),
+            None => {
+                let mut binder = super::eval::Binder::new(ctx);
+                super::eval::bind(&p.expr, &lookup, &mut binder)
+                    .and_then(|e| e.evaluate(binder.ctx))
+            }
+        };
+        match result {
             Ok(v) => Ev::Val(v),
             Err(e) => {
                 let (code, loc) = match e.kind() {
@@ -1377,14 +1411,14 @@ impl Loader {
         if prepared.iter().any(|p| p.unknown) {
             self.scope.unknown.insert(key);
         } else {
-            self.scope.values.insert(key, value);
+            self.scope.set(key, value);
         }
     }
 
     fn eval_local(&mut self, node: &Node, a: &RawAttr, vars: &IndexMap<String, VarDecl>) {
         let p = self.prepare(node, a, false, false, vars);
-        let ctx = self.context_for(&[&p]);
-        let ev = self.eval(&p, &ctx, false);
+        let mut ctx = self.context_for(&[&p]);
+        let ev = self.eval(&p, &mut ctx, false);
         match ev {
             Ev::Val(v) => self.settle(node.key.clone(), v, &[&p]),
             Ev::Unknown => {
@@ -1465,7 +1499,7 @@ impl Loader {
             .chain(host_attrs.iter().flat_map(|(_, ps)| ps.iter()))
             .chain(core_attrs.iter())
             .collect();
-        let ctx = self.context_for(&refs);
+        let mut ctx = self.context_for(&refs);
 
         let mut trusted = false;
         match all.iter().find(|p| p.raw.name == "trusted") {
@@ -1475,7 +1509,7 @@ impl Loader {
                 "say whether the environment is trusted: `trusted = true` or `trusted = false`",
             ),
             Some(p) => {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 trusted = self.want_bool(p, ev).unwrap_or(false);
             }
         }
@@ -1487,7 +1521,7 @@ impl Loader {
             let mut address = None;
             let mut network = None;
             for p in ps {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 match p.raw.name.as_str() {
                     "libvirt" => {
                         libvirt = self.want_string(p, ev);
@@ -1544,7 +1578,7 @@ impl Loader {
         if let Some(c) = core {
             let mut network = None;
             for p in &core_attrs {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 network = self.want_string(p, ev);
             }
             if c.attr("network").is_none() {
@@ -1585,12 +1619,12 @@ impl Loader {
             .map(|a| self.prepare(node, a, false, false, vars))
             .collect();
         let refs: Vec<&Prepared> = ps.iter().collect();
-        let ctx = self.context_for(&refs);
+        let mut ctx = self.context_for(&refs);
         let mut cidr: Option<Ipv4Net> = None;
         match ps.iter().find(|p| p.raw.name == "cidr") {
             None => self.missing(b, "cidr", "the subnet's prefix, e.g. \"192.168.10.0/24\""),
             Some(p) => {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 if let Some(s) = self.want_string(p, ev) {
                     match s.parse::<Ipv4Net>() {
                         Ok(net) if net.trunc() == net => cidr = Some(net),
@@ -1636,7 +1670,7 @@ impl Loader {
         &mut self,
         b: &RawBlock,
         ps: &[Prepared],
-        ctx: &Context,
+        ctx: &mut Context<'static>,
         in_link: bool,
     ) -> Option<Expansion> {
         let count = ps.iter().find(|p| p.raw.name == "count");
@@ -1853,7 +1887,7 @@ impl Loader {
                 self.missing(b, attr, help);
             }
         }
-        let Some(exp) = self.expansion(b, &own, &ctx, false) else {
+        let Some(exp) = self.expansion(b, &own, &mut ctx, false) else {
             self.scope.unknown.insert(node.key.clone());
             return;
         };
@@ -1883,7 +1917,7 @@ impl Loader {
             };
             if let Some(i) = i_host {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 host = self.want_host(p, ev);
                 if host.is_some() {
                     locs.host = Some(p.raw.value.clone());
@@ -1891,7 +1925,7 @@ impl Loader {
             }
             if let Some(i) = i_subnet {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 subnet = self.want_named(p, ev, "a subnet reference like `subnet.app`");
                 if subnet.is_some() {
                     locs.subnet = Some(p.raw.value.clone());
@@ -1899,7 +1933,7 @@ impl Loader {
             }
             if let Some(i) = i_address {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 address = self.want_ipv4(p, ev);
                 if address.is_some() {
                     locs.address = Some((p.raw.value.clone(), p.sensitive));
@@ -1907,7 +1941,7 @@ impl Loader {
             }
             if let Some(i) = i_domain {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 if let Some(d) = self.want_string(p, ev) {
                     if d.is_empty() {
                         self.invalid(p, "`domain` must not be empty", "");
@@ -1918,7 +1952,7 @@ impl Loader {
             }
             let mut mig = Migration::default();
             for p in &migration {
-                let ev = self.eval(p, &ctx, false);
+                let ev = self.eval(p, &mut ctx, false);
                 match p.raw.name.as_str() {
                     "mode" => match self.want_string(p, ev).as_deref() {
                         None => {}
@@ -1944,14 +1978,16 @@ impl Loader {
             let host = host.unwrap_or_else(|| HostId(String::new()));
             let subnet = subnet.unwrap_or_default();
             let address = address.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            let mut v = Map::new();
-            v.insert("id".into(), Value::from(inst.name.clone()));
-            v.insert("name".into(), Value::from(inst.name.clone()));
-            v.insert("domain".into(), Value::from(domain.clone()));
-            v.insert("host".into(), Value::from(host.0.clone()));
-            v.insert("subnet".into(), Value::from(subnet.clone()));
-            v.insert("address".into(), Value::from(address.to_string()));
-            values.push(Value::Object(v));
+            if self.referenced.contains(&node.key) {
+                let mut v = Map::new();
+                v.insert("id".into(), Value::from(inst.name.clone()));
+                v.insert("name".into(), Value::from(inst.name.clone()));
+                v.insert("domain".into(), Value::from(domain.clone()));
+                v.insert("host".into(), Value::from(host.0.clone()));
+                v.insert("subnet".into(), Value::from(subnet.clone()));
+                v.insert("address".into(), Value::from(address.to_string()));
+                values.push(Value::Object(v));
+            }
             self.vm_locs.insert(inst.name.clone(), locs);
             self.landscape.vms.insert(
                 inst.name.clone(),
@@ -2113,7 +2149,7 @@ impl Loader {
                 }
             }
         }
-        let Some(exp) = self.expansion(b, &own, &ctx, true) else {
+        let Some(exp) = self.expansion(b, &own, &mut ctx, true) else {
             self.scope.unknown.insert(node.key.clone());
             return;
         };
@@ -2129,7 +2165,7 @@ impl Loader {
             let mut locs = LinkLocs { between: None };
             if let Some(i) = i_between {
                 let p = &own[i];
-                let ev = self.eval(p, &ctx, true);
+                let ev = self.eval(p, &mut ctx, true);
                 if let Some(vms) = self.want_vms(p, ev) {
                     between = vms;
                     locs.between = Some(p.raw.value.clone());
@@ -2139,7 +2175,7 @@ impl Loader {
             let mut psk: Option<Secret> = None;
             let (mut cert, mut key, mut ca) = (None, None, None);
             for p in &ipsec {
-                let ev = self.eval(p, &ctx, true);
+                let ev = self.eval(p, &mut ctx, true);
                 match p.raw.name.as_str() {
                     "proposals" => {
                         if let Some(list) = self.want_strings(p, ev) {
@@ -2183,14 +2219,16 @@ impl Loader {
                     ca,
                 },
             };
-            let mut v = Map::new();
-            v.insert("id".into(), Value::from(inst.name.clone()));
-            v.insert("name".into(), Value::from(inst.name.clone()));
-            v.insert(
-                "between".into(),
-                Value::Array(between.iter().map(|s| Value::from(s.clone())).collect()),
-            );
-            values.push(Value::Object(v));
+            if self.referenced.contains(&node.key) {
+                let mut v = Map::new();
+                v.insert("id".into(), Value::from(inst.name.clone()));
+                v.insert("name".into(), Value::from(inst.name.clone()));
+                v.insert(
+                    "between".into(),
+                    Value::Array(between.iter().map(|s| Value::from(s.clone())).collect()),
+                );
+                values.push(Value::Object(v));
+            }
             self.link_locs.insert(inst.name.clone(), locs);
             self.landscape.secure_links.insert(
                 inst.name.clone(),
@@ -2212,10 +2250,10 @@ impl Loader {
             .map(|a| self.prepare(node, a, false, false, vars))
             .collect();
         let refs: Vec<&Prepared> = ps.iter().collect();
-        let ctx = self.context_for(&refs);
+        let mut ctx = self.context_for(&refs);
         let mut policy = Policy::default();
         for p in &ps {
-            let ev = self.eval(p, &ctx, false);
+            let ev = self.eval(p, &mut ctx, false);
             match p.raw.name.as_str() {
                 "tls_ports" => match ev {
                     Ev::Val(Value::Array(a)) => {

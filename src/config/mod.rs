@@ -4,11 +4,33 @@
 //! here does I/O. [`load`] parses every file, checks the structure against the language,
 //! resolves variables (`--var` over `--var-file` over `SMIG_VAR_<name>` over defaults), locals
 //! and references in dependency order, expands `count` and `for_each`, and checks the whole
-//! landscape. Every problem is reported at once as a [`ConfigErrors`] diagnostic.
+//! landscape. Every problem is reported at once as a [`ConfigErrors`] diagnostic, each with a
+//! stable [`Code`]; values of sensitive variables never appear in one (a variables file and
+//! sensitive defaults are shown masked).
+//!
+//! The language (`schemas/landscape.schema.json` has it as a JSON Schema):
+//!
+//! - `variable "NAME" { type, default, sensitive, description, nullable, validation { condition, error_message } }`
+//! - `locals { NAME = expr ... }`
+//! - `environment "NAME" { trusted, host "NAME" { libvirt, address, network }, routing_core { network } }`
+//! - `subnet "NAME" { cidr }`
+//! - `vm "NAME" { count | for_each, host, subnet, address, domain, migration { mode, strategy, max_downtime_ms, bandwidth_mibps } }`
+//! - `secure_link "NAME" { count | for_each, between, ipsec { proposals, psk | cert + key [+ ca] } }`
+//! - `policy { tls_ports, route_check_timeout_s, route_check_interval_s, parallelism, allow_insecure_transport }` (at most one)
+//!
+//! References: `var.X`, `local.X`, `environment.E` (with `.trusted`, `.host.H` — a host, with
+//! `.id`, `.address`, ...), `subnet.S` (`.name`, `.cidr`), `vm.V` (`.id`, `.address`, `.host`,
+//! ...; a list for `count`, a map for `for_each`), `secure_link.L`, and inside expanded blocks
+//! `count.index`, `each.key`, `each.value`. A `host` may also be written `"ENV.HOST"` and a
+//! `subnet` by name. Functions: see [`FUNCTIONS`].
 //!
 //! Instances of a block with `count` are named `web[0]`, `web[1]`, ...; with `for_each`,
 //! `web["key"]` (Terraform's convention). Their libvirt domain name defaults to `web-0` or
 //! `web-key` (a single VM's to its name).
+//!
+//! Limits keep hostile input bounded: nesting deeper than [`MAX_DEPTH`], more than
+//! [`MAX_INSTANCES_PER_BLOCK`] instances of a block or [`MAX_INSTANCES_TOTAL`] in all are
+//! refused with a diagnostic.
 
 mod depth;
 mod diagnostic;
@@ -20,7 +42,7 @@ mod types;
 
 pub use depth::MAX_DEPTH;
 pub use diagnostic::{Code, ConfigError, ConfigErrors};
-pub use load::{MAX_INSTANCES_PER_BLOCK, MAX_INSTANCES_TOTAL};
+pub use load::{FUNCTIONS, MAX_INSTANCES_PER_BLOCK, MAX_INSTANCES_TOTAL};
 
 use crate::model::Landscape;
 

@@ -45,7 +45,11 @@ pub fn build(
 ) -> Result<Plan, PlanError> {
     // 310, 315: select the VMs that move and their targets; what each needs.
     let diff = Diff::new(desired, observed, opts)?;
-    let mut draft = Draft::default();
+    // About eight steps per move, two per SA end, two per stale item.
+    let estimate = diff.moves.len() * 8
+        + diff.installs.len() * 2 * 2
+        + (diff.stale.len() + diff.stale_tunnels.len()) * 2;
+    let mut draft = Draft::with_capacity(estimate);
     for pass in PASSES {
         pass.apply(&diff, &mut draft)?;
     }
@@ -73,4 +77,30 @@ pub fn build(
 /// The names of the passes, in order (for documentation and tests).
 pub fn pass_names() -> Vec<&'static str> {
     PASSES.iter().map(|p| p.name()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recipe_reads_in_fig_3_order() {
+        assert_eq!(
+            pass_names(),
+            [
+                "block",
+                "shutdown",
+                "migrate",
+                "tunnel.add",
+                "restart",
+                "ipsec.install",
+                "connections.secure",
+                "enable",
+                "route.check",
+                "cleanup",
+                "dedupe",
+                "transitive reduction",
+            ]
+        );
+    }
 }

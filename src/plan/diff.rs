@@ -7,8 +7,9 @@ use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, S
 use crate::model::{
     DomainState, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
 };
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 /// Which resources `--target` / `--exclude` leave in the plan. A target pulls in what it
@@ -124,6 +125,10 @@ pub(crate) struct Move<'a> {
     /// Shut down (or already shut off) and moved as a definition.
     pub offline: bool,
     pub strategy: Strategy,
+    /// The SAs the VM needs on its new host, given where its peers end up.
+    pub needs: Vec<SaPair>,
+    /// Addresses of its secure_link peers, sorted.
+    pub peers: Vec<Ipv4Addr>,
 }
 
 impl Move<'_> {
@@ -195,7 +200,8 @@ pub(crate) struct Diff<'a> {
     pub moves: Vec<Move<'a>>,
     pub final_host: HashMap<&'a str, &'a HostId>,
     pub vm_links: HashMap<&'a str, Vec<&'a SecureLink>>,
-    pub needed: HashSet<SaPair>,
+    /// The SAs the landscape needs once the plan is applied, sorted (by link first).
+    pub needed_sorted: Vec<SaPair>,
     pub established: BTreeSet<SaPair>,
     pub installs: Vec<SaInstall<'a>>,
     pub stale: Vec<StaleEnd<'a>>,
@@ -204,8 +210,8 @@ pub(crate) struct Diff<'a> {
     pub subnet_moves: Vec<SubnetMove<'a>>,
     pub stale_tunnels: Vec<StaleTunnel<'a>>,
     pub warnings: Vec<String>,
-    /// Observed SA ends: (link, host, remote) → SA up.
-    observed_sas: BTreeMap<(String, HostId, HostId), bool>,
+    /// Observed SA ends per link: (host, remote, SA up), sorted.
+    observed_sas: HashMap<&'a str, Vec<(&'a HostId, &'a HostId, bool)>>,
 }
 
 impl<'a> Diff<'a> {
@@ -215,20 +221,27 @@ impl<'a> Diff<'a> {
         observed: &'a Observed,
         opts: &PlanOptions,
     ) -> Result<Self, PlanError> {
-        let mut observed_sas = BTreeMap::new();
+        let mut observed_sas: HashMap<&str, Vec<(&HostId, &HostId, bool)>> = HashMap::new();
         for (hid, host) in &observed.hosts {
             for c in &host.ipsec {
-                let up = observed_sas
-                    .entry((c.link.clone(), hid.clone(), c.remote.clone()))
-                    .or_insert(false);
-                *up |= c.sa_up;
+                observed_sas
+                    .entry(c.link.as_str())
+                    .or_default()
+                    .push((hid, &c.remote, c.sa_up));
             }
         }
-        let observed_links: HashSet<&str> = observed
-            .hosts
-            .values()
-            .flat_map(|h| h.ipsec.iter().map(|c| c.link.as_str()))
-            .collect();
+        for ends in observed_sas.values_mut() {
+            ends.sort();
+            // One entry per (host, remote); the SA is up if any record says so.
+            ends.dedup_by(|b, a| {
+                let same = a.0 == b.0 && a.1 == b.1;
+                if same {
+                    a.2 |= b.2;
+                }
+                same
+            });
+        }
+        let observed_links: HashSet<&str> = observed_sas.keys().copied().collect();
         let selection = Selection::new(desired, &observed_links, opts)
             .map_err(|e| PlanError::combine(e).unwrap_or(PlanError::Multiple { errors: vec![] }))?;
 
@@ -246,7 +259,9 @@ impl<'a> Diff<'a> {
             }
         }
 
-        let mut current = HashMap::with_capacity(desired.vms.len());
+        // Hash sets of declared hosts: one lookup per VM, not two tree walks.
+        let declared: HashSet<&HostId> = desired.hosts().map(|h| &h.id).collect();
+        let mut current: HashMap<&str, Current> = HashMap::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
             let found = placements
                 .get(vm.domain.as_str())
@@ -301,14 +316,14 @@ impl<'a> Diff<'a> {
                     None
                 }
             };
-            if desired.host(&vm.host).is_none() {
+            if !declared.contains(&vm.host) {
                 errors.push(PlanError::UnknownHost {
                     what: format!("vm.{name} is placed on"),
                     host: vm.host.to_string(),
                 });
             }
             if let Some((host, state)) = here {
-                if desired.host(host).is_none() {
+                if !declared.contains(host) {
                     errors.push(PlanError::UnknownHost {
                         what: format!("vm.{name} runs on"),
                         host: host.to_string(),
@@ -337,7 +352,7 @@ impl<'a> Diff<'a> {
         // 310/315: the VMs whose desired host differs from the discovered one.
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
-        let mut final_host = HashMap::with_capacity(desired.vms.len());
+        let mut final_host: HashMap<&str, &HostId> = HashMap::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
             let cur = current[name.as_str()];
             if cur.host != &vm.host && selection.vm(name) {
@@ -356,6 +371,8 @@ impl<'a> Diff<'a> {
                     state: cur.state,
                     offline,
                     strategy: vm.migration.strategy,
+                    needs: Vec::new(),
+                    peers: Vec::new(),
                 });
                 final_host.insert(name.as_str(), &vm.host);
             } else {
@@ -381,11 +398,13 @@ impl<'a> Diff<'a> {
             }
         }
         needed_sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let needed_list: Vec<SaPair> = needed_sorted.iter().map(|(p, _)| p.clone()).collect();
 
         let end_up = |link: &str, h: &HostId, r: &HostId| {
             observed_sas
-                .get(&(link.to_string(), h.clone(), r.clone()))
-                .copied()
+                .get(link)
+                .and_then(|ends| ends.iter().find(|(a, b, _)| *a == h && *b == r))
+                .map(|e| e.2)
         };
         let established: BTreeSet<SaPair> = needed_sorted
             .iter()
@@ -446,8 +465,13 @@ impl<'a> Diff<'a> {
         // IPsec ends discovered that the landscape no longer needs.
         let mut stale = Vec::new();
         let mut cleanup_links: HashMap<&str, Vec<String>> = HashMap::new();
-        let mut covered: HashSet<(String, HostId)> = HashSet::new();
-        for (link_name, host, remote) in observed_sas.keys() {
+        let mut covered: HashSet<(&str, &HostId)> = HashSet::new();
+        let mut stale_links: Vec<&str> = observed_sas.keys().copied().collect();
+        stale_links.sort_unstable();
+        let all_ends = stale_links
+            .iter()
+            .flat_map(|l| observed_sas[l].iter().map(move |e| (*l, e.0, e.1)));
+        for (link_name, host, remote) in all_ends {
             let configured = desired.secure_links.get(link_name);
             if configured.is_some() && needed.contains(&SaPair::new(link_name, host, remote)) {
                 continue;
@@ -470,19 +494,24 @@ impl<'a> Diff<'a> {
             }
             // The VM leaving `host` removes the link there in its cleanup, when no other pair
             // of the link on that host stays needed.
-            let whole_link_stale_here = observed_sas
-                .keys()
-                .filter(|(l, h, _)| l == link_name && h == host)
-                .all(|(l, h, r)| configured.is_none() || !needed.contains(&SaPair::new(l, h, r)));
+            let whole_link_stale_here = observed_sas[link_name]
+                .iter()
+                .filter(|(h, _, _)| *h == host)
+                .all(|(h, r, _)| {
+                    configured.is_none() || !needed.contains(&SaPair::new(link_name, h, r))
+                });
             let leaver = wait_for.iter().find(|m| moving[*m].from == host);
             if let (Some(vm), true) = (leaver, whole_link_stale_here) {
-                if covered.insert((link_name.clone(), host.clone())) {
-                    cleanup_links.entry(vm).or_default().push(link_name.clone());
+                if covered.insert((link_name, host)) {
+                    cleanup_links
+                        .entry(vm)
+                        .or_default()
+                        .push(link_name.to_string());
                 }
                 continue;
             }
             stale.push(StaleEnd {
-                link: link_name.clone(),
+                link: link_name.to_string(),
                 host: host.clone(),
                 remote: remote.clone(),
                 configured,
@@ -584,14 +613,14 @@ impl<'a> Diff<'a> {
         if let Some(e) = PlanError::combine(errors) {
             return Err(e);
         }
-        Ok(Diff {
+        let mut diff = Diff {
             desired,
             observed,
             current,
             moves,
             final_host,
             vm_links,
-            needed,
+            needed_sorted: needed_list,
             established,
             installs,
             stale,
@@ -600,7 +629,14 @@ impl<'a> Diff<'a> {
             stale_tunnels,
             warnings,
             observed_sas,
-        })
+        };
+        let mut moves = std::mem::take(&mut diff.moves);
+        for m in &mut moves {
+            m.needs = diff.needs_at(&m.vm.name, m.to, Placement::Final);
+            m.peers = diff.peers(&m.vm.name);
+        }
+        diff.moves = moves;
+        Ok(diff)
     }
 
     /// Addresses of the VM's secure_link peers, sorted.
@@ -660,9 +696,14 @@ impl<'a> Diff<'a> {
     pub fn context(&self) -> PlanContext {
         PlanContext {
             placements: self
-                .final_host
-                .iter()
-                .map(|(v, h)| (v.to_string(), (*h).clone()))
+                .desired
+                .vms
+                .keys()
+                .filter_map(|v| {
+                    self.final_host
+                        .get(v.as_str())
+                        .map(|h| (v.clone(), (*h).clone()))
+                })
                 .collect(),
             established: self.established.clone(),
             must_secure: self
@@ -709,17 +750,23 @@ impl<'a> Diff<'a> {
         for name in links {
             let sas_before: Vec<String> = self
                 .observed_sas
-                .iter()
-                .filter(|((l, h, r), _)| l == name && h < r)
-                .map(|((_, h, r), up)| format!("{h} <-> {r}{}", if *up { "" } else { " (down)" }))
+                .get(name)
+                .into_iter()
+                .flatten()
+                .filter(|(h, r, _)| h < r)
+                .map(|(h, r, up)| format!("{h} <-> {r}{}", if *up { "" } else { " (down)" }))
                 .collect();
             let before = (!sas_before.is_empty()).then(|| json!({ "sas": sas_before }));
             let (action, after) = match self.desired.secure_links.get(name) {
                 None => (ChangeAction::Delete, None),
                 Some(link) => {
-                    let mut sas: Vec<&SaPair> =
-                        self.needed.iter().filter(|p| p.link == name).collect();
-                    sas.sort();
+                    let from = self
+                        .needed_sorted
+                        .partition_point(|p| p.link.as_str() < name);
+                    let sas: Vec<&SaPair> = self.needed_sorted[from..]
+                        .iter()
+                        .take_while(|p| p.link == name)
+                        .collect();
                     let after = json!({
                         "between": link.between,
                         "ipsec": link.ipsec,

@@ -4,10 +4,11 @@
 //! plan's DAG in a topological order.
 
 use super::{PlanError, SaPair, Step};
+use foldhash::{HashMap, HashMapExt};
 use petgraph::algo::tred::{dag_to_toposorted_adjacency_list, dag_transitive_reduction_closure};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 /// The steps of one moving VM, by position in the draft.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +36,16 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
+    /// An empty draft with room for about `steps` steps.
+    pub fn with_capacity(steps: usize) -> Self {
+        Draft {
+            steps: Vec::with_capacity(steps),
+            edges: Vec::with_capacity(steps + steps / 4),
+            vm: HashMap::with_capacity(steps / 6),
+            sa_up: HashMap::new(),
+        }
+    }
+
     /// Adds a step, returning its position.
     pub fn add(&mut self, step: Step) -> usize {
         self.steps.push(step);
@@ -79,12 +90,8 @@ impl Draft {
             self.edges.dedup();
             return;
         }
-        let steps = std::mem::take(&mut self.steps);
-        self.steps = steps
-            .into_iter()
-            .zip(&keep)
-            .filter_map(|(s, k)| k.then_some(s))
-            .collect();
+        let mut k = keep.iter();
+        self.steps.retain(|_| k.next().copied().unwrap_or(false));
         for e in &mut self.edges {
             *e = (remap[e.0], remap[e.1]);
         }
@@ -178,5 +185,80 @@ impl Draft {
             g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
         }
         Ok(g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::HostId;
+    use crate::plan::{Action, Inverse, StepKind, Target};
+
+    fn step(key: &str) -> Step {
+        let host = HostId::new("dc", "hv1");
+        Step {
+            key: key.to_string(),
+            kind: StepKind::Cleanup,
+            subject: key.to_string(),
+            target: Target::Host(host.clone()),
+            action: Action::Cleanup {
+                vm: key.to_string(),
+                host,
+                ipsec_links: vec![],
+            },
+            precondition: vec![],
+            effect: vec![],
+            inverse: Inverse::Nothing,
+        }
+    }
+
+    fn draft(keys: &[&str], edges: &[(usize, usize)]) -> Draft {
+        let mut d = Draft::default();
+        for k in keys {
+            d.add(step(k));
+        }
+        d.edges = edges.to_vec();
+        d
+    }
+
+    #[test]
+    fn dedupe_merges_same_keys_and_their_edges() {
+        // a -> s, b -> s' (s and s' share a key), s -> c, s' -> s (self loop after merge).
+        let mut d = draft(
+            &["a", "s", "b", "s", "c"],
+            &[(0, 1), (2, 3), (1, 4), (3, 1)],
+        );
+        d.dedupe();
+        let keys: Vec<&str> = d.steps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["a", "s", "b", "c"]);
+        assert_eq!(d.edges, [(0, 1), (1, 3), (2, 1)]);
+    }
+
+    #[test]
+    fn reduction_drops_implied_edges() {
+        let mut d = draft(&["a", "b", "c"], &[(0, 1), (1, 2), (0, 2)]);
+        d.reduce().unwrap();
+        assert_eq!(d.edges, [(0, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn numbering_is_topological_and_stable() {
+        // Added c, a, b with b -> a -> ... : numbers follow dependencies, then insertion.
+        let d = draft(&["c", "a", "b"], &[(2, 1)]);
+        let g = d.into_graph().unwrap();
+        let keys: Vec<&str> = g.node_weights().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["c", "b", "a"]);
+        assert!(g.find_edge(NodeIndex::new(1), NodeIndex::new(2)).is_some());
+    }
+
+    #[test]
+    fn a_cycle_is_an_error_naming_a_step() {
+        let d = draft(&["a", "b"], &[(0, 1), (1, 0)]);
+        match d.into_graph() {
+            Err(PlanError::Cycle { step }) => assert!(step == "a" || step == "b"),
+            other => panic!("{other:?}"),
+        }
+        let mut d = draft(&["a", "b"], &[(0, 1), (1, 0)]);
+        assert!(d.reduce().is_err());
     }
 }

@@ -152,4 +152,29 @@ mod tests {
         }
         .holds(&o));
     }
+
+    #[test]
+    fn sa_absent_looks_at_one_pair_only() {
+        let mut o = observed();
+        let (hv1, hv2, c1) = (
+            HostId::new("dc", "hv1"),
+            HostId::new("dc", "hv2"),
+            HostId::new("cloud", "c1"),
+        );
+        o.hosts.get_mut(&hv2).unwrap().ipsec.push(IpsecConnection {
+            name: ipsec_connection_name("l", &hv2, &c1),
+            link: "l".into(),
+            remote: c1.clone(),
+            sa_up: true,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        let absent = |remote: &HostId| Fact::SaAbsent {
+            link: "l".into(),
+            host: hv2.clone(),
+            remote: remote.clone(),
+        };
+        assert!(!absent(&c1).holds(&o));
+        assert!(absent(&hv1).holds(&o));
+    }
 }

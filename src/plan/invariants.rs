@@ -7,10 +7,10 @@
 
 use super::{Action, Plan, SaPair, StepKind};
 use crate::model::{HostId, Landscape, SecureLink};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use petgraph::graph::NodeIndex;
 use petgraph::Direction;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// The outcome of one invariant.
@@ -143,8 +143,23 @@ fn step_host(plan: &Plan, n: NodeIndex) -> Option<&HostId> {
     }
 }
 
-/// The initiating install of `pair` (the step that brings the SA up), if `n` is one.
-fn initiates(plan: &Plan, n: NodeIndex) -> Option<SaPair> {
+/// An SA by reference: (link, lower host, higher host).
+type Pair<'p> = (&'p str, &'p HostId, &'p HostId);
+
+fn pair<'p>(link: &'p str, x: &'p HostId, y: &'p HostId) -> Pair<'p> {
+    if x <= y {
+        (link, x, y)
+    } else {
+        (link, y, x)
+    }
+}
+
+fn show(p: Pair) -> String {
+    SaPair::new(p.0, p.1, p.2).to_string()
+}
+
+/// The SA that `n` brings up, if it is an initiating install.
+fn initiates(plan: &Plan, n: NodeIndex) -> Option<Pair<'_>> {
     match &plan.graph[n].action {
         Action::IpsecInstall {
             link,
@@ -152,33 +167,59 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<SaPair> {
             remote,
             initiate: true,
             ..
-        } => Some(SaPair::new(link, local, remote)),
+        } => Some(pair(link, local, remote)),
         _ => None,
     }
 }
 
-/// The SAs `vm` needs when it runs on `host`, given where its peers end up.
-fn needs(
-    plan: &Plan,
-    desired: &Landscape,
-    links: &HashMap<&str, Vec<&SecureLink>>,
-    vm: &str,
-    host: &HostId,
-) -> Vec<SaPair> {
-    let mut out = Vec::new();
-    for link in links.get(vm).into_iter().flatten() {
-        for peer in link.between.iter().filter(|m| m.as_str() != vm) {
-            let Some(p) = plan.context.placements.get(peer) else {
-                continue;
-            };
-            if p != host && (!desired.is_trusted(host) || !desired.is_trusted(p)) {
-                out.push(SaPair::new(&link.name, host, p));
+/// Where VMs run after the plan, and which links each takes part in.
+struct Index<'p> {
+    placements: HashMap<&'p str, &'p HostId>,
+    links: HashMap<&'p str, Vec<&'p SecureLink>>,
+    established: HashSet<Pair<'p>>,
+}
+
+impl<'p> Index<'p> {
+    fn new(plan: &'p Plan, desired: &'p Landscape) -> Self {
+        let mut placements = HashMap::with_capacity(plan.context.placements.len());
+        for (vm, h) in &plan.context.placements {
+            placements.insert(vm.as_str(), h);
+        }
+        let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
+        for link in desired.secure_links.values() {
+            for m in &link.between {
+                links.entry(m.as_str()).or_default().push(link);
             }
         }
+        let established = plan
+            .context
+            .established
+            .iter()
+            .map(|p| pair(&p.link, &p.a, &p.b))
+            .collect();
+        Index {
+            placements,
+            links,
+            established,
+        }
     }
-    out.sort();
-    out.dedup();
-    out
+
+    /// The SAs `vm` needs when it runs on `host`, given where its peers end up.
+    fn needs(&self, desired: &Landscape, vm: &str, host: &'p HostId, out: &mut Vec<Pair<'p>>) {
+        out.clear();
+        for link in self.links.get(vm).into_iter().flatten() {
+            for peer in link.between.iter().filter(|m| m.as_str() != vm) {
+                let Some(p) = self.placements.get(peer.as_str()).copied() else {
+                    continue;
+                };
+                if p != host && (!desired.is_trusted(host) || !desired.is_trusted(p)) {
+                    out.push(pair(&link.name, host, p));
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
 }
 
 /// Checks invariants 1, 2, 3 and 7 on the plan's DAG.
@@ -196,14 +237,9 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
         }
     }
 
-    let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
-    for link in desired.secure_links.values() {
-        for m in &link.between {
-            links.entry(m.as_str()).or_default().push(link);
-        }
-    }
+    let index = Index::new(plan, desired);
     let mut secured_vms: HashSet<&str> = HashSet::new();
-    let mut responders: HashMap<SaPair, Vec<NodeIndex>> = HashMap::new();
+    let mut responders: HashMap<Pair, Vec<NodeIndex>> = HashMap::new();
     for n in plan.graph.node_indices() {
         let s = &plan.graph[n];
         match &s.action {
@@ -217,7 +253,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 initiate: false,
                 ..
             } => responders
-                .entry(SaPair::new(link, local, remote))
+                .entry(pair(link, local, remote))
                 .or_default()
                 .push(n),
             _ => {}
@@ -226,6 +262,8 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
 
     let mut walk = Ancestry::new(plan.graph.node_count());
     let mut anc = Vec::new();
+    let mut installed: Vec<Pair> = Vec::new();
+    let mut needed: Vec<Pair> = Vec::new();
     for n in plan.graph.node_indices() {
         let s = &plan.graph[n];
         match s.kind {
@@ -234,19 +272,21 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                     continue;
                 };
                 walk.of(plan, n, &mut anc);
-                let installed: HashSet<SaPair> =
-                    anc.iter().filter_map(|&a| initiates(plan, a)).collect();
-                for pair in needs(plan, desired, &links, vm, host) {
-                    if plan.context.established.contains(&pair) || installed.contains(&pair) {
+                installed.clear();
+                installed.extend(anc.iter().filter_map(|&a| initiates(plan, a)));
+                index.needs(desired, vm, host, &mut needed);
+                for &p in &needed {
+                    if index.established.contains(&p) || installed.contains(&p) {
                         continue;
                     }
+                    let sa = show(p);
                     let msg = format!(
-                        "{} can run before the SA of {pair} is up: no ipsec.install of that pair precedes it",
+                        "{} can run before the SA of {sa} is up: no ipsec.install of that pair precedes it",
                         plan.label(n)
                     );
                     if s.kind == StepKind::Enable {
                         v2.push(format!(
-                            "{} is not preceded by the ipsec.install of {pair}",
+                            "{} is not preceded by the ipsec.install of {sa}",
                             plan.label(n)
                         ));
                     }
@@ -312,17 +352,18 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 }
             }
             StepKind::IpsecInstall => {
-                let Some(pair) = initiates(plan, n) else {
+                let Some(p) = initiates(plan, n) else {
                     continue;
                 };
-                let Some(resp) = responders.get(&pair) else {
+                let Some(resp) = responders.get(&p) else {
                     continue;
                 };
                 walk.of(plan, n, &mut anc);
                 if !resp.iter().any(|r| anc.contains(r)) {
                     v1.push(format!(
-                        "{} brings the SA of {pair} up before the other end has loaded it",
-                        plan.label(n)
+                        "{} brings the SA of {} up before the other end has loaded it",
+                        plan.label(n),
+                        show(p)
                     ));
                 }
             }

@@ -48,11 +48,11 @@ fn state_fact(domain: &str, host: &HostId, state: DomainState) -> Fact {
     }
 }
 
-fn sa_up_facts(diff: &Diff, m: &Move) -> Vec<Fact> {
-    diff.needs_at(&m.vm.name, m.to, Placement::Final)
-        .into_iter()
+fn sa_up_facts(m: &Move) -> Vec<Fact> {
+    m.needs
+        .iter()
         .flat_map(|p| {
-            let other = if &p.a == m.to { p.b } else { p.a };
+            let other = if &p.a == m.to { &p.b } else { &p.a };
             [
                 Fact::SaUp {
                     link: p.link.clone(),
@@ -60,8 +60,8 @@ fn sa_up_facts(diff: &Diff, m: &Move) -> Vec<Fact> {
                     remote: other.clone(),
                 },
                 Fact::SaUp {
-                    link: p.link,
-                    host: other,
+                    link: p.link.clone(),
+                    host: other.clone(),
                     remote: m.to.clone(),
                 },
             ]
@@ -84,7 +84,7 @@ impl Pass for BlockPass {
         for m in &diff.moves {
             let vm = &m.vm.name;
             let host = m.block_host().clone();
-            let peers = diff.peers(vm);
+            let peers = m.peers.clone();
             let (pre, secure_only) = match m.strategy {
                 Strategy::BlockFirst => (
                     state_fact(&m.vm.domain, m.from, m.state),
@@ -345,7 +345,7 @@ impl Pass for RestartPass {
                 )
             };
             let mut pre = vec![state_fact(&domain, &host, arrived)];
-            pre.extend(sa_up_facts(diff, m));
+            pre.extend(sa_up_facts(m));
             let s = step(
                 StepKind::Restart,
                 vm_subject(m),
@@ -427,7 +427,7 @@ impl Pass for IpsecPass {
         "ipsec.install"
     }
     fn apply(&self, diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
-        let moving: std::collections::HashMap<&str, &Move> =
+        let moving: foldhash::HashMap<&str, &Move> =
             diff.moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
         for sa in &diff.installs {
             // One copy per VM that needs it; the dedupe pass merges them.
@@ -479,7 +479,7 @@ impl Pass for ConnectionsPass {
                     host: m.to.clone(),
                 });
             }
-            pre.extend(sa_up_facts(diff, m));
+            pre.extend(sa_up_facts(m));
             let s = step(
                 StepKind::ConnectionsSecure,
                 vm_subject(m),
@@ -500,8 +500,8 @@ impl Pass for ConnectionsPass {
             let ix = draft.add(s);
             let steps = draft.vm(vm);
             draft.edge(steps.restart.or(steps.migrate), ix);
-            for pair in diff.needs_at(vm, m.to, Placement::Final) {
-                let init = draft.sa_up.get(&pair).copied();
+            for pair in &m.needs {
+                let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
             draft.vm.entry(vm.clone()).or_default().secure = Some(ix);
@@ -521,7 +521,7 @@ impl Pass for EnablePass {
         for m in &diff.moves {
             let vm = &m.vm.name;
             let host = m.to.clone();
-            let peers = diff.peers(vm);
+            let peers = m.peers.clone();
             let mut pre = Vec::new();
             if m.restarts() {
                 pre.push(Fact::DomainRunning {
@@ -529,7 +529,7 @@ impl Pass for EnablePass {
                     host: host.clone(),
                 });
             }
-            pre.extend(sa_up_facts(diff, m));
+            pre.extend(sa_up_facts(m));
             let steps = draft.vm(vm);
             if steps.secure.is_some() {
                 pre.push(Fact::ConnectionsSecured {
@@ -546,7 +546,7 @@ impl Pass for EnablePass {
                     host: host.clone(),
                     address: m.vm.address,
                     peers: peers.clone(),
-                    secure_only: diff.secure_only(vm, &host, Placement::Final),
+                    secure_only: !diff.desired.is_trusted(&host) || !m.needs.is_empty(),
                 },
                 pre,
                 vec![Fact::NotBlocked {
@@ -563,8 +563,8 @@ impl Pass for EnablePass {
             let ix = draft.add(s);
             draft.edge(steps.restart.or(steps.migrate), ix);
             draft.edge(steps.secure, ix);
-            for pair in diff.needs_at(vm, m.to, Placement::Final) {
-                let init = draft.sa_up.get(&pair).copied();
+            for pair in &m.needs {
+                let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
             draft.vm.entry(vm.clone()).or_default().enable = Some(ix);
@@ -807,5 +807,293 @@ impl Pass for TransitiveReductionPass {
     }
     fn apply(&self, _diff: &Diff, draft: &mut Draft) -> Result<(), PlanError> {
         draft.reduce()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MigrationMode;
+    use crate::plan::synthetic::Fixture;
+    use crate::plan::PlanOptions;
+
+    /// Runs `passes` in order on the fixture; returns the draft.
+    fn run(f: &Fixture, passes: &[&dyn Pass]) -> Draft {
+        let diff = match Diff::new(&f.desired, &f.observed, &PlanOptions::default()) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let mut d = Draft::default();
+        for p in passes {
+            p.apply(&diff, &mut d).unwrap();
+        }
+        d
+    }
+
+    fn keys(d: &Draft) -> Vec<&str> {
+        d.steps.iter().map(|s| s.key.as_str()).collect()
+    }
+
+    fn has_edge(d: &Draft, from: &str, to: &str) -> bool {
+        let ix = |k: &str| d.steps.iter().position(|s| s.key == k).unwrap();
+        d.edges.contains(&(ix(from), ix(to)))
+    }
+
+    const MOVE: [&dyn Pass; 6] = [
+        &BlockPass,
+        &ShutdownPass,
+        &MigratePass,
+        &SubnetTunnelPass,
+        &RestartPass,
+        &IpsecPass,
+    ];
+
+    fn prestaged() -> Fixture {
+        Fixture::reference().migration("db", MigrationMode::Live, Strategy::Prestaged)
+    }
+
+    fn cold() -> Fixture {
+        Fixture::reference().migration("db", MigrationMode::Cold, Strategy::BlockFirst)
+    }
+
+    fn whole_subnet() -> Fixture {
+        Fixture::new()
+            .environment("dc", true, &["hv1", "hv2"], true)
+            .environment("cloud", false, &["c1"], false)
+            .subnet("app", "192.168.10.0/24")
+            .subnet("data", "192.168.20.0/24")
+            .vm("web", "app", "192.168.10.11", "dc.hv1", "dc.hv1")
+            .vm("db1", "data", "192.168.20.11", "dc.hv2", "cloud.c1")
+            .vm("db2", "data", "192.168.20.12", "dc.hv2", "cloud.c1")
+            .link("web_db1", &["web", "db1"])
+    }
+
+    #[test]
+    fn block_goes_on_the_source_or_on_the_target_when_prestaged() {
+        let d = run(&Fixture::reference(), &[&BlockPass]);
+        assert_eq!(keys(&d), ["block:vm.db@dc.hv2"]);
+        assert!(matches!(
+            d.steps[0].precondition[0],
+            Fact::DomainRunning { .. }
+        ));
+        let d = run(&prestaged(), &[&BlockPass]);
+        assert_eq!(keys(&d), ["block:vm.db@cloud.c1"]);
+        assert!(matches!(
+            d.steps[0].precondition[0],
+            Fact::DomainAbsent { .. }
+        ));
+    }
+
+    #[test]
+    fn shutdown_only_in_cold_mode() {
+        assert_eq!(
+            run(&Fixture::reference(), &[&BlockPass, &ShutdownPass])
+                .steps
+                .len(),
+            1
+        );
+        let d = run(&cold(), &[&BlockPass, &ShutdownPass]);
+        assert_eq!(keys(&d), ["block:vm.db@dc.hv2", "shutdown:vm.db@dc.hv2"]);
+        assert!(has_edge(&d, "block:vm.db@dc.hv2", "shutdown:vm.db@dc.hv2"));
+    }
+
+    #[test]
+    fn migrate_follows_block_and_shutdown() {
+        let d = run(&cold(), &[&BlockPass, &ShutdownPass, &MigratePass]);
+        assert!(has_edge(
+            &d,
+            "shutdown:vm.db@dc.hv2",
+            "migrate:vm.db@dc.hv2"
+        ));
+        assert!(has_edge(&d, "block:vm.db@dc.hv2", "migrate:vm.db@dc.hv2"));
+        let m = &d.steps[2];
+        assert!(m.effect.contains(&Fact::DomainShutOff {
+            domain: "db".into(),
+            host: HostId::new("cloud", "c1"),
+        }));
+    }
+
+    #[test]
+    fn tunnel_copies_per_vm_merge_into_one_after_dedupe() {
+        let f = whole_subnet();
+        let d = run(
+            &f,
+            &[&BlockPass, &ShutdownPass, &MigratePass, &SubnetTunnelPass],
+        );
+        let tunnel = "tunnel.add:subnet.data@dc.routing_core";
+        assert_eq!(keys(&d).iter().filter(|k| **k == tunnel).count(), 2);
+        let d = run(
+            &f,
+            &[
+                &BlockPass,
+                &ShutdownPass,
+                &MigratePass,
+                &SubnetTunnelPass,
+                &DedupePass,
+            ],
+        );
+        assert_eq!(keys(&d).iter().filter(|k| **k == tunnel).count(), 1);
+        assert!(has_edge(&d, "migrate:vm.db1@dc.hv2", tunnel));
+        assert!(has_edge(&d, "migrate:vm.db2@dc.hv2", tunnel));
+    }
+
+    #[test]
+    fn restart_resumes_live_and_starts_cold_after_the_tunnel() {
+        let d = run(&whole_subnet(), &MOVE);
+        assert!(has_edge(
+            &d,
+            "tunnel.add:subnet.data@dc.routing_core",
+            "restart:vm.db1@cloud.c1"
+        ));
+        let r = d
+            .steps
+            .iter()
+            .find(|s| s.kind == StepKind::Restart)
+            .unwrap();
+        assert!(matches!(r.action, Action::Resume { .. }));
+        let d = run(&cold(), &MOVE);
+        let r = d
+            .steps
+            .iter()
+            .find(|s| s.kind == StepKind::Restart)
+            .unwrap();
+        assert!(matches!(r.action, Action::Start { .. }));
+    }
+
+    #[test]
+    fn ipsec_ends_are_ordered_and_placed_by_strategy() {
+        let resp = "ipsec.install:secure_link.web_db@dc.hv1->cloud.c1";
+        let init = "ipsec.install:secure_link.web_db@cloud.c1->dc.hv1";
+        let d = run(&Fixture::reference(), &MOVE);
+        assert!(has_edge(&d, resp, init));
+        assert!(has_edge(&d, "migrate:vm.db@dc.hv2", resp));
+        assert!(has_edge(&d, init, "restart:vm.db@cloud.c1"));
+        let d = run(&prestaged(), &MOVE);
+        assert!(has_edge(&d, init, "migrate:vm.db@dc.hv2"));
+        assert!(!has_edge(&d, "migrate:vm.db@dc.hv2", resp));
+        // A new link between VMs that stay: two steps, no VM edges.
+        let f = Fixture::reference().vm("db", "app", "192.168.10.12", "cloud.c1", "cloud.c1");
+        let d = run(&f, &MOVE);
+        assert_eq!(keys(&d), [resp, init]);
+        assert_eq!(d.edges, [(0, 1)]);
+    }
+
+    #[test]
+    fn connections_are_secured_only_when_some_are_not() {
+        let all = [&ConnectionsPass as &dyn Pass];
+        let passes: Vec<&dyn Pass> = MOVE.iter().copied().chain(all).collect();
+        let f =
+            Fixture::reference().connection("db", "192.168.10.12:5432", "192.168.10.11:1", false);
+        assert!(run(&f, &passes)
+            .steps
+            .iter()
+            .all(|s| s.kind != StepKind::ConnectionsSecure));
+        let f = f.connection("db", "192.168.10.12:22", "192.168.10.11:2", false);
+        let d = run(&f, &passes);
+        assert!(has_edge(
+            &d,
+            "restart:vm.db@cloud.c1",
+            "connections.secure:vm.db@cloud.c1"
+        ));
+    }
+
+    #[test]
+    fn enable_waits_for_restart_securing_and_the_sa() {
+        let f = Fixture::reference().connection("db", "192.168.10.12:22", "192.168.10.11:2", false);
+        let passes: Vec<&dyn Pass> = MOVE
+            .iter()
+            .copied()
+            .chain([&ConnectionsPass as &dyn Pass, &EnablePass])
+            .collect();
+        let d = run(&f, &passes);
+        let enable = "enable:vm.db@cloud.c1";
+        assert!(has_edge(&d, "restart:vm.db@cloud.c1", enable));
+        assert!(has_edge(&d, "connections.secure:vm.db@cloud.c1", enable));
+        assert!(has_edge(
+            &d,
+            "ipsec.install:secure_link.web_db@cloud.c1->dc.hv1",
+            enable
+        ));
+        let e = d.steps.iter().find(|s| s.key == enable).unwrap();
+        assert!(matches!(
+            e.action,
+            Action::Unblock {
+                secure_only: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn route_check_waits_for_every_enable_then_the_tunnel_goes() {
+        let passes: Vec<&dyn Pass> = MOVE
+            .iter()
+            .copied()
+            .chain([&ConnectionsPass as &dyn Pass, &EnablePass, &RouteCheckPass])
+            .collect();
+        let d = run(&whole_subnet(), &passes);
+        let check = "route.check:subnet.data@dc.routing_core";
+        assert!(has_edge(&d, "enable:vm.db1@cloud.c1", check));
+        assert!(has_edge(&d, "enable:vm.db2@cloud.c1", check));
+        assert!(has_edge(
+            &d,
+            check,
+            "tunnel.remove:subnet.data@dc.routing_core"
+        ));
+    }
+
+    #[test]
+    fn cleanup_follows_enable_and_stale_ipsec_waits_for_the_link() {
+        let f = Fixture::reference()
+            .vm("db", "app", "192.168.10.12", "cloud.c1", "dc.hv2")
+            .sa_up("web_db", "dc.hv1", "cloud.c1");
+        let passes: Vec<&dyn Pass> = MOVE
+            .iter()
+            .copied()
+            .chain([&ConnectionsPass as &dyn Pass, &EnablePass, &CleanupPass])
+            .collect();
+        let d = run(&f, &passes);
+        assert!(has_edge(
+            &d,
+            "enable:vm.db@dc.hv2",
+            "cleanup:vm.db@cloud.c1"
+        ));
+        assert!(has_edge(
+            &d,
+            "enable:vm.db@dc.hv2",
+            "cleanup:secure_link.web_db@dc.hv1->cloud.c1"
+        ));
+        assert!(d.steps.iter().all(|s| s.kind != StepKind::IpsecInstall));
+    }
+
+    #[test]
+    fn reduction_keeps_only_direct_dependencies() {
+        let passes: Vec<&dyn Pass> = MOVE
+            .iter()
+            .copied()
+            .chain([
+                &ConnectionsPass as &dyn Pass,
+                &EnablePass,
+                &RouteCheckPass,
+                &CleanupPass,
+                &DedupePass,
+            ])
+            .collect();
+        let mut d = run(&Fixture::reference(), &passes);
+        let init = "ipsec.install:secure_link.web_db@cloud.c1->dc.hv1";
+        assert!(has_edge(&d, init, "enable:vm.db@cloud.c1"));
+        TransitiveReductionPass
+            .apply(
+                &Diff::new(
+                    &Fixture::reference().desired,
+                    &Fixture::reference().observed,
+                    &PlanOptions::default(),
+                )
+                .unwrap(),
+                &mut d,
+            )
+            .unwrap();
+        assert!(!has_edge(&d, init, "enable:vm.db@cloud.c1"));
+        assert!(has_edge(&d, init, "restart:vm.db@cloud.c1"));
     }
 }

@@ -308,6 +308,16 @@ impl Fixture {
         Self::default()
     }
 
+    /// A fixture around landscapes built elsewhere (e.g. by [`generate`]).
+    pub fn from_parts(desired: Landscape, observed: Observed) -> Self {
+        let env_order = desired.environments.keys().cloned().collect();
+        Fixture {
+            desired,
+            observed,
+            env_order,
+        }
+    }
+
     /// SPEC.md's reference landscape: `web` on dc.hv1, `db` discovered on dc.hv2 and desired
     /// on cloud.c1 (live, block-first), linked by `web_db`; TLS ports 443, 636, 5432.
     pub fn reference() -> Self {

@@ -1,0 +1,253 @@
+//! Performing one action through the drivers. Secrets enter here only: an IPsec install takes
+//! its key from the loaded configuration and hands it to the IPsec driver.
+
+use crate::drivers::{
+    AbortSignal, DriverError, Drivers, IpsecConfig, IpsecCredential, MigrationRequest,
+    ProgressSink, TunnelSpec,
+};
+use crate::model::{ipsec_connection_name, BlockRule, IpsecAuth, Landscape};
+use crate::plan::{Action, Fact, Target};
+use std::time::{Duration, Instant};
+
+/// What an action needs besides the drivers.
+#[derive(Clone)]
+pub struct ExecContext {
+    pub drivers: Drivers,
+    /// The loaded configuration: where IPsec keys come from.
+    pub landscape: std::sync::Arc<Landscape>,
+    /// Overrides the poll interval of `route.check` (the test double converges in polls).
+    pub poll_interval: Option<Duration>,
+}
+
+/// Performs `action`. Every driver call is idempotent, so a repeated action is harmless.
+pub async fn perform(
+    ctx: &ExecContext,
+    action: &Action,
+    progress: ProgressSink,
+    mut abort: AbortSignal,
+) -> Result<(), DriverError> {
+    let d = &ctx.drivers;
+    match action {
+        Action::Block {
+            vm,
+            host,
+            address,
+            peers,
+        } => {
+            let rule = BlockRule {
+                vm: vm.clone(),
+                address: *address,
+                peers: peers.clone(),
+            };
+            d.network.block(host, &rule).await
+        }
+        Action::Unblock {
+            vm,
+            host,
+            secure_only,
+            ..
+        } => d.network.unblock(host, vm, *secure_only).await,
+        Action::Shutdown { domain, host, .. } => d.hypervisor.shutdown(host, domain).await,
+        Action::Start { domain, host, .. } => d.hypervisor.start(host, domain).await,
+        Action::Pause { domain, host, .. } => d.hypervisor.pause(host, domain).await,
+        Action::Resume { domain, host, .. } => d.hypervisor.resume(host, domain).await,
+        Action::Migrate {
+            domain,
+            from,
+            to,
+            to_uri,
+            mode,
+            tls,
+            paused,
+            max_downtime_ms,
+            bandwidth_mibps,
+            ..
+        } => {
+            let req = MigrationRequest {
+                domain: domain.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                to_uri: to_uri.clone(),
+                mode: *mode,
+                tls: *tls,
+                paused: *paused,
+                max_downtime_ms: *max_downtime_ms,
+                bandwidth_mibps: *bandwidth_mibps,
+            };
+            d.hypervisor.migrate(&req, progress, abort).await
+        }
+        Action::TunnelAdd {
+            subnet,
+            cidr,
+            core,
+            remote,
+            remote_address,
+        } => {
+            let spec = TunnelSpec {
+                subnet: subnet.clone(),
+                cidr: *cidr,
+                remote: remote.to_string(),
+                remote_address: *remote_address,
+            };
+            d.network
+                .tunnel_add(&Target::RoutingCore(core.clone()), &spec)
+                .await
+        }
+        Action::TunnelRemove { subnet, core, .. } => {
+            d.network
+                .tunnel_remove(&Target::RoutingCore(core.clone()), subnet)
+                .await
+        }
+        Action::IpsecInstall {
+            link,
+            local,
+            local_address,
+            remote,
+            remote_address,
+            proposals,
+            initiate,
+        } => {
+            let spec = ctx.landscape.secure_links.get(link).ok_or_else(|| {
+                DriverError::failed(
+                    "ipsec.install",
+                    local,
+                    format!("secure_link {link} is not in the loaded configuration"),
+                )
+            })?;
+            let credential = match &spec.ipsec.auth {
+                IpsecAuth::Psk(s) => IpsecCredential::Psk(s.clone()),
+                IpsecAuth::Cert { cert, key, ca } => IpsecCredential::Cert {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    ca: ca.clone(),
+                },
+            };
+            let name = ipsec_connection_name(link, local, remote);
+            let config = IpsecConfig {
+                name: name.clone(),
+                link: link.clone(),
+                local: local.clone(),
+                local_address: *local_address,
+                remote: remote.clone(),
+                remote_address: *remote_address,
+                proposals: proposals.clone(),
+                credential,
+            };
+            // One end per step: the responder loads; the initiator loads and brings the SA up.
+            // An initiator whose peer lost its end (a rollback re-installing a removed SA)
+            // loads the peer's end first, as the responder step would have.
+            if *initiate
+                && !d
+                    .ipsec
+                    .connections(remote)
+                    .await?
+                    .iter()
+                    .any(|c| c.name == name)
+            {
+                let peer = IpsecConfig {
+                    local: remote.clone(),
+                    local_address: *remote_address,
+                    remote: local.clone(),
+                    remote_address: *local_address,
+                    ..config.clone()
+                };
+                d.ipsec.load(remote, &peer).await?;
+            }
+            d.ipsec.load(local, &config).await?;
+            if *initiate {
+                d.ipsec.initiate(local, &name).await?;
+            }
+            Ok(())
+        }
+        Action::IpsecRemove {
+            link,
+            local,
+            remote,
+        } => {
+            let name = ipsec_connection_name(link, local, remote);
+            d.ipsec.unload(local, &name).await
+        }
+        Action::SecureConnections {
+            host,
+            address,
+            tls_ports,
+            ..
+        } => {
+            let conns = d.network.connections(host, *address).await?;
+            let unsecured: Vec<_> = conns
+                .into_iter()
+                .filter(|c| {
+                    !c.ipsec
+                        && !tls_ports.contains(&c.remote.port())
+                        && !tls_ports.contains(&c.local.port())
+                })
+                .collect();
+            if unsecured.is_empty() {
+                return Ok(());
+            }
+            d.network
+                .reset_connections(host, *address, &unsecured)
+                .await
+        }
+        Action::RouteCheck {
+            core,
+            subnet,
+            cidr,
+            timeout_s,
+            interval_s,
+        } => {
+            let learned = Fact::RouteLearned {
+                core: core.clone(),
+                subnet: subnet.clone(),
+                cidr: *cidr,
+            };
+            let interval = ctx
+                .poll_interval
+                .unwrap_or(Duration::from_secs((*interval_s).max(1)));
+            let start = Instant::now();
+            let target = format!("{core}.routing_core");
+            loop {
+                let mut o = crate::model::Observed::empty();
+                o.routing_cores.entry(core.clone()).or_default().routes =
+                    d.routing.routes(core).await?;
+                if learned.holds(&o) {
+                    return Ok(());
+                }
+                if start.elapsed() >= Duration::from_secs(*timeout_s) {
+                    return Err(DriverError::Timeout {
+                        op: "route.check".into(),
+                        target,
+                        seconds: *timeout_s,
+                    });
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = abort.aborted() => {
+                        return Err(DriverError::Aborted { op: "route.check".into(), target });
+                    }
+                }
+            }
+        }
+        Action::Cleanup {
+            vm,
+            host,
+            ipsec_links,
+        } => {
+            if d.network
+                .block_rules(host)
+                .await?
+                .iter()
+                .any(|r| &r.vm == vm)
+            {
+                d.network.unblock(host, vm, false).await?;
+            }
+            // This host's ends only: the other ends are steps of their own.
+            for c in d.ipsec.connections(host).await? {
+                if ipsec_links.contains(&c.link) {
+                    d.ipsec.unload(host, &c.name).await?;
+                }
+            }
+            Ok(())
+        }
+    }
+}

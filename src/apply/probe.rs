@@ -1,0 +1,273 @@
+//! Fresh discovery scoped to one step: which driver reads a step's facts need, the partial
+//! landscape they return, and whether an action's effect already holds. The walker never
+//! trusts the journal alone: it asks the landscape before each step and each undo.
+
+use crate::drivers::{DriverResult, Drivers};
+use crate::model::{ipsec_connection_name, DomainState, HostId, Observed};
+use crate::plan::{Action, Fact, Target};
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+/// One driver read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Query {
+    Domain {
+        host: HostId,
+        domain: String,
+    },
+    BlockRules(HostId),
+    Ipsec(HostId),
+    CoreTunnels(String),
+    CoreRoutes(String),
+    Connections {
+        vm: String,
+        host: HostId,
+        address: Ipv4Addr,
+    },
+}
+
+/// Where each VM's connections are read (from the plan's `connections.secure` actions).
+#[derive(Debug, Clone, Default)]
+pub struct Locator {
+    vms: HashMap<String, (HostId, Ipv4Addr)>,
+}
+
+impl Locator {
+    pub fn from_actions<'a>(actions: impl Iterator<Item = &'a Action>) -> Self {
+        let mut vms = HashMap::new();
+        for a in actions {
+            if let Action::SecureConnections {
+                vm, host, address, ..
+            } = a
+            {
+                vms.insert(vm.clone(), (host.clone(), *address));
+            }
+        }
+        Locator { vms }
+    }
+}
+
+/// The reads that decide `fact`.
+pub fn fact_queries(fact: &Fact, locator: &Locator, out: &mut BTreeSet<Query>) {
+    let domain = |d: &str, h: &HostId| Query::Domain {
+        host: h.clone(),
+        domain: d.to_string(),
+    };
+    match fact {
+        Fact::DomainRunning { domain: d, host }
+        | Fact::DomainPaused { domain: d, host }
+        | Fact::DomainShutOff { domain: d, host }
+        | Fact::DomainAbsent { domain: d, host } => {
+            out.insert(domain(d, host));
+        }
+        Fact::Blocked { host, .. } | Fact::NotBlocked { host, .. } => {
+            out.insert(Query::BlockRules(host.clone()));
+        }
+        Fact::SaUp { host, .. } | Fact::IpsecAbsent { host, .. } | Fact::SaAbsent { host, .. } => {
+            out.insert(Query::Ipsec(host.clone()));
+        }
+        Fact::TunnelPresent { core, .. } | Fact::TunnelAbsent { core, .. } => {
+            out.insert(Query::CoreTunnels(core.clone()));
+        }
+        Fact::RouteLearned { core, .. } => {
+            out.insert(Query::CoreRoutes(core.clone()));
+        }
+        Fact::ConnectionsSecured { vm, .. } => {
+            if let Some((host, address)) = locator.vms.get(vm) {
+                out.insert(Query::Connections {
+                    vm: vm.clone(),
+                    host: host.clone(),
+                    address: *address,
+                });
+            }
+        }
+    }
+}
+
+/// The reads that decide whether `action`'s effect holds.
+pub fn action_queries(action: &Action, out: &mut BTreeSet<Query>) {
+    let domain = |d: &str, h: &HostId| Query::Domain {
+        host: h.clone(),
+        domain: d.to_string(),
+    };
+    match action {
+        Action::Block { host, .. } | Action::Unblock { host, .. } => {
+            out.insert(Query::BlockRules(host.clone()));
+        }
+        Action::Shutdown {
+            domain: d, host, ..
+        }
+        | Action::Start {
+            domain: d, host, ..
+        }
+        | Action::Pause {
+            domain: d, host, ..
+        }
+        | Action::Resume {
+            domain: d, host, ..
+        } => {
+            out.insert(domain(d, host));
+        }
+        Action::Migrate {
+            domain: d,
+            from,
+            to,
+            ..
+        } => {
+            out.insert(domain(d, from));
+            out.insert(domain(d, to));
+        }
+        Action::TunnelAdd { core, .. } | Action::TunnelRemove { core, .. } => {
+            out.insert(Query::CoreTunnels(core.clone()));
+        }
+        Action::IpsecInstall { local, remote, .. } | Action::IpsecRemove { local, remote, .. } => {
+            out.insert(Query::Ipsec(local.clone()));
+            out.insert(Query::Ipsec(remote.clone()));
+        }
+        Action::SecureConnections {
+            vm, host, address, ..
+        } => {
+            out.insert(Query::Connections {
+                vm: vm.clone(),
+                host: host.clone(),
+                address: *address,
+            });
+        }
+        Action::RouteCheck { core, .. } => {
+            out.insert(Query::CoreRoutes(core.clone()));
+        }
+        Action::Cleanup { host, .. } => {
+            out.insert(Query::BlockRules(host.clone()));
+            out.insert(Query::Ipsec(host.clone()));
+        }
+    }
+}
+
+/// Runs the reads and assembles the partial landscape they describe.
+pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResult<Observed> {
+    let mut o = Observed::empty();
+    for q in queries {
+        match q {
+            Query::Domain { host, domain } => {
+                let d = drivers.hypervisor.domain(host, domain).await?;
+                let h = o.hosts.entry(host.clone()).or_default();
+                if let Some(d) = d {
+                    h.domains.insert(domain.clone(), d);
+                }
+            }
+            Query::BlockRules(host) => {
+                let rules = drivers.network.block_rules(host).await?;
+                o.hosts.entry(host.clone()).or_default().block_rules = rules;
+            }
+            Query::Ipsec(host) => {
+                let conns = drivers.ipsec.connections(host).await?;
+                o.hosts.entry(host.clone()).or_default().ipsec = conns;
+            }
+            Query::CoreTunnels(core) => {
+                let t = drivers
+                    .network
+                    .tunnels(&Target::RoutingCore(core.clone()))
+                    .await?;
+                o.routing_cores.entry(core.clone()).or_default().tunnels = t;
+            }
+            Query::CoreRoutes(core) => {
+                let r = drivers.routing.routes(core).await?;
+                o.routing_cores.entry(core.clone()).or_default().routes = r;
+            }
+            Query::Connections { vm, host, address } => {
+                let c = drivers.network.connections(host, *address).await?;
+                if !c.is_empty() {
+                    o.connections.insert(vm.clone(), c);
+                }
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Whether `action`'s effect holds in `o` (read through [`action_queries`]).
+pub fn action_holds(action: &Action, o: &Observed) -> bool {
+    let domain = |d: &str, h: &HostId| o.hosts.get(h).and_then(|x| x.domains.get(d));
+    let blocked = |vm: &str, h: &HostId| {
+        o.hosts
+            .get(h)
+            .is_some_and(|x| x.block_rules.iter().any(|r| r.vm == vm))
+    };
+    let ipsec = |h: &HostId, name: &str| {
+        o.hosts
+            .get(h)
+            .and_then(|x| x.ipsec.iter().find(|c| c.name == name))
+    };
+    let core_tunnel = |core: &str, subnet: &str| {
+        o.routing_cores
+            .get(core)
+            .is_some_and(|c| c.tunnels.iter().any(|t| t.subnet == subnet))
+    };
+    match action {
+        Action::Block { vm, host, .. } => blocked(vm, host),
+        Action::Unblock { vm, host, .. } => !blocked(vm, host),
+        Action::Shutdown {
+            domain: d, host, ..
+        } => domain(d, host).is_none_or(|x| x.state == DomainState::ShutOff),
+        Action::Start {
+            domain: d, host, ..
+        }
+        | Action::Resume {
+            domain: d, host, ..
+        } => domain(d, host).is_some_and(|x| x.state == DomainState::Running),
+        Action::Pause {
+            domain: d, host, ..
+        } => domain(d, host).is_some_and(|x| x.state == DomainState::Paused),
+        Action::Migrate {
+            domain: d,
+            from,
+            to,
+            ..
+        } => domain(d, from).is_none() && domain(d, to).is_some(),
+        Action::TunnelAdd { subnet, core, .. } => core_tunnel(core, subnet),
+        Action::TunnelRemove { subnet, core, .. } => !core_tunnel(core, subnet),
+        Action::IpsecInstall {
+            link,
+            local,
+            remote,
+            initiate,
+            ..
+        } => {
+            let name = ipsec_connection_name(link, local, remote);
+            if *initiate {
+                ipsec(local, &name).is_some_and(|c| c.sa_up)
+                    && ipsec(remote, &name).is_some_and(|c| c.sa_up)
+            } else {
+                ipsec(local, &name).is_some()
+            }
+        }
+        Action::IpsecRemove {
+            link,
+            local,
+            remote,
+        } => ipsec(local, &ipsec_connection_name(link, local, remote)).is_none(),
+        Action::SecureConnections { vm, tls_ports, .. } => Fact::ConnectionsSecured {
+            vm: vm.clone(),
+            tls_ports: tls_ports.clone(),
+        }
+        .holds(o),
+        Action::RouteCheck {
+            core, subnet, cidr, ..
+        } => Fact::RouteLearned {
+            core: core.clone(),
+            subnet: subnet.clone(),
+            cidr: *cidr,
+        }
+        .holds(o),
+        Action::Cleanup {
+            vm,
+            host,
+            ipsec_links,
+        } => {
+            !blocked(vm, host)
+                && o.hosts
+                    .get(host)
+                    .is_none_or(|x| x.ipsec.iter().all(|c| !ipsec_links.contains(&c.link)))
+        }
+    }
+}
