@@ -17,7 +17,10 @@ fn root() -> PathBuf {
 fn committed_equals_generated(file: &str, generated: String) {
     let path = root().join("schemas").join(file);
     if std::env::var_os("SMIG_WRITE_SCHEMAS").is_some() {
-        std::fs::write(&path, &generated).unwrap();
+        // Atomically: the other tests read the file meanwhile.
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, &generated).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
     }
     let committed =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
