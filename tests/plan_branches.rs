@@ -219,30 +219,30 @@ fn whole_subnet_gets_a_tunnel_until_the_routing_core_learns() {
     assert_eq!(
         outline(&p),
         "1 block vm.db1 @ dc.hv2 <- []\n\
-         2 block vm.db2 @ dc.hv2 <- []\n\
-         3 migrate vm.db1 @ dc.hv2 <- [1]\n\
-         4 migrate vm.db2 @ dc.hv2 <- [2]\n\
-         5 tunnel.add subnet.data @ dc.routing_core <- [3, 4]\n\
-         6 ipsec.install secure_link.web_db1 @ dc.hv1 <- [3]\n\
-         7 ipsec.install secure_link.web_db1 @ cloud.c1 <- [6]\n\
-         8 restart vm.db1 @ cloud.c1 <- [5, 7]\n\
-         9 ipsec.install secure_link.web_db2 @ dc.hv1 <- [4]\n\
-         10 ipsec.install secure_link.web_db2 @ cloud.c1 <- [9]\n\
-         11 restart vm.db2 @ cloud.c1 <- [5, 10]\n\
-         12 enable vm.db1 @ cloud.c1 <- [8]\n\
-         13 enable vm.db2 @ cloud.c1 <- [11]\n\
-         14 route.check subnet.data @ dc.routing_core <- [12, 13]\n\
-         15 tunnel.remove subnet.data @ dc.routing_core <- [14]\n\
-         16 cleanup vm.db1 @ dc.hv2 <- [12]\n\
-         17 cleanup vm.db2 @ dc.hv2 <- [13]\n"
+         2 migrate vm.db1 @ dc.hv2 <- [1]\n\
+         3 ipsec.install secure_link.web_db1 @ dc.hv1 <- [2]\n\
+         4 ipsec.install secure_link.web_db1 @ cloud.c1 <- [3]\n\
+         5 block vm.db2 @ dc.hv2 <- []\n\
+         6 migrate vm.db2 @ dc.hv2 <- [5]\n\
+         7 tunnel.add subnet.data @ dc.routing_core <- [2, 6]\n\
+         8 restart vm.db1 @ cloud.c1 <- [4, 7]\n\
+         9 enable vm.db1 @ cloud.c1 <- [8]\n\
+         10 cleanup vm.db1 @ dc.hv2 <- [9]\n\
+         11 ipsec.install secure_link.web_db2 @ dc.hv1 <- [6]\n\
+         12 ipsec.install secure_link.web_db2 @ cloud.c1 <- [11]\n\
+         13 restart vm.db2 @ cloud.c1 <- [7, 12]\n\
+         14 enable vm.db2 @ cloud.c1 <- [13]\n\
+         15 route.check subnet.data @ dc.routing_core <- [9, 14]\n\
+         16 tunnel.remove subnet.data @ dc.routing_core <- [15]\n\
+         17 cleanup vm.db2 @ dc.hv2 <- [14]\n"
     );
     assert_sound(&p);
     assert!(matches!(
-        &p.graph[NodeIndex::new(4)].action,
+        &p.graph[NodeIndex::new(6)].action,
         Action::TunnelAdd { core, remote, .. } if core == "dc" && remote == &host("cloud.c1")
     ));
     assert!(matches!(
-        &p.graph[NodeIndex::new(14)].inverse,
+        &p.graph[NodeIndex::new(15)].inverse,
         Inverse::Action {
             action: Action::TunnelAdd { .. }
         }
