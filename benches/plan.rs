@@ -2,7 +2,8 @@
 //! landscapes of 1k, 10k and 100k VMs, 20% of them moving, some across the trust boundary.
 //! Each size runs in its own child process so its peak memory (VmHWM) is its own.
 //!
-//! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes.
+//! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
+//! the number of timed builds per size (0: only generate the landscapes).
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
@@ -93,11 +94,17 @@ fn child(n: usize) {
     let before = status_kib("VmRSS:");
     // Reset the peak so it measures planning on top of the loaded landscapes.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let reps = match n {
-        0..=2_000 => 21,
-        2_001..=20_000 => 7,
-        _ => 3,
-    };
+    let reps = std::env::var("SMIG_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(match n {
+            0..=2_000 => 21,
+            2_001..=20_000 => 7,
+            _ => 3,
+        });
+    if reps == 0 {
+        return;
+    }
     let opts = PlanOptions::default();
     let mut times = Vec::with_capacity(reps);
     let mut cpu = Vec::with_capacity(reps);
