@@ -222,31 +222,31 @@ fn whole_subnet_gets_a_tunnel_until_the_routing_core_learns() {
         outline(&p),
         "1 block vm.db1 @ dc.hv2 <- []\n\
          2 block vm.db1 @ cloud.c1 <- []\n\
-         3 block vm.db2 @ dc.hv2 <- []\n\
-         4 block vm.db2 @ cloud.c1 <- []\n\
-         5 migrate vm.db1 @ dc.hv2 <- [1, 2]\n\
-         6 migrate vm.db2 @ dc.hv2 <- [3, 4]\n\
-         7 tunnel.add subnet.data @ dc.routing_core <- [5, 6]\n\
-         8 ipsec.install secure_link.web_db1 @ dc.hv1 <- [5]\n\
-         9 ipsec.install secure_link.web_db1 @ cloud.c1 <- [8]\n\
-         10 restart vm.db1 @ cloud.c1 <- [7, 9]\n\
-         11 ipsec.install secure_link.web_db2 @ dc.hv1 <- [6]\n\
-         12 ipsec.install secure_link.web_db2 @ cloud.c1 <- [11]\n\
-         13 restart vm.db2 @ cloud.c1 <- [7, 12]\n\
-         14 enable vm.db1 @ cloud.c1 <- [10]\n\
-         15 enable vm.db2 @ cloud.c1 <- [13]\n\
-         16 route.check subnet.data @ dc.routing_core <- [14, 15]\n\
-         17 tunnel.remove subnet.data @ dc.routing_core <- [16]\n\
-         18 cleanup vm.db1 @ dc.hv2 <- [14]\n\
-         19 cleanup vm.db2 @ dc.hv2 <- [15]\n"
+         3 migrate vm.db1 @ dc.hv2 <- [1, 2]\n\
+         4 ipsec.install secure_link.web_db1 @ dc.hv1 <- [3]\n\
+         5 ipsec.install secure_link.web_db1 @ cloud.c1 <- [4]\n\
+         6 block vm.db2 @ dc.hv2 <- []\n\
+         7 block vm.db2 @ cloud.c1 <- []\n\
+         8 migrate vm.db2 @ dc.hv2 <- [6, 7]\n\
+         9 tunnel.add subnet.data @ dc.routing_core <- [3, 8]\n\
+         10 restart vm.db1 @ cloud.c1 <- [5, 9]\n\
+         11 enable vm.db1 @ cloud.c1 <- [10]\n\
+         12 cleanup vm.db1 @ dc.hv2 <- [11]\n\
+         13 ipsec.install secure_link.web_db2 @ dc.hv1 <- [8]\n\
+         14 ipsec.install secure_link.web_db2 @ cloud.c1 <- [13]\n\
+         15 restart vm.db2 @ cloud.c1 <- [9, 14]\n\
+         16 enable vm.db2 @ cloud.c1 <- [15]\n\
+         17 route.check subnet.data @ dc.routing_core <- [11, 16]\n\
+         18 tunnel.remove subnet.data @ dc.routing_core <- [17]\n\
+         19 cleanup vm.db2 @ dc.hv2 <- [16]\n"
     );
     assert_sound(&p);
     assert!(matches!(
-        &p.graph[NodeIndex::new(6)].action,
+        &p.graph[NodeIndex::new(8)].action,
         Action::TunnelAdd { core, remote, .. } if core == "dc" && remote == &host("cloud.c1")
     ));
     assert!(matches!(
-        &p.graph[NodeIndex::new(16)].inverse,
+        &p.graph[NodeIndex::new(17)].inverse,
         Inverse::Action {
             action: Action::TunnelAdd { .. }
         }

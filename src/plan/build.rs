@@ -53,8 +53,16 @@ pub fn build(
     for pass in PASSES {
         pass.apply(&diff, &mut draft)?;
     }
-    // Number the steps in a topological order: node index = step number.
-    let graph = draft.into_graph()?;
+    // Number the steps in a topological order, each VM's steps together: node index = step
+    // number.
+    let ordinal: foldhash::HashMap<&str, u32> = diff
+        .moves
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.vm.name.as_str(), i as u32))
+        .collect();
+    let groups = draft.groups(|vm| ordinal.get(vm).copied());
+    let graph = draft.into_graph(&groups)?;
     let mut plan = Plan {
         graph,
         changes: diff.changes(),

@@ -140,25 +140,57 @@ impl Draft {
         Ok(())
     }
 
-    /// Numbers the steps topologically, earliest-added first among the ready ones, and
-    /// returns the plan's DAG (node index = step number).
-    pub fn into_graph(self) -> Result<DiGraph<Step, ()>, PlanError> {
+    /// Groups for numbering: a VM's steps get the VM's group (`vm_group` of the VM name);
+    /// shared steps (SAs, tunnels, route checks) the smallest group of their neighbours.
+    pub fn groups(&self, vm_group: impl Fn(&str) -> Option<u32>) -> Vec<u32> {
+        let mut group: Vec<u32> = self
+            .steps
+            .iter()
+            .map(|s| {
+                s.subject
+                    .strip_prefix("vm.")
+                    .and_then(&vm_group)
+                    .unwrap_or(u32::MAX)
+            })
+            .collect();
+        let shared: Vec<bool> = group.iter().map(|g| *g == u32::MAX).collect();
+        // Two rounds reach shared steps that only touch other shared steps (tunnel.remove).
+        for _ in 0..2 {
+            for &(a, b) in &self.edges {
+                if shared[a] {
+                    group[a] = group[a].min(group[b]);
+                }
+                if shared[b] {
+                    group[b] = group[b].min(group[a]);
+                }
+            }
+        }
+        group
+    }
+
+    /// Numbers the steps topologically and returns the plan's DAG (node index = step number).
+    /// Among the ready steps the smallest `(group, position)` goes first, so a VM's steps stay
+    /// together and, within them, FIG. 3 order holds.
+    pub fn into_graph(self, group: &[u32]) -> Result<DiGraph<Step, ()>, PlanError> {
         let n = self.steps.len();
+        let prio = |i: usize| (group.get(i).copied().unwrap_or(u32::MAX), i);
         let mut indegree = vec![0usize; n];
         let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
         for &(a, b) in &self.edges {
             indegree[b] += 1;
             out[a].push(b);
         }
-        let mut ready: BinaryHeap<Reverse<usize>> =
-            (0..n).filter(|&i| indegree[i] == 0).map(Reverse).collect();
+        let mut ready: BinaryHeap<Reverse<(u32, usize)>> = (0..n)
+            .filter(|&i| indegree[i] == 0)
+            .map(|i| Reverse(prio(i)))
+            .collect();
         let mut order = Vec::with_capacity(n);
-        while let Some(Reverse(i)) = ready.pop() {
+        while let Some(Reverse((_, i))) = ready.pop() {
             order.push(i);
             for &b in &out[i] {
                 indegree[b] -= 1;
                 if indegree[b] == 0 {
-                    ready.push(Reverse(b));
+                    ready.push(Reverse(prio(b)));
                 }
             }
         }
@@ -170,19 +202,25 @@ impl Draft {
         for (k, &i) in order.iter().enumerate() {
             number[i] = k;
         }
-        let mut slots: Vec<Option<Step>> = self.steps.into_iter().map(Some).collect();
-        let mut g = DiGraph::with_capacity(n, self.edges.len());
-        for &i in &order {
-            if let Some(step) = slots[i].take() {
-                g.add_node(step);
-            }
-        }
         let mut edges: Vec<(usize, usize)> = self
             .edges
             .iter()
             .map(|&(a, b)| (number[a], number[b]))
             .collect();
         edges.sort_unstable();
+        // Put each step at its number in place (cycle-following swaps: no second copy).
+        let mut steps = self.steps;
+        for i in 0..n {
+            while number[i] != i {
+                let j = number[i];
+                steps.swap(i, j);
+                number.swap(i, j);
+            }
+        }
+        let mut g = DiGraph::with_capacity(n, edges.len());
+        for step in steps {
+            g.add_node(step);
+        }
         for (a, b) in edges {
             g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
         }
@@ -247,7 +285,7 @@ mod tests {
     fn numbering_is_topological_and_stable() {
         // Added c, a, b with b -> a -> ... : numbers follow dependencies, then insertion.
         let d = draft(&["c", "a", "b"], &[(2, 1)]);
-        let g = d.into_graph().unwrap();
+        let g = d.into_graph(&[]).unwrap();
         let keys: Vec<&str> = g.node_weights().map(|s| s.key.as_str()).collect();
         assert_eq!(keys, ["c", "b", "a"]);
         assert!(g.find_edge(NodeIndex::new(1), NodeIndex::new(2)).is_some());
@@ -256,7 +294,7 @@ mod tests {
     #[test]
     fn a_cycle_is_an_error_naming_a_step() {
         let d = draft(&["a", "b"], &[(0, 1), (1, 0)]);
-        match d.into_graph() {
+        match d.into_graph(&[]) {
             Err(PlanError::Cycle { step }) => assert!(step == "a" || step == "b"),
             other => panic!("{other:?}"),
         }
