@@ -161,7 +161,7 @@ impl Drop for DbHome {
     }
 }
 
-fn driver() -> Libvirt {
+fn driver(peer_to_peer: bool) -> Libvirt {
     let hosts = HOSTS
         .iter()
         .map(|(_, full, a)| {
@@ -179,6 +179,7 @@ fn driver() -> Libvirt {
         hosts,
         LibvirtOptions {
             shutdown_grace: Duration::ZERO,
+            peer_to_peer,
             ..LibvirtOptions::default()
         },
     )
@@ -283,7 +284,7 @@ async fn libvirt_driver_on_the_lab() {
         "db must start on hv2: run lab/down && lab/up"
     );
     let _home = DbHome;
-    let d = driver();
+    let d = driver(true);
 
     // Discovery: every host at once.
     let t0 = Instant::now();
@@ -335,8 +336,9 @@ async fn libvirt_driver_on_the_lab() {
         .expect("db on c1");
     assert!(persistent.persistent, "db is not persistent on c1");
 
-    // Back home, running on arrival.
-    let wall_back = leg(&d, &request("c1", "hv2")).await;
+    // Back home, running on arrival, with this process holding both connections (not p2p).
+    let direct = driver(false);
+    let wall_back = leg(&direct, &request("c1", "hv2")).await;
     assert_eq!(state(&d, "c1").await, None);
     assert_eq!(state(&d, "hv2").await, Some(DomainState::Running));
     let home = check(Some(60));
@@ -348,7 +350,7 @@ async fn libvirt_driver_on_the_lab() {
         home["guests"]
     );
     eprintln!(
-        "driver migration wall time: hv2 -> c1 {} ms, c1 -> hv2 {} ms",
+        "driver migration wall time: hv2 -> c1 {} ms (peer to peer), c1 -> hv2 {} ms (direct)",
         wall_out.as_millis(),
         wall_back.as_millis()
     );
@@ -435,6 +437,13 @@ async fn libvirt_driver_on_the_lab() {
         other => panic!("expected Unreachable, got {other:?}"),
     }
     eprintln!("unreachable: {e} ({} ms)", t0.elapsed().as_millis());
+
+    // The bare virsh baseline in the same run, for comparison (it leaves db on hv2).
+    let baseline = lab("baseline", &["--json"], true);
+    eprintln!(
+        "lab/baseline: {}",
+        String::from_utf8_lossy(&baseline.stdout)
+    );
 
     // As found: every guest home and answering its peers.
     let last = check(Some(60));

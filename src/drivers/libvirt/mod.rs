@@ -382,8 +382,12 @@ impl Libvirt {
         Ok(h)
     }
 
+    /// Drops the host's cached connection; closing it (an RPC) happens in a blocking thread.
     fn forget(&self, host: &HostId) {
-        lock(&self.inner.connections).remove(host);
+        let gone = lock(&self.inner.connections).remove(host);
+        if let Some(conn) = gone {
+            drop(tokio::task::spawn_blocking(move || drop(conn)));
+        }
     }
 
     /// The host's connection: the cached one, or a new one opened within the host's timeout.
