@@ -678,7 +678,8 @@ impl Libvirt {
                     e.message()
                 )))
             }
-            // Raised too late (after the switchover): the domain moved, which is what we report.
+            // Done; also when an abort came too late (after the switchover): the domain moved,
+            // and that is what we report.
             Ok(Ok(())) => {
                 let total = if last.data_total > 0 {
                     last.data_total
