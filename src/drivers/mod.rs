@@ -12,6 +12,7 @@
 //! landscape.
 
 pub mod double;
+pub mod libvirt;
 
 use crate::discover::{Discover, DiscoverError};
 use crate::model::{
@@ -193,6 +194,18 @@ pub struct IpsecConfig {
 pub trait Hypervisor: Send + Sync {
     /// Every domain defined on the host (`virsh list --all`).
     async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<String, Domain>>;
+    /// Every domain on each of `hosts`, one answer per host in the order given: an unreachable
+    /// host does not hide the others. Drivers that can ask hosts in parallel do (libvirt).
+    async fn domains_of(
+        &self,
+        hosts: &[HostId],
+    ) -> Vec<(HostId, DriverResult<BTreeMap<String, Domain>>)> {
+        let mut out = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            out.push((h.clone(), self.domains(h).await));
+        }
+        out
+    }
     /// One domain, `None` when it is not defined there.
     async fn domain(&self, host: &HostId, domain: &str) -> DriverResult<Option<Domain>>;
     /// Defines a persistent domain from its XML (`virsh define`).
@@ -315,9 +328,15 @@ fn unreachable(e: DriverError) -> DiscoverError {
 impl Discover for Drivers {
     async fn discover(&self, landscape: &Landscape) -> Result<Observed, DiscoverError> {
         let mut observed = Observed::empty();
+        let ids: Vec<HostId> = landscape.hosts().map(|h| h.id.clone()).collect();
+        let mut all_domains: BTreeMap<HostId, _> =
+            self.hypervisor.domains_of(&ids).await.into_iter().collect();
         for host in landscape.hosts() {
             let id = &host.id;
-            let domains = self.hypervisor.domains(id).await.map_err(unreachable)?;
+            let domains = all_domains
+                .remove(id)
+                .unwrap_or_else(|| Err(DriverError::failed("hypervisor.domains", id, "not asked")))
+                .map_err(unreachable)?;
             let block_rules = self.network.block_rules(id).await.map_err(unreachable)?;
             let ipsec = self.ipsec.connections(id).await.map_err(unreachable)?;
             let tunnels = self
