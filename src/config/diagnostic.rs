@@ -223,9 +223,17 @@ impl ConfigError {
             Some(s) if s.name() != &*file.name => return self,
             Some(_) => {}
         }
-        let len = file.text.len();
-        let start = loc.span.start.min(len);
-        let end = loc.span.end.clamp(start, len);
+        // Spans on character boundaries, inside the text.
+        let text = &*file.text;
+        let len = text.len();
+        let mut start = loc.span.start.min(len);
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        let mut end = loc.span.end.clamp(start, len);
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
         let label: String = label.into();
         let label = if label.is_empty() { None } else { Some(label) };
         self.labels

@@ -252,7 +252,11 @@ pub(crate) fn parse_file(file: usize, text: &str, sink: &mut Sink) -> Option<Bod
             let help = if span.start == offset {
                 "check for unclosed brackets, strings or heredocs near this point".to_string()
             } else {
-                let line = text[..offset].bytes().filter(|&b| b == b'\n').count() + 1;
+                let line = text.as_bytes()[..offset]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1;
                 format!("the parser stopped at line {line}: {}", e.message())
             };
             sink.error(Code::Syntax, &Loc { file, span }, message, label, help);
