@@ -455,6 +455,15 @@ impl Session<'_> {
         Ok(answer)
     }
 
+    /// A query whose answer carries data and `success` only when it failed (`get-shared`).
+    async fn query(&mut self, cmd: &str, msg: &Message) -> DriverResult<Message> {
+        let (_, answer) = self.raw(cmd, None, msg, self.timeout).await?;
+        if answer.get("success").is_some() {
+            check(self.op, self.host, cmd, &answer)?;
+        }
+        Ok(answer)
+    }
+
     /// A listing command (`list-sas`, `list-conns`): the streamed events.
     async fn list(&mut self, cmd: &str, event: &str, msg: &Message) -> DriverResult<Vec<Message>> {
         let (events, answer) = self.raw(cmd, Some(event), msg, self.timeout).await?;
@@ -618,7 +627,7 @@ impl Vici {
     /// [`shared_key_id`]s. Only ids, never the keys.
     pub async fn shared_key_ids(&self, host: &HostId) -> DriverResult<Vec<String>> {
         let mut s = self.session("ipsec.shared_keys", host).await?;
-        Ok(s.command("get-shared", &Message::new()).await?.strs("keys"))
+        Ok(s.query("get-shared", &Message::new()).await?.strs("keys"))
     }
 }
 
@@ -837,7 +846,7 @@ impl Ipsec for Vici {
             s.command("unload-conn", &Message::new().kv("name", name))
                 .await?;
         }
-        let keys = s.command("get-shared", &Message::new()).await?;
+        let keys = s.query("get-shared", &Message::new()).await?;
         let id = shared_key_id(name);
         if keys.strs("keys").contains(&id) {
             s.command("unload-shared", &Message::new().kv("id", &id))

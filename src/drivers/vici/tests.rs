@@ -395,7 +395,7 @@ async fn initiate_skips_an_installed_child_and_unload_tolerates_absence() {
             Message::new(),
         ),
         "list-sas" | "list-conns" => (vec![], Message::new()),
-        "get-shared" => (vec![], ok().list("keys", ["other-psk"])),
+        "get-shared" => (vec![], Message::new().list("keys", ["other-psk"])),
         _ => (vec![], ok()),
     });
     fake_charon(path.clone(), answer, log.clone(), None).await;
