@@ -310,6 +310,43 @@ async fn body(v: &Vici, shown: &mut Shown) {
     v.unload(&hv1(), &name).await.unwrap();
     assert_nothing_left(v, &name).await;
 
+    // Certificate authentication: each end with its own lab certificate, the lab CA for the
+    // peer's.
+    let pki = "/run/smig-lab/pki";
+    let with_cert = |mut c: IpsecConfig, me: &str| {
+        c.credential = IpsecCredential::Cert {
+            cert: format!("{pki}/{me}/client-cert.pem"),
+            key: format!("{pki}/{me}/client-key.pem"),
+            ca: Some(format!("{pki}/cacert.pem")),
+        };
+        c
+    };
+    let t = Instant::now();
+    v.load(&hv1(), &with_cert(a.clone(), "hv1"))
+        .await
+        .expect("load hv1 (cert)");
+    v.load(&c1(), &with_cert(b.clone(), "c1"))
+        .await
+        .expect("load c1 (cert)");
+    v.initiate(&c1(), &name).await.expect("initiate c1 (cert)");
+    eprintln!(
+        "certificates: load both ends + initiate {:.1} ms",
+        ms(t.elapsed())
+    );
+    for (h, remote) in [(hv1(), c1()), (c1(), hv1())] {
+        let conns = v.connections(&h).await.unwrap();
+        assert!(
+            conns
+                .iter()
+                .any(|c| c.name == name && c.sa_up && c.remote == remote),
+            "cert SA not up on {h}: {conns:?}"
+        );
+    }
+    ping_overlay();
+    v.unload(&c1(), &name).await.unwrap();
+    v.unload(&hv1(), &name).await.unwrap();
+    assert_nothing_left(v, &name).await;
+
     // charon stopped on c1: a clear Unreachable naming the host; back once it runs again.
     must(
         lab(&["host", "c1", "charon", "stop"]),

@@ -7,7 +7,11 @@
 //! per-VM /32 selectors, so VM traffic rides a tunnel between the overlay addresses. The IKE
 //! identities are `<connection>@<host id>`, so every connection has its own pre-shared key
 //! (a `load-shared` entry whose owners are both identities) and discovery can tell the far end
-//! from the identity alone.
+//! from the identity alone. With a certificate credential the files are read where smig runs:
+//! the private key goes in with `load-key` (unloaded again by the driver that loaded it), the
+//! certificate rides in the connection (`certs`), the CA is loaded with `load-cert` and
+//! constrains the peer (`cacerts`); the identities are then the certificates' subjects and the
+//! far end is recognised by its underlay address.
 //!
 //! Where things are ([`ViciOptions`]):
 //! - the VICI socket of a host: an explicit path per host, else `socket_template` with
@@ -105,6 +109,9 @@ struct HostEntry {
 pub struct Vici {
     hosts: BTreeMap<HostId, HostEntry>,
     options: ViciOptions,
+    /// Private keys this driver loaded, by host and connection (`load-key` ids), so unload
+    /// can remove them.
+    keys: Mutex<BTreeMap<(HostId, String), String>>,
 }
 
 impl std::fmt::Debug for Vici {
@@ -185,7 +192,11 @@ impl Vici {
                 },
             );
         }
-        Ok(Vici { hosts, options })
+        Ok(Vici {
+            hosts,
+            options,
+            keys: Mutex::new(BTreeMap::new()),
+        })
     }
 
     fn entry(&self, op: &str, host: &HostId) -> DriverResult<&HostEntry> {
@@ -225,8 +236,14 @@ impl Vici {
         })
     }
 
-    /// The `load-conn` message for one end (no key material in it).
-    pub fn conn_message(&self, host: &HostId, config: &IpsecConfig) -> DriverResult<Message> {
+    /// The `load-conn` message for one end (no key material in it). A certificate
+    /// credential needs its files' contents in `certs`.
+    pub fn conn_message(
+        &self,
+        host: &HostId,
+        config: &IpsecConfig,
+        certs: Option<&CertFiles>,
+    ) -> DriverResult<Message> {
         let op = "ipsec.load";
         if &config.local != host {
             return Err(DriverError::failed(
@@ -250,14 +267,25 @@ impl Vici {
                     .kv("id", ike_identity(&config.name, &config.remote)),
             ),
             IpsecCredential::Cert { .. } => {
-                return Err(DriverError::failed(
-                    op,
-                    host,
-                    format!(
-                        "connection {}: certificate authentication is not supported by the VICI driver yet; use a psk",
-                        config.name
-                    ),
-                ))
+                let Some(files) = certs else {
+                    return Err(DriverError::failed(
+                        op,
+                        host,
+                        format!("connection {}: certificate files not read", config.name),
+                    ));
+                };
+                // The identities are the certificates' subjects; the peer's must chain to `ca`
+                // (or to a CA charon already trusts).
+                let mut remote = Message::new().kv("auth", "pubkey");
+                if let Some(ca) = &files.ca {
+                    remote = remote.list("cacerts", [ca]);
+                }
+                (
+                    Message::new()
+                        .kv("auth", "pubkey")
+                        .list("certs", [&files.cert]),
+                    remote,
+                )
             }
         };
         let proposals: Vec<&str> = config.proposals.iter().map(String::as_str).collect();
@@ -290,6 +318,69 @@ impl Vici {
             .section("remote", remote_auth)
             .section("children", Message::new().section(&config.name, child));
         Ok(Message::new().section(&config.name, conn))
+    }
+}
+
+/// The contents of a certificate credential's files, read on the machine smig runs on.
+#[derive(Clone)]
+pub struct CertFiles {
+    pub cert: Vec<u8>,
+    /// The private key (PEM or DER). Never shown by `Debug`.
+    pub key: Vec<u8>,
+    pub ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for CertFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertFiles")
+            .field("cert_bytes", &self.cert.len())
+            .field("key", &crate::model::secret::REDACTED)
+            .field("ca_bytes", &self.ca.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
+impl CertFiles {
+    /// Reads the files a certificate credential names.
+    pub async fn read(
+        op: &str,
+        host: &HostId,
+        cert: &str,
+        key: &str,
+        ca: Option<&str>,
+    ) -> DriverResult<CertFiles> {
+        async fn file(op: &str, host: &HostId, what: &str, path: &str) -> DriverResult<Vec<u8>> {
+            if path.is_empty() {
+                return Err(DriverError::failed(
+                    op,
+                    host,
+                    format!("no {what} file given"),
+                ));
+            }
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| DriverError::failed(op, host, format!("{what} {path}: {e}")))
+        }
+        Ok(CertFiles {
+            cert: file(op, host, "certificate", cert).await?,
+            key: file(op, host, "private key", key).await?,
+            ca: match ca {
+                Some(p) => Some(file(op, host, "CA certificate", p).await?),
+                None => None,
+            },
+        })
+    }
+
+    /// charon's `load-key` type for the key.
+    fn key_type(&self) -> &'static str {
+        let text = String::from_utf8_lossy(&self.key);
+        if text.contains("BEGIN RSA PRIVATE KEY") {
+            "rsa"
+        } else if text.contains("BEGIN EC PRIVATE KEY") {
+            "ecdsa"
+        } else {
+            "any"
+        }
     }
 }
 
@@ -696,8 +787,15 @@ impl Ipsec for Vici {
     }
 
     async fn load(&self, host: &HostId, config: &IpsecConfig) -> DriverResult<()> {
-        let conn = self.conn_message(host, config)?;
-        let mut s = self.session("ipsec.load", host).await?;
+        let op = "ipsec.load";
+        let certs = match &config.credential {
+            IpsecCredential::Cert { cert, key, ca } => {
+                Some(CertFiles::read(op, host, cert, key, ca.as_deref()).await?)
+            }
+            IpsecCredential::Psk(_) => None,
+        };
+        let conn = self.conn_message(host, config, certs.as_ref())?;
+        let mut s = self.session(op, host).await?;
         match &config.credential {
             IpsecCredential::Psk(secret) => {
                 let shared = Message::new()
@@ -714,7 +812,25 @@ impl Ipsec for Vici {
                 s.command("load-shared", &shared).await?;
             }
             IpsecCredential::Cert { .. } => {
-                // conn_message refused it already.
+                if let Some(files) = &certs {
+                    let key = Message::new()
+                        .kv("type", files.key_type())
+                        .kv("data", &files.key);
+                    let answer = s.command("load-key", &key).await?;
+                    if let Some(id) = answer.str("id") {
+                        self.keys
+                            .lock()
+                            .await
+                            .insert((host.clone(), config.name.clone()), id);
+                    }
+                    if let Some(ca) = &files.ca {
+                        let ca = Message::new()
+                            .kv("type", "X509")
+                            .kv("flag", "CA")
+                            .kv("data", ca);
+                        s.command("load-cert", &ca).await?;
+                    }
+                }
             }
         }
         s.command("load-conn", &conn).await?;
@@ -851,6 +967,34 @@ impl Ipsec for Vici {
         if keys.strs("keys").contains(&id) {
             s.command("unload-shared", &Message::new().kv("id", &id))
                 .await?;
+        }
+        let key = self
+            .keys
+            .lock()
+            .await
+            .remove(&(host.clone(), name.to_string()));
+        if let Some(key) = key {
+            // Another connection may share the key; charon keeps it per id, so only a key
+            // no other loaded smig connection of this host uses is unloaded.
+            let shared = self
+                .keys
+                .lock()
+                .await
+                .iter()
+                .any(|((h, _), k)| h == host && *k == key);
+            if !shared {
+                let answer = s
+                    .raw(
+                        "unload-key",
+                        None,
+                        &Message::new().kv("id", &key),
+                        self.options.request_timeout,
+                    )
+                    .await?
+                    .1;
+                // Already gone (charon restarted) is fine.
+                let _ = check(op, host, "unload-key", &answer);
+            }
         }
         Ok(())
     }

@@ -119,7 +119,7 @@ fn colliding_overlay_addresses_are_refused() {
 fn load_conn_message_joins_the_overlay_addresses() {
     let v = Vici::new(&landscape(), ViciOptions::lab()).unwrap();
     let m = v
-        .conn_message(&hv1(), &config(hv1(), c1(), "canary-1"))
+        .conn_message(&hv1(), &config(hv1(), c1(), "canary-1"), None)
         .unwrap();
     let conn = m.sub(NAME).expect("connection section");
     assert_eq!(conn.str("version").as_deref(), Some("2"));
@@ -145,17 +145,42 @@ fn load_conn_message_joins_the_overlay_addresses() {
 
     // Loading another host's end is refused.
     assert!(v
-        .conn_message(&c1(), &config(hv1(), c1(), "canary-1"))
+        .conn_message(&c1(), &config(hv1(), c1(), "canary-1"), None)
         .is_err());
-    // Certificates: a clear error, not a half-loaded connection.
+    // Certificates: public-key auth with the certificate's data, the CA for the peer.
     let mut cert = config(hv1(), c1(), "x");
     cert.credential = IpsecCredential::Cert {
         cert: "c.pem".into(),
         key: "k.pem".into(),
-        ca: None,
+        ca: Some("ca.pem".into()),
     };
-    let e = v.conn_message(&hv1(), &cert).unwrap_err().to_string();
-    assert!(e.contains("certificate"), "{e}");
+    assert!(v.conn_message(&hv1(), &cert, None).is_err());
+    let files = CertFiles {
+        cert: b"CERT".to_vec(),
+        key: b"-----BEGIN RSA PRIVATE KEY----- canary-key".to_vec(),
+        ca: Some(b"CA".to_vec()),
+    };
+    assert_eq!(files.key_type(), "rsa");
+    assert!(!format!("{files:?}").contains("canary"));
+    let m = v.conn_message(&hv1(), &cert, Some(&files)).unwrap();
+    let conn = m.sub(NAME).unwrap();
+    let local = conn.sub("local").unwrap();
+    assert_eq!(local.str("auth").as_deref(), Some("pubkey"));
+    assert_eq!(local.strs("certs"), vec!["CERT"]);
+    assert_eq!(conn.sub("remote").unwrap().strs("cacerts"), vec!["CA"]);
+    assert!(!String::from_utf8_lossy(&m.encode().unwrap()).contains("canary"));
+}
+
+#[tokio::test]
+async fn unreadable_certificate_files_name_the_file() {
+    let e = CertFiles::read("ipsec.load", &hv1(), "/nonexistent/c.pem", "k", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("/nonexistent/c.pem") && e.contains("dc.hv1"),
+        "{e}"
+    );
 }
 
 #[test]
