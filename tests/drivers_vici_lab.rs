@@ -295,6 +295,22 @@ async fn body(v: &Vici, shown: &mut Shown) {
     );
     assert_nothing_left(v, &name).await;
 
+    // Initiating what is not loaded fails clearly; so does a peer without its end.
+    let e = v.initiate(&hv1(), &name).await.expect_err("nothing loaded");
+    shown.err(&e);
+    eprintln!("not loaded: {e}");
+    assert!(matches!(e, DriverError::Failed { .. }) && e.to_string().contains("dc.hv1"));
+    v.load(&c1(), &b).await.unwrap();
+    let t = Instant::now();
+    let e = v
+        .initiate(&c1(), &name)
+        .await
+        .expect_err("the peer has no connection");
+    shown.err(&e);
+    eprintln!("peer not loaded ({:.0} ms): {e}", ms(t.elapsed()));
+    v.unload(&c1(), &name).await.unwrap();
+    assert_nothing_left(v, &name).await;
+
     // A wrong key on one end: initiate fails, naming the host, showing neither key.
     let wrong = canary("wrong");
     v.load(&hv1(), &a).await.unwrap();
