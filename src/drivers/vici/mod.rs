@@ -525,7 +525,8 @@ impl Session<'_> {
                     ))
                 }
                 Err(ExchangeError::Refused(r)) => {
-                    *self.conn = Some(stream);
+                    // The exchange stopped half-way (an event may stay registered): start the
+                    // next request on a new connection.
                     return Err(DriverError::failed(self.op, self.host, r));
                 }
                 Err(ExchangeError::Timeout) => {

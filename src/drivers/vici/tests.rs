@@ -298,6 +298,11 @@ async fn fake_charon(path: PathBuf, answer: Answer, log: Log, close_first: Optio
                         }
                         Packet::CmdRequest(cmd, m) => {
                             log.lock().unwrap().push((cmd.clone(), m.clone()));
+                            if cmd == "get-shared" && m.str("old").is_some() {
+                                // An older charon that lacks the command.
+                                write_packet(&mut s, &Packet::CmdUnknown).await.unwrap();
+                                continue;
+                            }
                             let (events, ans) = answer(&cmd, &m);
                             if let Some(e) = &registered {
                                 for ev in events {
@@ -450,4 +455,23 @@ async fn a_missing_daemon_is_unreachable_naming_host_and_socket() {
         }
         other => panic!("expected unreachable, got {other}"),
     }
+}
+
+#[tokio::test]
+async fn an_unknown_command_is_a_clear_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("charon.vici");
+    let answer: Answer = Arc::new(|_, _| (vec![], Message::new().list("keys", ["k"])));
+    fake_charon(path.clone(), answer, Arc::default(), None).await;
+    let v = driver_with_socket(&path);
+    let host = hv1();
+    let mut s = v.session("ipsec.test", &host).await.unwrap();
+    let e = s
+        .query("get-shared", &Message::new().kv("old", "yes"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("knows no command get-shared"), "{e}");
+    drop(s);
+    assert_eq!(v.shared_key_ids(&hv1()).await.unwrap(), vec!["k"]);
 }
