@@ -475,3 +475,37 @@ async fn an_unknown_command_is_a_clear_failure() {
     drop(s);
     assert_eq!(v.shared_key_ids(&hv1()).await.unwrap(), vec!["k"]);
 }
+
+#[tokio::test]
+async fn concurrent_calls_share_one_connection_one_request_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("charon.vici");
+    let answer: Answer = Arc::new(|cmd, _| match cmd {
+        "list-conns" => (vec![conn_event(NAME)], Message::new()),
+        "list-sas" => (
+            vec![sa_event(NAME, "ESTABLISHED", "INSTALLED", "10")],
+            Message::new(),
+        ),
+        _ => (vec![], ok()),
+    });
+    let log: Log = Arc::default();
+    fake_charon(path.clone(), answer, log.clone(), None).await;
+    let v = Arc::new(driver_with_socket(&path));
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move { v.connections(&hv1()).await })
+        })
+        .collect();
+    for c in calls {
+        let conns = c.await.unwrap().unwrap();
+        assert_eq!(conns.len(), 1);
+        assert!(conns[0].sa_up);
+    }
+    // Each call's two listings ran back to back, never interleaved with another call's.
+    let cmds: Vec<String> = log.lock().unwrap().iter().map(|(c, _)| c.clone()).collect();
+    assert_eq!(cmds.len(), 32);
+    for pair in cmds.chunks(2) {
+        assert_eq!(pair, ["list-conns", "list-sas"]);
+    }
+}
