@@ -689,6 +689,12 @@ pub fn remote_host(name: &str, identity: &str) -> Option<HostId> {
     (conn == name && !host.is_empty()).then(|| HostId(host.to_string()))
 }
 
+/// Whether `name` is smig's name for a connection between `a` and `b`.
+pub fn names_pair(name: &str, a: &HostId, b: &HostId) -> bool {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    name.starts_with(OWNED_PREFIX) && name.ends_with(&format!("-{x}-{y}"))
+}
+
 /// The secure_link a connection implements: its name without `smig-` and the `-<a>-<b>`
 /// host suffix ([`crate::model::ipsec_connection_name`]).
 pub fn link_of(name: &str, local: &HostId, remote: &HostId) -> String {
@@ -731,10 +737,19 @@ impl Ipsec for Vici {
         let sas = s.sas(None).await?;
         drop(s);
         let mut out: BTreeMap<String, IpsecConnection> = BTreeMap::new();
+        // The far end: from the IKE identity, else the underlay address, else the name's
+        // host suffix. A smig connection matching none is not reported (its remote would be
+        // no host of the landscape).
         let remote_of = |name: &str, ids: &[String], addrs: &[String]| {
             ids.iter()
                 .find_map(|id| remote_host(name, id))
                 .or_else(|| self.host_by_address(addrs))
+                .or_else(|| {
+                    self.hosts
+                        .keys()
+                        .find(|h| *h != host && names_pair(name, host, h))
+                        .cloned()
+                })
         };
         for c in conns.iter().filter(|c| c.name.starts_with(OWNED_PREFIX)) {
             let Some(remote) = remote_of(&c.name, &c.remote_ids, &c.remote_addrs) else {

@@ -189,6 +189,8 @@ fn names_identities_and_links() {
     assert_eq!(remote_host(NAME, "other@cloud.c1"), None);
     assert_eq!(remote_host(NAME, "10.78.0.21"), None);
     assert_eq!(link_of(NAME, &hv1(), &c1()), "web_db");
+    assert!(names_pair(NAME, &hv1(), &c1()) && names_pair(NAME, &c1(), &hv1()));
+    assert!(!names_pair(NAME, &hv1(), &HostId::new("dc", "hv2")));
     assert_eq!(link_of(NAME, &c1(), &hv1()), "web_db");
     assert_eq!(
         link_of("smig-a-b-dc.hv1-dc.hv2", &HostId::new("dc", "hv2"), &hv1()),
@@ -390,6 +392,15 @@ async fn connections_report_smig_sas_with_counters() {
             vec![
                 sa_event(NAME, "ESTABLISHED", "INSTALLED", "4096"),
                 sa_event("smig-gone-cloud.c1-dc.hv1", "ESTABLISHED", "INSTALLED", "1"),
+                // Neither identity nor address tells the far end: the name does.
+                Message::new().section(
+                    "smig-nat-dc.hv1-dc.hv2",
+                    Message::new()
+                        .kv("uniqueid", "9")
+                        .kv("state", "ESTABLISHED")
+                        .kv("remote-host", "192.0.2.1")
+                        .kv("remote-id", "CN=somebody"),
+                ),
                 sa_event("lab-baseline", "ESTABLISHED", "INSTALLED", "9"),
             ],
             Message::new(),
@@ -399,17 +410,29 @@ async fn connections_report_smig_sas_with_counters() {
     let log: Log = Arc::default();
     fake_charon(path.clone(), answer, log.clone(), Some(2)).await;
     let v = driver_with_socket(&path);
-    assert_eq!(v.connections(&hv1()).await.unwrap().len(), 2);
+    assert_eq!(v.connections(&hv1()).await.unwrap().len(), 3);
     // The daemon closed the cached connection meanwhile: the driver reconnects once.
     let conns = v.connections(&hv1()).await.unwrap();
-    assert_eq!(conns.len(), 2, "{conns:?}");
+    assert_eq!(conns.len(), 3, "{conns:?}");
+    let nat = conns
+        .iter()
+        .find(|c| c.name == "smig-nat-dc.hv1-dc.hv2")
+        .unwrap();
+    assert_eq!(
+        (nat.remote.0.as_str(), nat.link.as_str()),
+        ("dc.hv2", "nat")
+    );
+    assert!(!nat.sa_up);
     let c = conns.iter().find(|c| c.name == NAME).unwrap();
     assert_eq!(c.link, "web_db");
     assert_eq!(c.remote, c1());
     assert!(c.sa_up);
     assert_eq!((c.bytes_in, c.bytes_out), (4096, 252));
     // An SA left without its connection is still reported, so cleanup finds it.
-    let gone = conns.iter().find(|c| c.name != NAME).unwrap();
+    let gone = conns
+        .iter()
+        .find(|c| c.name == "smig-gone-cloud.c1-dc.hv1")
+        .unwrap();
     assert_eq!(gone.link, "gone");
     assert!(gone.sa_up);
 }
