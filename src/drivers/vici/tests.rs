@@ -300,6 +300,10 @@ async fn fake_charon(path: PathBuf, answer: Answer, log: Log, close_first: Optio
                         }
                         Packet::CmdRequest(cmd, m) => {
                             log.lock().unwrap().push((cmd.clone(), m.clone()));
+                            if cmd == "version" {
+                                // A daemon that hangs: never answers, keeps the socket open.
+                                std::future::pending::<()>().await;
+                            }
                             if cmd == "get-shared" && m.str("old").is_some() {
                                 // An older charon that lacks the command.
                                 write_packet(&mut s, &Packet::CmdUnknown).await.unwrap();
@@ -531,4 +535,24 @@ async fn concurrent_calls_share_one_connection_one_request_at_a_time() {
     for pair in cmds.chunks(2) {
         assert_eq!(pair, ["list-conns", "list-sas"]);
     }
+}
+
+#[tokio::test]
+async fn a_hanging_daemon_times_out_and_the_next_call_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("charon.vici");
+    let answer: Answer = Arc::new(|_, _| (vec![], Message::new().list("keys", ["k"])));
+    fake_charon(path.clone(), answer, Arc::default(), None).await;
+    let mut o = ViciOptions::lab();
+    o.sockets.insert(hv1(), path.clone());
+    o.request_timeout = Duration::from_millis(200);
+    let v = Vici::new(&landscape(), o).unwrap();
+    let host = hv1();
+    let mut s = v.session("ipsec.test", &host).await.unwrap();
+    let e = s.command("version", &Message::new()).await.unwrap_err();
+    assert!(matches!(e, DriverError::Timeout { .. }), "{e:?}");
+    assert!(e.to_string().contains("dc.hv1"), "{e}");
+    drop(s);
+    // The late answer of the hung request can never be taken for this one's.
+    assert_eq!(v.shared_key_ids(&hv1()).await.unwrap(), vec!["k"]);
 }
