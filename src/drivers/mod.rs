@@ -10,9 +10,12 @@
 //!
 //! [`double`] holds the landscape test double, which implements all of them over an in-memory
 //! landscape.
+//!
+//! [`vici`] holds the real [`Ipsec`] driver (strongSwan's charon over its VICI socket).
 
 pub mod double;
 pub mod libvirt;
+pub mod vici;
 
 use crate::discover::{Discover, DiscoverError};
 use crate::model::{
