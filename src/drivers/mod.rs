@@ -12,6 +12,7 @@
 //! landscape.
 
 pub mod double;
+pub mod netns;
 
 use crate::discover::{Discover, DiscoverError};
 use crate::model::{

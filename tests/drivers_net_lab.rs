@@ -1,0 +1,328 @@
+//! The host network driver (`netns:NAME`) on the lab: block / unblock db's traffic with web on
+//! hv2 and watch the guests' probes stop and resume; discovery reads the rules back; the
+//! routing core's routes; db's connections (web's long-lived TCP connection to db:7) and their
+//! reset, after which web reconnects; the subnet tunnel from the routing core to c1 added and
+//! removed; every call twice. Root and the lab are required (it fails, never skips); it holds
+//! the lab lock for its whole run and leaves the lab as it found it.
+
+use serde_json::Value;
+use smig::drivers::netns::NetnsHostNetwork;
+use smig::drivers::{HostNetwork, RoutingCore, TunnelSpec};
+use smig::model::{BlockRule, Environment, Host, HostId, Landscape, RoutingCore as Core, Subnet};
+use smig::plan::Target;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
+const WEB: &str = "192.168.10.11";
+const DB: &str = "192.168.10.12";
+const GW: &str = "192.168.10.1";
+
+fn lab_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab")
+}
+
+fn lab(cmd: &str, args: &[&str]) -> std::process::Output {
+    Command::new(lab_dir().join(cmd))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run lab/{cmd}: {e}"))
+}
+
+fn check() -> Value {
+    let out = lab("check", &["--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lab/check --json is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn since_last(c: &Value, guest: &str, peer: &str) -> f64 {
+    c["guests"][guest]["peers"][peer]["since_last_s"]
+        .as_f64()
+        .unwrap_or(-1.0)
+}
+
+fn echo_connects(c: &Value) -> u64 {
+    c["guests"]["web"]["tcp_echo"]["connects"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Polls lab/check until `ok` holds (or panics after `secs`); returns the time it took.
+fn wait_until(secs: u64, what: &str, ok: impl Fn(&Value) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let c = check();
+        if ok(&c) {
+            return start.elapsed();
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            panic!("{what} did not happen within {secs} s; lab/check: {c}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn no_smig_tables(c: &Value) -> bool {
+    ["hv1", "hv2", "c1"].iter().all(|h| {
+        c["hosts"][h]["nft_smig"]
+            .as_object()
+            .is_none_or(|o| o.is_empty())
+    }) && c["routing_core"]["nft_smig"]
+        .as_object()
+        .is_none_or(|o| o.is_empty())
+}
+
+fn smx_links(ns: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-j", "link", "show"])
+        .output()
+        .expect("ip link");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|n| n.starts_with("smx-"))
+        .map(String::from)
+        .collect()
+}
+
+fn host(env: &str, name: &str, addr: &str, ns: &str) -> (String, Host) {
+    (
+        name.to_string(),
+        Host {
+            id: HostId(format!("{env}.{name}")),
+            libvirt: format!("qemu+tls://{addr}/system"),
+            address: addr.parse().unwrap(),
+            network: format!("netns:{ns}"),
+        },
+    )
+}
+
+/// The lab's hosts, routing core and subnets, as the driver needs them.
+fn landscape() -> Landscape {
+    let mut l = Landscape::default();
+    l.environments.insert(
+        "dc".into(),
+        Environment {
+            name: "dc".into(),
+            trusted: true,
+            hosts: BTreeMap::from([
+                host("dc", "hv1", "10.77.0.11", "dc-hv1"),
+                host("dc", "hv2", "10.77.0.12", "dc-hv2"),
+            ]),
+            routing_core: Some(Core {
+                network: "netns:dc-core".into(),
+            }),
+        },
+    );
+    l.environments.insert(
+        "cloud".into(),
+        Environment {
+            name: "cloud".into(),
+            trusted: false,
+            hosts: BTreeMap::from([host("cloud", "c1", "10.78.0.21", "cloud-c1")]),
+            routing_core: None,
+        },
+    );
+    for (name, cidr) in [("app", "192.168.10.0/24"), ("batch", "192.168.20.0/24")] {
+        l.subnets.insert(
+            name.into(),
+            Subnet {
+                name: name.into(),
+                cidr: cidr.parse().unwrap(),
+            },
+        );
+    }
+    l
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_driver_on_the_lab() {
+    assert!(is_root(), "this test needs root (it drives the lab)");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LAB_LOCK)
+        .unwrap_or_else(|e| panic!("cannot open {LAB_LOCK}: {e}"));
+    lock.lock().expect("lab lock");
+    let up = lab("up", &[]);
+    assert!(
+        up.status.success(),
+        "lab/up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    wait_until(60, "every guest answering", |c| {
+        c["all_answer"].as_bool() == Some(true)
+    });
+    let c0 = check();
+    assert!(no_smig_tables(&c0), "smig tables before the test: {c0}");
+
+    let drv = NetnsHostNetwork::from_landscape(&landscape());
+    let hv2 = HostId("dc.hv2".into());
+    let db: Ipv4Addr = DB.parse().unwrap();
+    let rule = BlockRule {
+        vm: "db".into(),
+        address: db,
+        peers: vec![WEB.parse().unwrap()],
+    };
+
+    // --- block: web <-> db stop answering, db still reaches its gateway ---
+    assert_eq!(drv.block_rules(&hv2).await.unwrap(), vec![]);
+    let t = Instant::now();
+    drv.block(&hv2, &rule).await.expect("block");
+    let block_ms = t.elapsed().as_millis();
+    drv.block(&hv2, &rule).await.expect("block again");
+    assert_eq!(drv.block_rules(&hv2).await.unwrap(), vec![rule.clone()]);
+    let blocked = wait_until(10, "web and db no longer answering each other", |c| {
+        since_last(c, "web", DB) > 1.5 && since_last(c, "db", WEB) > 1.5
+    });
+    let c = check();
+    assert!(
+        since_last(&c, "db", GW) < 1.0,
+        "db must still reach its gateway: {c}"
+    );
+    assert!(
+        c["hosts"]["hv2"]["nft_smig"]["inet"]["rules"].as_u64() == Some(2),
+        "two block rules on hv2: {c}"
+    );
+
+    // --- unblock: answering again; the table is gone ---
+    let t = Instant::now();
+    drv.unblock(&hv2, "db", false).await.expect("unblock");
+    let unblock_ms = t.elapsed().as_millis();
+    drv.unblock(&hv2, "db", false).await.expect("unblock again");
+    assert_eq!(drv.block_rules(&hv2).await.unwrap(), vec![]);
+    let resumed = wait_until(10, "web and db answering again", |c| {
+        c["guests"]["web"]["peers"][DB]["answers"].as_bool() == Some(true)
+            && c["guests"]["db"]["peers"][WEB]["answers"].as_bool() == Some(true)
+    });
+    assert!(no_smig_tables(&check()), "smig table left after unblock");
+    eprintln!(
+        "block call {block_ms} ms (probes stopped within {:.2} s), unblock call {unblock_ms} ms (answering again after {:.2} s)",
+        blocked.as_secs_f64(),
+        resumed.as_secs_f64()
+    );
+
+    // --- the routing core's routes ---
+    let routes = drv.routes("dc").await.expect("routes");
+    let app = routes
+        .iter()
+        .find(|r| r.prefix == "192.168.10.0/24".parse().unwrap())
+        .unwrap_or_else(|| panic!("no route to app on dc-core: {routes:?}"));
+    assert_eq!(app.dev.as_deref(), Some("br-app"));
+    assert!(!app.via_smig_tunnel);
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.prefix == "10.78.0.0/24".parse().unwrap()
+                && r.via == Some("10.77.254.1".parse().unwrap())),
+        "no route to the cloud underlay via the WAN: {routes:?}"
+    );
+
+    // --- db's connections: web's long-lived connection to db:7; reset -> web reconnects ---
+    let conns = drv.connections(&hv2, db).await.expect("connections");
+    let echo: Vec<_> = conns
+        .iter()
+        .filter(|c| c.local.port() == 7 && c.remote.ip().to_string() == WEB)
+        .cloned()
+        .collect();
+    assert_eq!(echo.len(), 1, "web's connection to db:7 among {conns:?}");
+    assert!(!echo[0].ipsec, "a bridged cleartext flow is not IPsec");
+    let before = echo_connects(&check());
+    let t = Instant::now();
+    drv.reset_connections(&hv2, db, &echo).await.expect("reset");
+    let reset_ms = t.elapsed().as_millis();
+    let reconnected = wait_until(15, "web reconnecting to db:7", |c| {
+        echo_connects(c) > before
+            && c["guests"]["web"]["tcp_echo"]["since_last_s"]
+                .as_f64()
+                .is_some_and(|s| (0.0..1.0).contains(&s))
+    });
+    let after = drv.connections(&hv2, db).await.expect("connections");
+    assert!(
+        after.iter().any(|c| c.local.port() == 7
+            && c.remote.ip().to_string() == WEB
+            && c.remote != echo[0].remote),
+        "a new connection from web to db:7 after the reset: {after:?}"
+    );
+    drv.reset_connections(&hv2, db, &echo)
+        .await
+        .expect("reset of a gone connection is fine");
+    eprintln!(
+        "reset call {reset_ms} ms, web reconnected {:.2} s after the call",
+        reconnected.as_secs_f64()
+    );
+    assert!(no_smig_tables(&check()), "reset left a table");
+
+    // --- subnet tunnel dc-core -> c1: added, read back, removed, nothing left ---
+    let core = Target::RoutingCore("dc".into());
+    let c1 = Target::Host(HostId("cloud.c1".into()));
+    let spec = TunnelSpec {
+        subnet: "app".into(),
+        cidr: "192.168.10.0/24".parse().unwrap(),
+        remote: "cloud.c1".into(),
+        remote_address: "10.78.0.21".parse().unwrap(),
+    };
+    drv.tunnel_add(&core, &spec).await.expect("tunnel add");
+    drv.tunnel_add(&core, &spec)
+        .await
+        .expect("tunnel add again");
+    let t = drv.tunnels(&core).await.unwrap();
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(
+        (t[0].subnet.as_str(), t[0].remote.as_str()),
+        ("app", "cloud.c1")
+    );
+    let t = drv.tunnels(&c1).await.unwrap();
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].remote, "core:dc");
+    assert_eq!(smx_links("dc-core").len(), 1);
+    assert_eq!(smx_links("cloud-c1").len(), 1);
+    let routes = drv.routes("dc").await.unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dev.as_deref() == Some("br-app") && r.via_smig_tunnel),
+        "app's route marked as through the tunnel: {routes:?}"
+    );
+    let c = check();
+    assert!(
+        c["routing_core"]["nft_smig"]["inet"]["rules"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "guard on the core while the tunnel exists: {c}"
+    );
+    drv.tunnel_remove(&core, "app")
+        .await
+        .expect("tunnel remove");
+    drv.tunnel_remove(&core, "app")
+        .await
+        .expect("tunnel remove again");
+    assert_eq!(drv.tunnels(&core).await.unwrap(), vec![]);
+    assert_eq!(drv.tunnels(&c1).await.unwrap(), vec![]);
+    assert!(smx_links("dc-core").is_empty() && smx_links("cloud-c1").is_empty());
+
+    // --- the lab as found ---
+    wait_until(20, "every guest answering at the end", |c| {
+        c["all_answer"].as_bool() == Some(true) && no_smig_tables(c)
+    });
+    drop(lock);
+}
