@@ -668,6 +668,14 @@ impl HostNetwork for NetnsHostNetwork {
         }
         Ok(())
     }
+
+    async fn overlay_add(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        self.path_add("overlay", &a.0, &b.0, subnet).await
+    }
+
+    async fn overlay_remove(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        self.path_remove("overlay", &a.0, &b.0, subnet).await
+    }
 }
 
 #[async_trait::async_trait]
