@@ -7,7 +7,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
-use rtnetlink::{Handle, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -224,15 +224,29 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<(), String> {
         .port(VXLAN_PORT)
         .learning(true)
         .mtu(1500)
-        .controller(bridge)
-        .alias(spec.alias.clone())
-        .up()
         .build();
     h.link()
         .add(msg)
         .execute()
         .await
-        .map_err(|e| nl_err(&format!("add vxlan {}", spec.name), e))
+        .map_err(|e| nl_err(&format!("add vxlan {}", spec.name), e))?;
+    // Alias, bridge and state in a second message: the kernel ignores IFLA_IFALIAS on create.
+    let index = links(h)
+        .await?
+        .into_iter()
+        .find(|l| l.name == spec.name)
+        .ok_or_else(|| format!("vxlan {} vanished after creation", spec.name))?
+        .index;
+    let set = LinkUnspec::new_with_index(index)
+        .alias(spec.alias.clone())
+        .controller(bridge)
+        .up()
+        .build();
+    h.link()
+        .set(set)
+        .execute()
+        .await
+        .map_err(|e| nl_err(&format!("set up vxlan {}", spec.name), e))
 }
 
 /// Deletes the link if it exists.

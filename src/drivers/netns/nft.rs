@@ -192,7 +192,11 @@ pub fn guard_commands(present: &Present) -> Vec<Value> {
 pub fn secure_mark_commands(vm: &str, present: &Present) -> Vec<Value> {
     let mut cmds = guard_commands(present);
     if !present.secure.contains_key(vm) {
-        cmds.push(rule("guard-forward", &secure_comment(vm), vec![]));
+        cmds.push(rule(
+            "guard-forward",
+            &secure_comment(vm),
+            vec![json!({"counter": null})],
+        ));
     }
     cmds
 }
