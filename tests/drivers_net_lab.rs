@@ -325,3 +325,163 @@ async fn host_network_driver_on_the_lab() {
     });
     drop(lock);
 }
+
+fn ip_netns(ns: &str, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// Packets the guard dropped on a host (the counters of its VXLAN rules).
+fn guard_drops(ns: &str) -> u64 {
+    let out = ip_netns(ns, &["nft", "-j", "list", "table", "inet", "smig"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("rule"))
+        .filter(|r| {
+            r["comment"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("smig guard") && c.contains("vxlan"))
+        })
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+/// The overlay data path hv1 <-> c1 (VXLAN between the overlay addresses) carried by an IPsec
+/// SA between those addresses (the lab's own `lab/securepath` SA, its VXLANs removed so only
+/// smig's link joins the bridges). With charon on c1 stopped and the lab's `unreachable`
+/// fallback route gone, c1's VXLAN would leave in cleartext by its default route: the guard
+/// drops it, and the WAN capture shows no cleartext VXLAN or guest packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_guard_holds_when_charon_stops() {
+    assert!(is_root(), "this test needs root (it drives the lab)");
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LAB_LOCK)
+        .unwrap_or_else(|e| panic!("cannot open {LAB_LOCK}: {e}"));
+    lock.lock().expect("lab lock");
+    let up = lab("up", &[]);
+    assert!(
+        up.status.success(),
+        "lab/up failed: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    wait_until(60, "every guest answering", |c| {
+        c["all_answer"].as_bool() == Some(true)
+    });
+
+    let drv = NetnsHostNetwork::from_landscape(&landscape());
+    let hv1 = HostId("dc.hv1".into());
+    let c1 = HostId("cloud.c1".into());
+    let sp = lab("securepath", &["up", "hv1", "c1"]);
+    assert!(
+        sp.status.success(),
+        "lab/securepath up: {}",
+        String::from_utf8_lossy(&sp.stderr)
+    );
+    for (ns, s) in [
+        ("dc-hv1", "app"),
+        ("dc-hv1", "batch"),
+        ("cloud-c1", "app"),
+        ("cloud-c1", "batch"),
+    ] {
+        ip_netns(ns, &["ip", "link", "del", &format!("vxl-{s}")]);
+    }
+    let t = Instant::now();
+    drv.overlay_add(&hv1, &c1, "app")
+        .await
+        .expect("overlay add");
+    let add_ms = t.elapsed().as_millis();
+    drv.overlay_add(&hv1, &c1, "app")
+        .await
+        .expect("overlay add again");
+    assert_eq!(smx_links("dc-hv1").len(), 1);
+    assert_eq!(smx_links("cloud-c1").len(), 1);
+
+    // Through the SA: an address on c1's bridge reaches web (ARP and ICMP over the overlay).
+    let _ = ip_netns(
+        "cloud-c1",
+        &["ip", "addr", "add", "192.168.10.250/24", "dev", "br-app"],
+    );
+    let ping = ip_netns(
+        "cloud-c1",
+        &["ping", "-c", "3", "-i", "0.3", "-W", "2", WEB],
+    );
+    let path_works = ping.status.success();
+    // Fail closed: charon on c1 down, no fallback route; the guard alone must hold.
+    ip_netns(
+        "cloud-c1",
+        &["ip", "route", "del", "unreachable", "172.31.0.11/32"],
+    );
+    let before = guard_drops("cloud-c1");
+    let start = lab("capture", &["start"]);
+    assert!(
+        start.status.success(),
+        "lab/capture start: {}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    let stop = lab("host", &["c1", "charon", "stop"]);
+    assert!(
+        stop.status.success(),
+        "charon stop: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    // c1's bridge floods broadcasts to the overlay: make some (ARP for an absent address).
+    let _ = ip_netns(
+        "cloud-c1",
+        &["ip", "addr", "add", "192.168.10.250/24", "dev", "br-app"],
+    );
+    let _ = ip_netns(
+        "cloud-c1",
+        &["ping", "-c", "5", "-i", "0.3", "-W", "1", "192.168.10.11"],
+    );
+    let _ = ip_netns(
+        "cloud-c1",
+        &["ip", "addr", "del", "192.168.10.250/24", "dev", "br-app"],
+    );
+    let cap = lab("capture", &["stop", "--json"]);
+    let report: Value = serde_json::from_slice(&cap.stdout).unwrap_or(Value::Null);
+    let dropped = guard_drops("cloud-c1") - before;
+
+    // Leave the lab as found, whatever happened above.
+    drv.overlay_remove(&hv1, &c1, "app")
+        .await
+        .expect("overlay remove");
+    drv.overlay_remove(&hv1, &c1, "app")
+        .await
+        .expect("overlay remove again");
+    lab("host", &["c1", "charon", "start"]);
+    lab("securepath", &["down", "hv1", "c1"]);
+
+    assert!(
+        path_works,
+        "c1 could not reach web through the overlay and the SA: {}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert!(dropped > 0, "the guard dropped nothing on c1");
+    assert_eq!(
+        report["vxlan_cleartext"].as_u64(),
+        Some(0),
+        "capture: {report}"
+    );
+    assert_eq!(
+        report["guest_cleartext"].as_u64(),
+        Some(0),
+        "capture: {report}"
+    );
+    assert_eq!(report["leaked"].as_bool(), Some(false), "capture: {report}");
+    assert!(smx_links("dc-hv1").is_empty() && smx_links("cloud-c1").is_empty());
+    eprintln!("overlay_add {add_ms} ms; with charon stopped the guard dropped {dropped} packets on c1, WAN capture: {report}");
+    wait_until(30, "every guest answering at the end", |c| {
+        c["all_answer"].as_bool() == Some(true) && no_smig_tables(c)
+    });
+    drop(lock);
+}

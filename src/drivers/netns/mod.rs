@@ -193,6 +193,8 @@ pub struct NetnsHostNetwork {
     cores: BTreeMap<String, String>,
     /// Subnet name → bridge name on every endpoint.
     bridges: BTreeMap<String, String>,
+    /// Subnet name → CIDR.
+    cidrs: BTreeMap<String, Ipv4Net>,
     ops: Mutex<HashMap<String, Arc<dyn HostOps>>>,
     /// How long a reset waits for the guests' next packets (each sees the RST).
     pub reset_window: Duration,
@@ -224,6 +226,11 @@ impl NetnsHostNetwork {
                 .subnets
                 .keys()
                 .map(|s| (s.clone(), bridge_name(s)))
+                .collect(),
+            cidrs: landscape
+                .subnets
+                .iter()
+                .map(|(n, s)| (n.clone(), s.cidr))
                 .collect(),
             ops: Mutex::new(HashMap::new()),
             reset_window: Duration::from_millis(1500),
@@ -637,8 +644,36 @@ impl HostNetwork for NetnsHostNetwork {
             .map(flow_of)
             .collect();
         if !tcp.is_empty() {
-            // The next packet of each flow, either way, is answered with a RST on the bridge.
-            o.nft_apply(nft::reset_commands(&tcp))
+            // The next packet of each flow, either way, entering a port of the VM's bridge is
+            // answered with a RST out of that port.
+            let subnet = self
+                .cidrs
+                .iter()
+                .find(|(_, c)| c.contains(&address))
+                .map(|(n, _)| n.clone())
+                .ok_or_else(|| {
+                    DriverError::failed(
+                        op,
+                        host,
+                        format!("{address} is in no subnet of the landscape"),
+                    )
+                })?;
+            let bridge = self.bridge(op, &host.0, &subnet)?;
+            let all = o
+                .links()
+                .await
+                .map_err(|e| DriverError::failed(op, host, e))?;
+            let bridge_index = all
+                .iter()
+                .find(|l| l.name == bridge)
+                .map(|l| l.index)
+                .ok_or_else(|| DriverError::failed(op, host, format!("no bridge {bridge}")))?;
+            let ports: Vec<String> = all
+                .iter()
+                .filter(|l| l.controller == Some(bridge_index))
+                .map(|l| l.name.clone())
+                .collect();
+            o.nft_apply(nft::reset_commands(&tcp, &ports))
                 .await
                 .map_err(|e| DriverError::failed(op, host, e))?;
             let deadline = Instant::now() + self.reset_window;

@@ -2,7 +2,7 @@
 //! that block a VM, guard the secure data path and reset flows, and reading block rules back.
 //!
 //! Everything smig owns lives in table `inet smig` (block rules, guard) and, for transient
-//! TCP resets, `bridge smig`. Names and comments carry what discovery needs:
+//! TCP resets, `netdev smig`. Names and comments carry what discovery needs:
 //! - chain `block-<vm>` (a base chain on `forward`), set `peers-<vm>` (the peers' addresses),
 //!   rules commented `smig block vm=<vm> addr=<address>`;
 //! - chains `guard-output` / `guard-forward`: no smig VXLAN packet leaves except through
@@ -324,32 +324,38 @@ pub struct Flow {
     pub dport: u16,
 }
 
-/// Name of the transient reset chain in table `bridge smig`.
+/// Name of the transient reset chain in table `netdev smig`.
 pub const RESET_CHAIN: &str = "reset";
 
-/// Commands that answer the next packet of each flow (either direction) with a TCP reset,
-/// on the bridge: the guests' stacks see the RST and reconnect.
-pub fn reset_commands(flows: &[Flow]) -> Vec<Value> {
-    let mut cmds = vec![
-        json!({"add": {"table": {"family": "bridge", "name": TABLE}}}),
-        json!({"add": {"chain": {"family": "bridge", "table": TABLE, "name": RESET_CHAIN,
-            "type": "filter", "hook": "forward", "prio": -10, "policy": "accept"}}}),
-    ];
-    for f in flows {
-        for (s, sp, d, dp) in [
-            (f.src, f.sport, f.dst, f.dport),
-            (f.dst, f.dport, f.src, f.sport),
-        ] {
-            cmds.push(json!({"add": {"rule": {"family": "bridge", "table": TABLE,
-            "chain": RESET_CHAIN, "comment": "smig reset",
-            "expr": [
-                eq(payload("ip", "saddr"), json!(s.to_string())),
-                eq(payload("ip", "daddr"), json!(d.to_string())),
-                eq(payload("tcp", "sport"), json!(sp)),
-                eq(payload("tcp", "dport"), json!(dp)),
-                json!({"counter": null}),
-                json!({"reject": {"type": "tcp reset"}}),
-            ]}}}));
+/// Commands that answer the next packet of each flow (either direction) entering one of
+/// `devices` (the ports of the VM's bridge) with a TCP reset sent back out of that port: the
+/// guests' own stacks see the RST and reconnect. (The kernel here has no bridge-family
+/// reject; netdev-family ingress reject works on bridge ports.)
+pub fn reset_commands(flows: &[Flow], devices: &[String]) -> Vec<Value> {
+    let mut cmds = vec![json!({"add": {"table": {"family": "netdev", "name": TABLE}}})];
+    for (i, dev) in devices.iter().enumerate() {
+        let chain = format!("{RESET_CHAIN}-{i}");
+        cmds.push(
+            json!({"add": {"chain": {"family": "netdev", "table": TABLE, "name": chain,
+            "type": "filter", "hook": "ingress", "dev": dev, "prio": -10,
+            "policy": "accept"}}}),
+        );
+        for f in flows {
+            for (s, sp, d, dp) in [
+                (f.src, f.sport, f.dst, f.dport),
+                (f.dst, f.dport, f.src, f.sport),
+            ] {
+                cmds.push(json!({"add": {"rule": {"family": "netdev", "table": TABLE,
+                "chain": chain, "comment": "smig reset",
+                "expr": [
+                    eq(payload("ip", "saddr"), json!(s.to_string())),
+                    eq(payload("ip", "daddr"), json!(d.to_string())),
+                    eq(payload("tcp", "sport"), json!(sp)),
+                    eq(payload("tcp", "dport"), json!(dp)),
+                    json!({"counter": null}),
+                    json!({"reject": {"type": "tcp reset"}}),
+                ]}}}));
+            }
         }
     }
     cmds
@@ -357,7 +363,7 @@ pub fn reset_commands(flows: &[Flow]) -> Vec<Value> {
 
 /// Removes the transient reset table.
 pub fn unreset_commands() -> Vec<Value> {
-    vec![json!({"delete": {"table": {"family": "bridge", "name": TABLE}}})]
+    vec![json!({"delete": {"table": {"family": "netdev", "name": TABLE}}})]
 }
 
 #[cfg(test)]
@@ -459,7 +465,7 @@ mod tests {
             dst: "192.168.10.12".parse().unwrap(),
             dport: 7,
         };
-        let s = serde_json::to_string(&reset_commands(&[f])).unwrap();
+        let s = serde_json::to_string(&reset_commands(&[f], &["vx-app".into()])).unwrap();
         assert_eq!(s.matches("tcp reset").count(), 2, "{s}");
     }
 }
