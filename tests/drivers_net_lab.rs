@@ -416,6 +416,28 @@ async fn overlay_guard_holds_when_charon_stops() {
         &["ping", "-c", "3", "-i", "0.3", "-W", "2", WEB],
     );
     let path_works = ping.status.success();
+    // A TCP connection across the overlay is seen on web's host as carried by IPsec.
+    let mut client = Command::new("ip")
+        .args(["netns", "exec", "cloud-c1", "/usr/bin/python3", "-c"])
+        .arg("import socket,time\ns=socket.create_connection(('192.168.10.11',7),timeout=5)\ns.sendall(b'x\\n')\ns.recv(16)\ntime.sleep(8)")
+        .spawn()
+        .expect("client on c1");
+    let web: Ipv4Addr = WEB.parse().unwrap();
+    let mut via_overlay = Vec::new();
+    let seen = Instant::now();
+    while via_overlay.is_empty() && seen.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(300));
+        via_overlay = drv
+            .connections(&hv1, web)
+            .await
+            .expect("connections")
+            .into_iter()
+            .filter(|c| c.remote.ip().to_string() == "192.168.10.250")
+            .collect();
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+
     // Fail closed: charon on c1 down, no fallback route; the guard alone must hold.
     ip_netns(
         "cloud-c1",
@@ -465,6 +487,11 @@ async fn overlay_guard_holds_when_charon_stops() {
         path_works,
         "c1 could not reach web through the overlay and the SA: {}",
         String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_eq!(via_overlay.len(), 1, "c1's connection to web:7 seen on hv1");
+    assert!(
+        via_overlay[0].ipsec,
+        "marked as carried by IPsec: {via_overlay:?}"
     );
     assert!(dropped > 0, "the guard dropped nothing on c1");
     assert_eq!(
