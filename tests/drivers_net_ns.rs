@@ -154,7 +154,10 @@ async fn driver_in_private_namespaces() {
     drv.unblock(&h, "db", false)
         .await
         .expect("unblock db again");
-    assert!(!has_table(&host_ns, "inet"), "nothing of smig left");
+    assert!(
+        !has_table(&host_ns, "inet") && !has_table(&host_ns, "bridge"),
+        "nothing of smig left"
+    );
 
     // the reset batch is accepted on bridge ports, and removed
     let ops = NetnsOps::enter(&host_ns).expect("enter");
@@ -206,13 +209,18 @@ async fn driver_in_private_namespaces() {
         "{routes:?}"
     );
     assert!(
-        has_table(&core_ns, "inet") && has_table(&host_ns, "inet"),
+        has_table(&core_ns, "inet")
+            && has_table(&host_ns, "inet")
+            && has_table(&core_ns, "bridge")
+            && has_table(&host_ns, "bridge"),
         "guards"
     );
     drv.tunnel_remove(&core, "app").await.expect("remove");
     drv.tunnel_remove(&core, "app").await.expect("remove again");
     assert_eq!(smx_links(&core_ns) + smx_links(&host_ns), 0);
-    assert!(!has_table(&core_ns, "inet") && !has_table(&host_ns, "inet"));
+    for ns in [&core_ns, &host_ns] {
+        assert!(!has_table(ns, "inet") && !has_table(ns, "bridge"), "{ns}");
+    }
     let routes = drv.routes("dc").await.unwrap();
     assert!(routes.iter().all(|r| !r.via_smig_tunnel), "{routes:?}");
     drop(ns);

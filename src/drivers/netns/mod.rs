@@ -313,6 +313,19 @@ impl NetnsHostNetwork {
         Ok(())
     }
 
+    async fn has_smig_links(
+        &self,
+        op: &str,
+        host: &HostId,
+        o: &Arc<dyn HostOps>,
+    ) -> DriverResult<bool> {
+        Ok(o.links()
+            .await
+            .map_err(|e| DriverError::failed(op, host, e))?
+            .iter()
+            .any(|l| l.alias.as_deref().is_some_and(|a| a.starts_with("smig "))))
+    }
+
     /// Whether the endpoint still needs its guard: an overlay link or a secure-only VM.
     async fn guard_needed(&self, o: &Arc<dyn HostOps>, p: &nft::Present) -> Result<bool, String> {
         if !p.secure.is_empty() {
@@ -526,35 +539,25 @@ impl HostNetwork for NetnsHostNetwork {
             .map_err(|e| DriverError::failed(op, host, e))?;
         let mut cmds = Vec::new();
         if secure_only {
-            // The guard goes in before the block comes out.
+            // The guard goes in before the block comes out (same transaction).
             cmds.extend(nft::secure_mark_commands(vm, &p));
+            cmds.extend(nft::unblock_commands(vm, &p));
         } else {
-            cmds.extend(nft::secure_unmark_commands(vm, &p));
+            let after = p.without_vm(vm);
+            if p.exists && after.only_guard() && !self.has_smig_links(op, host, &o).await? {
+                // Nothing of smig's left on the host: the whole table goes, in one step.
+                cmds.extend(nft::delete_table_commands());
+            } else {
+                cmds.extend(nft::secure_unmark_commands(vm, &p));
+                cmds.extend(nft::unblock_commands(vm, &p));
+            }
         }
-        cmds.extend(nft::unblock_commands(vm, &p));
-        if cmds.is_empty() {
+        if cmds.is_empty() || (!p.exists && !secure_only) {
             return Ok(());
         }
         o.nft_apply(cmds)
             .await
-            .map_err(|e| DriverError::failed(op, host, e))?;
-        if !secure_only {
-            let p = o
-                .nft_table()
-                .await
-                .map_err(|e| DriverError::failed(op, host, e))?;
-            if !self
-                .guard_needed(&o, &p)
-                .await
-                .map_err(|e| DriverError::failed(op, host, e))?
-            {
-                o.nft_apply(nft::unguard_commands(&p))
-                    .await
-                    .map_err(|e| DriverError::failed(op, host, e))?;
-            }
-            self.tidy(op, &host.0, &o).await?;
-        }
-        Ok(())
+            .map_err(|e| DriverError::failed(op, host, e))
     }
 
     async fn vm_route(&self, host: &HostId, address: Ipv4Addr, _present: bool) -> DriverResult<()> {

@@ -1,13 +1,15 @@
 //! smig's nftables state, through libnftables' JSON API (`nft -j`): rendering the commands
 //! that block a VM, guard the secure data path and reset flows, and reading block rules back.
 //!
-//! Everything smig owns lives in table `inet smig` (block rules, guard) and, for transient
-//! TCP resets, `netdev smig`. Names and comments carry what discovery needs:
+//! smig's tables are `inet smig` (block rules, guard), `bridge smig` (overlay ports) and,
+//! for transient TCP resets, `netdev smig`. Names and comments carry what discovery needs:
 //! - chain `block-<vm>` (a base chain on `forward`), set `peers-<vm>` (the peers' addresses),
 //!   rules commented `smig block vm=<vm> addr=<address>`;
 //! - chains `guard-output` / `guard-forward`: no smig VXLAN packet leaves except through
-//!   `ipsec0`, TCP MSS clamped into overlay links, flows through them marked ([`IPSEC_MARK`]);
-//!   a rule commented `smig secure vm=<vm>` per VM enabled through the SA only.
+//!   `ipsec0`; a rule commented `smig secure vm=<vm>` per VM enabled through the SA only;
+//! - table `bridge smig`, chain `overlay` (with the guard): TCP MSS clamped into overlay
+//!   ports, packets crossing them marked, the mark copied to conntrack ([`IPSEC_MARK`]) by
+//!   `guard-forward`.
 
 use crate::model::BlockRule;
 use serde_json::{json, Value};
@@ -150,7 +152,6 @@ pub fn guard_commands(present: &Present) -> Vec<Value> {
         ));
     }
     if !present.chains.contains("guard-forward") {
-        let overlay = json!(format!("{LINK_PREFIX}*"));
         cmds.push(json!({"add": base_chain("guard-forward", "forward", -5)}));
         cmds.push(rule(
             "guard-forward",
@@ -163,29 +164,65 @@ pub fn guard_commands(present: &Present) -> Vec<Value> {
                 json!({"drop": null}),
             ],
         ));
+        // Bridged packets show the bridge, not the port, here (br_netfilter): the bridge
+        // table below marks packets that cross an overlay port; the mark moves to conntrack.
         cmds.push(rule(
             "guard-forward",
-            "smig guard clamp mss",
+            "smig guard mark ipsec flows",
             vec![
-                eq(meta("oifname"), overlay.clone()),
-                eq(meta("l4proto"), json!("tcp")),
-                eq(json!({"&": [payload("tcp", "flags"), "syn"]}), json!("syn")),
-                json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
-                    "value": OVERLAY_MSS}}),
+                eq(meta("mark"), json!(IPSEC_MARK)),
+                json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": IPSEC_MARK}}),
+                json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": 0}}),
             ],
         ));
-        for dir in ["oifname", "iifname"] {
-            cmds.push(rule(
-                "guard-forward",
-                "smig guard mark ipsec flows",
-                vec![
-                    eq(meta(dir), overlay.clone()),
-                    json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": IPSEC_MARK}}),
-                ],
-            ));
-        }
     }
+    cmds.extend(bridge_guard_commands());
     cmds
+}
+
+/// Table `bridge smig`, chain `overlay` (rebuilt each time: idempotent): packets that enter
+/// or leave by an overlay port get [`IPSEC_MARK`] as packet mark, TCP SYNs into an overlay
+/// port get their MSS clamped.
+fn bridge_guard_commands() -> Vec<Value> {
+    let overlay = json!(format!("{LINK_PREFIX}*"));
+    let brule = |comment: &str, expr: Vec<Value>| {
+        json!({"add": {"rule": {"family": "bridge", "table": TABLE, "chain": "overlay",
+            "comment": comment, "expr": expr}}})
+    };
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "bridge", "name": TABLE}}}),
+        json!({"add": {"chain": {"family": "bridge", "table": TABLE, "name": "overlay",
+            "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}}}),
+        json!({"flush": {"chain": {"family": "bridge", "table": TABLE, "name": "overlay"}}}),
+    ];
+    for dir in ["iifname", "oifname"] {
+        cmds.push(brule(
+            "smig guard mark ipsec flows",
+            vec![
+                eq(meta(dir), overlay.clone()),
+                json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": IPSEC_MARK}}),
+            ],
+        ));
+    }
+    cmds.push(brule(
+        "smig guard clamp mss",
+        vec![
+            eq(meta("oifname"), overlay),
+            eq(meta("l4proto"), json!("tcp")),
+            eq(json!({"&": [payload("tcp", "flags"), "syn"]}), json!("syn")),
+            json!({"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}},
+                "value": OVERLAY_MSS}}),
+        ],
+    ));
+    cmds
+}
+
+/// Removes table `bridge smig` whether or not it exists.
+fn bridge_unguard_commands() -> Vec<Value> {
+    vec![
+        json!({"add": {"table": {"family": "bridge", "name": TABLE}}}),
+        json!({"delete": {"table": {"family": "bridge", "name": TABLE}}}),
+    ]
 }
 
 /// Marks the VM as enabled through the SA only (a no-op rule carrying its name).
@@ -212,11 +249,13 @@ pub fn secure_unmark_commands(vm: &str, present: &Present) -> Vec<Value> {
 
 /// Removes the guard chains (when no overlay link and no secure-only VM needs them).
 pub fn unguard_commands(present: &Present) -> Vec<Value> {
-    ["guard-output", "guard-forward"]
+    let mut cmds: Vec<Value> = ["guard-output", "guard-forward"]
         .iter()
         .filter(|c| present.chains.contains(**c))
         .map(|c| json!({"delete": {"chain": {"family": "inet", "table": TABLE, "name": c}}}))
-        .collect()
+        .collect();
+    cmds.extend(bridge_unguard_commands());
+    cmds
 }
 
 /// What smig's table holds, read from `nft -j list table inet smig`.
@@ -236,6 +275,24 @@ impl Present {
     /// Whether anything besides the (possibly empty) table is left.
     pub fn is_empty(&self) -> bool {
         self.chains.is_empty() && self.sets.is_empty()
+    }
+    /// What remains once the VM's block and secure-only mark are gone.
+    pub fn without_vm(&self, vm: &str) -> Present {
+        let mut p = self.clone();
+        p.chains.remove(&block_chain(vm));
+        p.sets.remove(&peers_set(vm));
+        p.blocks.remove(vm);
+        p.secure.remove(vm);
+        p
+    }
+    /// Whether only the guard chains (or nothing) are left.
+    pub fn only_guard(&self) -> bool {
+        self.sets.is_empty()
+            && self.secure.is_empty()
+            && self
+                .chains
+                .iter()
+                .all(|c| c == "guard-output" || c == "guard-forward")
     }
     /// The block rules, as discovery reports them.
     pub fn block_rules(&self) -> Vec<BlockRule> {
@@ -361,6 +418,13 @@ pub fn reset_commands(flows: &[Flow], devices: &[String]) -> Vec<Value> {
     cmds
 }
 
+/// Deletes table `inet smig` with whatever is left in it.
+pub fn delete_table_commands() -> Vec<Value> {
+    let mut cmds = vec![json!({"delete": {"table": {"family": "inet", "name": TABLE}}})];
+    cmds.extend(bridge_unguard_commands());
+    cmds
+}
+
 /// Removes the transient reset table.
 pub fn unreset_commands() -> Vec<Value> {
     vec![json!({"delete": {"table": {"family": "netdev", "name": TABLE}}})]
@@ -454,7 +518,12 @@ mod tests {
         let mut p = Present::default();
         p.chains.insert("guard-output".into());
         p.chains.insert("guard-forward".into());
-        assert_eq!(guard_commands(&p).len(), 1, "only the idempotent table add");
+        let again = serde_json::to_string(&guard_commands(&p)).unwrap();
+        assert!(!again.contains("guard-output"), "{again}");
+        assert!(
+            again.contains(r#""flush""#),
+            "bridge chain rebuilt: {again}"
+        );
     }
 
     #[test]
