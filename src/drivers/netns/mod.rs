@@ -195,6 +195,9 @@ pub struct NetnsHostNetwork {
     bridges: BTreeMap<String, String>,
     /// Subnet name → CIDR.
     cidrs: BTreeMap<String, Ipv4Net>,
+    /// Hosts in untrusted environments: at most one smig path per subnet each (a second
+    /// one would join two trusted members of the segment through them: an L2 loop).
+    untrusted: std::collections::BTreeSet<String>,
     ops: Mutex<HashMap<String, Arc<dyn HostOps>>>,
     /// How long a reset waits for the guests' next packets (each sees the RST).
     pub reset_window: Duration,
@@ -226,6 +229,11 @@ impl NetnsHostNetwork {
                 .subnets
                 .keys()
                 .map(|s| (s.clone(), bridge_name(s)))
+                .collect(),
+            untrusted: landscape
+                .hosts()
+                .filter(|h| !landscape.is_trusted(&h.id))
+                .map(|h| h.id.0.clone())
                 .collect(),
             cidrs: landscape
                 .subnets
@@ -343,6 +351,25 @@ impl NetnsHostNetwork {
     /// SA the guard drops it. `kind` is `tunnel` (subnet tunnel) or `overlay` (moved VM).
     pub async fn path_add(&self, kind: &str, a: &str, b: &str, subnet: &str) -> DriverResult<()> {
         let op = format!("network.{kind}_add");
+        for (me, peer) in [(a, b), (b, a)] {
+            if !self.untrusted.contains(me) {
+                continue;
+            }
+            for k in ["tunnel", "overlay"] {
+                if let Some((_, other)) = self
+                    .paths(&op, me, k)
+                    .await?
+                    .into_iter()
+                    .find(|(s, r)| s == subnet && r != peer)
+                {
+                    return Err(DriverError::failed(
+                        &op,
+                        me,
+                        format!("subnet {subnet} already reaches {me} through a smig {k} from {other}; a second path would close an L2 loop"),
+                    ));
+                }
+            }
+        }
         let (oa, ob) = (self.overlay(&op, a).await?, self.overlay(&op, b).await?);
         let purpose = path_purpose(kind, subnet, a, b);
         let vni = links::vni(&purpose);
