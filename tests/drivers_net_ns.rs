@@ -171,6 +171,8 @@ async fn driver_in_private_namespaces() {
         .await
         .expect("reset rules");
     assert!(has_table(&host_ns, "netdev"));
+    let listed = ops.nft_list("netdev").await.expect("list reset table");
+    assert!(nft::resets_sent(&listed).is_empty(), "no packet, no reset");
     ops.nft_apply(nft::unreset_commands())
         .await
         .expect("unreset");

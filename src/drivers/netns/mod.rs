@@ -40,6 +40,8 @@ pub trait HostOps: Send + Sync {
     async fn nft_table(&self) -> Result<nft::Present, String>;
     /// Applies nftables commands in one transaction.
     async fn nft_apply(&self, commands: Vec<Value>) -> Result<(), String>;
+    /// `nft -j list table FAMILY smig`.
+    async fn nft_list(&self, family: &str) -> Result<Value, String>;
     async fn links(&self) -> Result<Vec<LinkEntry>, String>;
     async fn routes(&self) -> Result<Vec<RouteEntry>, String>;
     /// The overlay endpoint address (the /32 on `lo`).
@@ -154,6 +156,14 @@ impl HostOps for NetnsOps {
         let text = nft::batch(commands).to_string();
         self.run(move |_| nft_run(&["-j", "-f", "-"], Some(&text)).map(|_| ()))
             .await
+    }
+    async fn nft_list(&self, family: &str) -> Result<Value, String> {
+        let family = family.to_string();
+        self.run(move |_| {
+            let out = nft_run(&["-j", "list", "table", &family, nft::TABLE], None)?;
+            serde_json::from_str(&out).map_err(|e| format!("nft JSON: {e}"))
+        })
+        .await
     }
     async fn links(&self) -> Result<Vec<LinkEntry>, String> {
         self.netlink(|h| async move { links::links(&h).await })
@@ -706,19 +716,16 @@ impl HostNetwork for NetnsHostNetwork {
             o.nft_apply(nft::reset_commands(&tcp, &ports))
                 .await
                 .map_err(|e| DriverError::failed(op, host, e))?;
+            // Wait until each flow's next packet met its reset (or the window ends: a flow
+            // that sends nothing is left to the conntrack deletion below).
             let deadline = Instant::now() + self.reset_window;
             while Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let now = o
-                    .conntrack()
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let listed = o
+                    .nft_list("netdev")
                     .await
                     .map_err(|e| DriverError::failed(op, host, e))?;
-                let open = targets.iter().any(|t| {
-                    now.iter().any(|e| {
-                        e.orig == t.orig && e.tcp_state == Some(conntrack::TCP_ESTABLISHED)
-                    })
-                });
-                if !open {
+                if nft::resets_sent(&listed).len() == tcp.len() {
                     break;
                 }
             }

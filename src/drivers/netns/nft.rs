@@ -397,13 +397,13 @@ pub fn reset_commands(flows: &[Flow], devices: &[String]) -> Vec<Value> {
             "type": "filter", "hook": "ingress", "dev": dev, "prio": -10,
             "policy": "accept"}}}),
         );
-        for f in flows {
+        for (n, f) in flows.iter().enumerate() {
             for (s, sp, d, dp) in [
                 (f.src, f.sport, f.dst, f.dport),
                 (f.dst, f.dport, f.src, f.sport),
             ] {
                 cmds.push(json!({"add": {"rule": {"family": "netdev", "table": TABLE,
-                "chain": chain, "comment": "smig reset",
+                "chain": chain, "comment": format!("smig reset {n}"),
                 "expr": [
                     eq(payload("ip", "saddr"), json!(s.to_string())),
                     eq(payload("ip", "daddr"), json!(d.to_string())),
@@ -423,6 +423,32 @@ pub fn delete_table_commands() -> Vec<Value> {
     let mut cmds = vec![json!({"delete": {"table": {"family": "inet", "name": TABLE}}})];
     cmds.extend(bridge_unguard_commands());
     cmds
+}
+
+/// Which flows (by index in [`reset_commands`]) have been answered with a reset, from
+/// `nft -j list table netdev smig`.
+pub fn resets_sent(json: &Value) -> std::collections::BTreeSet<usize> {
+    json.get("nftables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("rule"))
+        .filter_map(|r| {
+            let n = r
+                .get("comment")
+                .and_then(Value::as_str)?
+                .strip_prefix("smig reset ")?
+                .parse()
+                .ok()?;
+            let hit = r
+                .get("expr")
+                .and_then(Value::as_array)?
+                .iter()
+                .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+                .any(|p| p > 0);
+            hit.then_some(n)
+        })
+        .collect()
 }
 
 /// Removes the transient reset table.
@@ -523,6 +549,20 @@ mod tests {
         assert!(
             again.contains(r#""flush""#),
             "bridge chain rebuilt: {again}"
+        );
+    }
+
+    #[test]
+    fn resets_are_counted_per_flow() {
+        let listed = json!({"nftables": [
+            {"rule": {"comment": "smig reset 0", "expr": [{"counter": {"packets": 0, "bytes": 0}}]}},
+            {"rule": {"comment": "smig reset 1", "expr": [{"counter": {"packets": 1, "bytes": 52}}]}},
+            {"rule": {"comment": "smig reset 0", "expr": [{"counter": {"packets": 0, "bytes": 0}}]}},
+            {"rule": {"comment": "other", "expr": [{"counter": {"packets": 9, "bytes": 9}}]}}
+        ]});
+        assert_eq!(
+            resets_sent(&listed).into_iter().collect::<Vec<_>>(),
+            vec![1]
         );
     }
 
