@@ -15,8 +15,8 @@
 
 pub mod double;
 pub mod libvirt;
-pub mod vici;
 pub mod netns;
+pub mod vici;
 
 use crate::discover::{Discover, DiscoverError};
 use crate::model::{
