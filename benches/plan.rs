@@ -5,23 +5,28 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine while other builds ran (load average 13-19), so wall
-//! times carry waiting for a core; "build CPU" is this thread's own CPU time:
+//! Measured on the 2-core build machine, nearly idle (load average < 2), with mimalloc as in the
+//! binary; "build CPU" is this thread's own CPU time:
 //!
-//! | VMs | steps | build wall (min) | build CPU (median) | peak RSS |
-//! |---:|---:|---:|---:|---:|
-//! | 1,000 | 1,388 | 4-11 ms | 4-6 ms | 8 MiB |
-//! | 10,000 | 12,853 | 151-392 ms | 81-105 ms | 52 MiB |
-//! | 100,000 | 128,172 | 3.4-4.4 s | 1.35-1.97 s | 474 MiB |
+//! | VMs | hosts | steps | build median | build min | build CPU median | peak RSS |
+//! |---:|---:|---:|---:|---:|---:|---:|
+//! | 1,000 | 50 | 1,539 | 4.1 ms | 3.9 ms | 3.8 ms | 8 MiB |
+//! | 10,000 | 500 | 14,199 | 51.3 ms | 48.7 ms | 48.0 ms | 91 MiB |
+//! | 100,000 | 5,000 | 141,731 | 857 ms | 788 ms | 775 ms | 418 MiB |
 //!
-//! Instructions for one build (callgrind): 414 M at 10k VMs, 4,270 M at 100k (10.3x): the
-//! passes are linear; the rest of the 100k/10k time ratio (14-19x in CPU time) is memory: the
+//! With the system allocator: 10k 64 ms, 100k 1,326 ms (20.7x). The 100k/10k ratio, 16x with
+//! mimalloc, misses the 12x target. Instructions for one build (callgrind): 414 M at 10k VMs,
+//! 4,270 M at 100k (10.3x): the passes are linear; the rest is memory: the
 //! 100k plan's working set (~360 MiB of steps, facts and strings) does not stay in cache.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The same allocator as the `smig` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
