@@ -877,6 +877,24 @@ impl HostNetwork for LandscapeDouble {
         })
         .await
     }
+
+    async fn overlay_add(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        let x = serde_json::json!({"b": b, "subnet": subnet});
+        self.call("network.overlay_add", &a.0, x, true, |g| {
+            host_mut(&mut g.observed, "network.overlay_add", a)?;
+            host_mut(&mut g.observed, "network.overlay_add", b).map(|_| ())
+        })
+        .await
+    }
+
+    async fn overlay_remove(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        let x = serde_json::json!({"b": b, "subnet": subnet});
+        self.call("network.overlay_remove", &a.0, x, true, |g| {
+            host_mut(&mut g.observed, "network.overlay_remove", a)?;
+            host_mut(&mut g.observed, "network.overlay_remove", b).map(|_| ())
+        })
+        .await
+    }
 }
 
 #[async_trait::async_trait]

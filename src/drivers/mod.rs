@@ -15,6 +15,7 @@
 
 pub mod double;
 pub mod libvirt;
+pub mod netns;
 pub mod vici;
 
 use crate::discover::{Discover, DiscoverError};
@@ -268,6 +269,27 @@ pub trait HostNetwork: Send + Sync {
         address: Ipv4Addr,
         connections: &[Connection],
     ) -> DriverResult<()>;
+    /// Creates the secure data path that keeps `subnet` one L2 segment between hosts `a` and
+    /// `b` (a VXLAN between their overlay addresses, which the IPsec CHILD_SA covers, in the
+    /// subnet's bridge on both), with the guard that drops it whenever it would leave other
+    /// than through the SA. Idempotent. Drivers without such a path refuse.
+    async fn overlay_add(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        let _ = (b, subnet);
+        Err(DriverError::failed(
+            "network.overlay_add",
+            a,
+            "this driver has no overlay data path",
+        ))
+    }
+    /// Removes the data path of [`HostNetwork::overlay_add`] (absent is fine).
+    async fn overlay_remove(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        let _ = (b, subnet);
+        Err(DriverError::failed(
+            "network.overlay_remove",
+            a,
+            "this driver has no overlay data path",
+        ))
+    }
 }
 
 /// A host's IPsec daemon (strongSwan over VICI).

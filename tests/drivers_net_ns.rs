@@ -1,0 +1,229 @@
+//! The host network driver against two throwaway network namespaces of its own (root, no lab):
+//! every nftables batch it renders is accepted by the kernel, rules read back, the guard, the
+//! subnet tunnel and the overlay path come and go, and every call is idempotent.
+
+use smig::drivers::netns::{nft, HostOps, NetnsHostNetwork, NetnsOps};
+use smig::drivers::{HostNetwork, RoutingCore, TunnelSpec};
+use smig::model::{BlockRule, Environment, Host, HostId, Landscape, RoutingCore as Core, Subnet};
+use smig::plan::Target;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces `<prefix>-core` and `<prefix>-h`, each with a bridge `br-app` with one veth
+/// port and an overlay address on `lo`; deleted on drop.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn setup(prefix: &str) -> Namespaces {
+    let mut made = Namespaces(Vec::new());
+    for (suffix, overlay) in [("core", "172.31.9.1/32"), ("h", "172.31.9.2/32")] {
+        let ns = format!("{prefix}-{suffix}");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        ip(&["netns", "add", &ns]);
+        made.0.push(ns.clone());
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "addr", "add", overlay, "dev", "lo"]);
+        ip(&["-n", &ns, "link", "add", "br-app", "type", "bridge"]);
+        ip(&[
+            "-n", &ns, "link", "add", "va", "type", "veth", "peer", "name", "vb",
+        ]);
+        ip(&["-n", &ns, "link", "set", "va", "master", "br-app", "up"]);
+        ip(&["-n", &ns, "link", "set", "br-app", "up"]);
+        ip(&["-n", &ns, "addr", "add", "192.168.77.1/24", "dev", "br-app"]);
+    }
+    made
+}
+
+fn landscape(prefix: &str) -> Landscape {
+    let mut l = Landscape::default();
+    l.environments.insert(
+        "dc".into(),
+        Environment {
+            name: "dc".into(),
+            trusted: true,
+            hosts: BTreeMap::from([(
+                "h".to_string(),
+                Host {
+                    id: HostId("dc.h".into()),
+                    libvirt: "qemu+tls://10.0.0.2/system".into(),
+                    address: "10.0.0.2".parse().unwrap(),
+                    network: format!("netns:{prefix}-h"),
+                },
+            )]),
+            routing_core: Some(Core {
+                network: format!("netns:{prefix}-core"),
+            }),
+        },
+    );
+    l.subnets.insert(
+        "app".into(),
+        Subnet {
+            name: "app".into(),
+            cidr: "192.168.77.0/24".parse().unwrap(),
+        },
+    );
+    l
+}
+
+fn smx_links(ns: &str) -> usize {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": smx-"))
+        .count()
+}
+
+fn has_table(ns: &str, family: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", family, "smig"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_in_private_namespaces() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    assert!(root, "this test needs root (it creates network namespaces)");
+    let prefix = format!("smig-t{}", std::process::id());
+    let ns = setup(&prefix);
+    let (core_ns, host_ns) = (ns.0[0].clone(), ns.0[1].clone());
+    let drv = NetnsHostNetwork::from_landscape(&landscape(&prefix));
+    let h = HostId("dc.h".into());
+
+    // block / read back / replace / unblock, each twice
+    let rule = BlockRule {
+        vm: "db".into(),
+        address: "192.168.77.12".parse().unwrap(),
+        peers: vec!["192.168.77.11".parse().unwrap()],
+    };
+    drv.block(&h, &rule).await.expect("block");
+    drv.block(&h, &rule).await.expect("block again");
+    assert_eq!(drv.block_rules(&h).await.unwrap(), vec![rule.clone()]);
+    let wider = BlockRule {
+        peers: vec![
+            "192.168.77.1".parse().unwrap(),
+            "192.168.77.11".parse().unwrap(),
+        ],
+        ..rule.clone()
+    };
+    drv.block(&h, &wider).await.expect("replace");
+    assert_eq!(drv.block_rules(&h).await.unwrap(), vec![wider.clone()]);
+    let other = BlockRule {
+        vm: "web".into(),
+        address: "192.168.77.11".parse().unwrap(),
+        peers: vec![],
+    };
+    drv.block(&h, &other).await.expect("second vm");
+    assert_eq!(drv.block_rules(&h).await.unwrap().len(), 2);
+    drv.unblock(&h, "web", false).await.expect("unblock web");
+    drv.unblock(&h, "db", true)
+        .await
+        .expect("unblock db secure-only");
+    drv.unblock(&h, "db", true).await.expect("again");
+    assert_eq!(drv.block_rules(&h).await.unwrap(), vec![]);
+    assert!(
+        has_table(&host_ns, "inet"),
+        "guard stays for a secure-only VM"
+    );
+    drv.unblock(&h, "db", false).await.expect("unblock db");
+    drv.unblock(&h, "db", false)
+        .await
+        .expect("unblock db again");
+    assert!(
+        !has_table(&host_ns, "inet") && !has_table(&host_ns, "bridge"),
+        "nothing of smig left"
+    );
+
+    // the reset batch is accepted on bridge ports, and removed
+    let ops = NetnsOps::enter(&host_ns).expect("enter");
+    let flow = nft::Flow {
+        src: "192.168.77.11".parse().unwrap(),
+        sport: 40000,
+        dst: "192.168.77.12".parse().unwrap(),
+        dport: 7,
+    };
+    ops.nft_apply(nft::reset_commands(&[flow], &["va".into()]))
+        .await
+        .expect("reset rules");
+    assert!(has_table(&host_ns, "netdev"));
+    let listed = ops.nft_list("netdev").await.expect("list reset table");
+    assert!(nft::resets_sent(&listed).is_empty(), "no packet, no reset");
+    ops.nft_apply(nft::unreset_commands())
+        .await
+        .expect("unreset");
+    assert!(!has_table(&host_ns, "netdev"));
+    assert!(ops.conntrack().await.is_ok(), "conntrack dump");
+
+    // subnet tunnel core -> host, twice each way
+    let core = Target::RoutingCore("dc".into());
+    let spec = TunnelSpec {
+        subnet: "app".into(),
+        cidr: "192.168.77.0/24".parse().unwrap(),
+        remote: "dc.h".into(),
+        remote_address: "10.0.0.2".parse().unwrap(),
+    };
+    drv.tunnel_add(&core, &spec).await.expect("tunnel add");
+    drv.tunnel_add(&core, &spec)
+        .await
+        .expect("tunnel add again");
+    assert_eq!(smx_links(&core_ns), 1);
+    assert_eq!(smx_links(&host_ns), 1);
+    let t = drv.tunnels(&core).await.unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (t[0].subnet.as_str(), t[0].remote.as_str()),
+        ("app", "dc.h")
+    );
+    assert_eq!(
+        drv.tunnels(&Target::Host(h.clone())).await.unwrap()[0].remote,
+        "core:dc"
+    );
+    let routes = drv.routes("dc").await.unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.dev.as_deref() == Some("br-app") && r.via_smig_tunnel),
+        "{routes:?}"
+    );
+    assert!(
+        has_table(&core_ns, "inet")
+            && has_table(&host_ns, "inet")
+            && has_table(&core_ns, "bridge")
+            && has_table(&host_ns, "bridge"),
+        "guards"
+    );
+    drv.tunnel_remove(&core, "app").await.expect("remove");
+    drv.tunnel_remove(&core, "app").await.expect("remove again");
+    assert_eq!(smx_links(&core_ns) + smx_links(&host_ns), 0);
+    for ns in [&core_ns, &host_ns] {
+        assert!(!has_table(ns, "inet") && !has_table(ns, "bridge"), "{ns}");
+    }
+    let routes = drv.routes("dc").await.unwrap();
+    assert!(routes.iter().all(|r| !r.via_smig_tunnel), "{routes:?}");
+    drop(ns);
+}
