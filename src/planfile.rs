@@ -456,11 +456,20 @@ pub fn sha256_fingerprint(hasher: Sha256) -> String {
 /// The fingerprint of a discovered landscape: sha256 of its canonical JSON. Canonical means
 /// object keys sorted and every list sorted too: discovery reports rules, SAs, routes and
 /// connections in whatever order the host lists them, and that order means nothing, so equal
-/// landscapes give equal fingerprints.
+/// landscapes give equal fingerprints. IPsec byte counters do not count.
 pub fn observed_fingerprint(observed: &Observed) -> String {
     let mut h = Sha256::new();
+    // SA byte counters rise with every packet: they describe traffic, not the landscape a plan
+    // was made for, so they are left out (a running SA would otherwise never match its plan).
+    let mut observed = observed.clone();
+    for host in observed.hosts.values_mut() {
+        for sa in &mut host.ipsec {
+            sa.bytes_in = 0;
+            sa.bytes_out = 0;
+        }
+    }
     // Observed holds only strings, numbers, booleans, lists and string-keyed maps.
-    let value = serde_json::to_value(observed).unwrap_or_default();
+    let value = serde_json::to_value(&observed).unwrap_or_default();
     h.update(canonical_json(&value).as_bytes());
     sha256_fingerprint(h)
 }

@@ -1,8 +1,10 @@
 //! `smig apply [PLANFILE] [DIR]` and `smig rollback [DIR]`: run a plan through the drivers
 //! with the state directory's lock and journal, show progress, print the report.
 //!
-//! The drivers are chosen explicitly. Until the real drivers exist, the only choice is the
-//! landscape test double (`--test-double FILE`), which acts on a recorded-snapshot file.
+//! Without `--test-double FILE` (the landscape test double, which acts on a recorded-snapshot
+//! file) the real drivers act on the running landscape (`crate::drivers::real`: libvirt,
+//! nftables/netlink in `netns:` targets, strongSwan over VICI; settings from `SMIG_LAB`,
+//! `SMIG_VICI_SOCKET`, `SMIG_OVERLAY_PREFIX`, `SMIG_LIBVIRT_PKI`).
 
 use super::views::{view, Paint, Rendering};
 use super::{color_stdout, pipeline, print, ConfigArgs, Exit};
@@ -24,12 +26,6 @@ use std::time::Duration;
 /// Errors of `apply` and `rollback` themselves.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum ApplyCliError {
-    #[error("no drivers selected")]
-    #[diagnostic(
-        code(smig::apply::no_drivers),
-        help("the real drivers (libvirt, nftables, strongSwan) are not built yet; `--test-double FILE` runs on the landscape test double, a snapshot file")
-    )]
-    NoDrivers,
     #[error("more than one plan file or directory given: {0}")]
     #[diagnostic(code(smig::apply::arguments), help("smig apply [PLANFILE] [DIR]"))]
     Arguments(String),
@@ -141,7 +137,7 @@ fn runtime() -> miette::Result<tokio::runtime::Runtime> {
 
 /// The event display: JSON lines, a live display on a terminal, plain lines otherwise; plus
 /// the test double's crash hook.
-fn event_sink(json: bool, double: &Arc<LandscapeDouble>) -> EventSink {
+fn event_sink(json: bool, double: Option<&Arc<LandscapeDouble>>) -> EventSink {
     let display = if json {
         events::json_lines(std::io::stdout())
     } else if std::io::stderr().is_terminal() {
@@ -149,7 +145,9 @@ fn event_sink(json: bool, double: &Arc<LandscapeDouble>) -> EventSink {
     } else {
         events::plain_lines(std::io::stderr())
     };
-    let d = double.clone();
+    let Some(d) = double.cloned() else {
+        return display;
+    };
     events::tee(vec![
         display,
         Arc::new(move |e: &Event| {
@@ -180,24 +178,48 @@ fn interrupts(rt: &tokio::runtime::Runtime) -> tokio::sync::watch::Receiver<u8> 
     rx
 }
 
-fn drivers(run: &RunArgs) -> miette::Result<Arc<LandscapeDouble>> {
-    let path = run.test_double.as_ref().ok_or(ApplyCliError::NoDrivers)?;
-    Ok(Arc::new(LandscapeDouble::load(path)?))
+/// The drivers an apply runs through: the test double, or the real ones.
+enum Backend {
+    Double(Arc<LandscapeDouble>),
+    Real(Drivers),
+}
+
+impl Backend {
+    fn discover(&self) -> &dyn crate::discover::Discover {
+        match self {
+            Backend::Double(d) => d.as_ref(),
+            Backend::Real(d) => d,
+        }
+    }
+}
+
+fn drivers(run: &RunArgs, landscape: &crate::model::Landscape) -> miette::Result<Backend> {
+    match run.test_double.as_ref() {
+        Some(path) => Ok(Backend::Double(Arc::new(LandscapeDouble::load(path)?))),
+        None => Ok(Backend::Real(pipeline::real_drivers(landscape)?)),
+    }
 }
 
 fn engine(
     landscape: crate::model::Landscape,
-    double: &Arc<LandscapeDouble>,
+    backend: &Backend,
     json: bool,
     options: WalkOptions,
 ) -> Engine {
-    let poll = double
-        .config()
-        .route_poll_interval_ms
-        .map(Duration::from_millis);
+    let (drivers, poll, double) = match backend {
+        Backend::Double(double) => (
+            Drivers::all(double.clone()),
+            double
+                .config()
+                .route_poll_interval_ms
+                .map(Duration::from_millis),
+            Some(double),
+        ),
+        Backend::Real(d) => (d.clone(), None, None),
+    };
     Engine {
         ctx: ExecContext {
-            drivers: Drivers::all(double.clone()),
+            drivers,
             landscape: Arc::new(landscape),
             poll_interval: poll,
         },
@@ -277,8 +299,8 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         vars: args.vars.clone(),
         var_files: args.var_files.clone(),
     };
-    let double = drivers(&args.run)?;
     let loaded = pipeline::load(&config, Mode::Plan)?;
+    let double = drivers(&args.run, &loaded.landscape)?;
     let backend = LocalState::new(state_dir(args.run.state.as_deref(), &config.dir));
     let rt = runtime()?;
     let options = WalkOptions {
@@ -298,10 +320,7 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         let run = rt.block_on(session::resume(&backend, &engine, Some(&fingerprint)))?;
         return finish(&run, args.run.json);
     }
-    let observed = rt.block_on(crate::discover::Discover::discover(
-        double.as_ref(),
-        &loaded.landscape,
-    ))?;
+    let observed = rt.block_on(double.discover().discover(&loaded.landscape))?;
     let current = Fingerprints {
         config: loaded.fingerprint.clone(),
         observed: planfile::observed_fingerprint(&observed),
@@ -343,7 +362,7 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
     };
     let engine = engine(loaded.landscape, &double, args.run.json, options);
     let recheck: (&dyn crate::discover::Discover, &crate::model::Landscape) =
-        (double.as_ref(), &engine.ctx.landscape);
+        (double.discover(), &engine.ctx.landscape);
     let run = rt.block_on(session::apply_checked(
         &backend,
         &engine,
@@ -355,8 +374,8 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
 }
 
 pub fn run_rollback(args: RollbackArgs) -> miette::Result<Exit> {
-    let double = drivers(&args.run)?;
     let loaded = pipeline::load(&args.config, Mode::Plan)?;
+    let double = drivers(&args.run, &loaded.landscape)?;
     let backend = LocalState::new(state_dir(args.run.state.as_deref(), &args.config.dir));
     let rt = runtime()?;
     let options = WalkOptions {

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `validate [DIR]` | load every `*.smig.hcl` of DIR, report every error |
 //! | `fmt [DIR\|FILE] [--check] [--diff]` | rewrite files canonically (atomic rename) |
-//! | `plan [DIR] --observed FILE` | plan; `--json`, `--runbook`, `--out FILE`, `--detailed-exitcode`, `--target`, `--exclude` |
+//! | `plan [DIR] [--observed FILE]` | plan (live discovery through the real drivers unless `--observed`); `--json`, `--runbook`, `--out FILE`, `--detailed-exitcode`, `--target`, `--exclude` |
 //! | `show FILE` | render a saved plan; `--json`, `--runbook` |
 //! | `graph [DIR] --observed FILE \| --plan FILE` | the step DAG; `--format dot\|mermaid` |
 //! | `completions SHELL` | bash, zsh, fish, elvish, powershell |

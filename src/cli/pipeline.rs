@@ -6,6 +6,7 @@ use super::{CliError, ConfigArgs};
 use crate::config::{self, Mode, SourceFile, VarInputs};
 use crate::discover::snapshot::Snapshot;
 use crate::discover::Discover;
+use crate::drivers::{real, Drivers};
 use crate::model::{Landscape, Observed};
 use crate::plan::{self, PlanError, PlanOptions};
 use crate::planfile::{self, Fingerprints, PlanFile};
@@ -57,6 +58,25 @@ pub fn discover(snapshot: &Path, landscape: &Landscape) -> miette::Result<Observ
         })?;
     let discovery = Snapshot::new(snapshot);
     Ok(runtime.block_on(discovery.discover(landscape))?)
+}
+
+/// The real drivers for `landscape`, with the settings from the environment
+/// (`crate::drivers::real`).
+pub fn real_drivers(landscape: &Landscape) -> miette::Result<Drivers> {
+    let options = real::RealOptions::from_env()?;
+    Ok(real::drivers(landscape, &options)?)
+}
+
+/// Discovers the running landscape through the real drivers.
+pub fn discover_live(landscape: &Landscape) -> miette::Result<Observed> {
+    let drivers = real_drivers(landscape)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime {
+            reason: e.to_string(),
+        })?;
+    Ok(runtime.block_on(drivers.discover(landscape))?)
 }
 
 /// A plan document, and the error that refuses it when it breaks an invariant (the document

@@ -1,4 +1,4 @@
-//! `smig plan [DIR] --observed FILE`: load, discover, diff, build the step DAG, check the
+//! `smig plan [DIR] [--observed FILE]`: load, discover (live, or from a recorded snapshot), diff, build the step DAG, check the
 //! invariants and show the plan (human, `--json` or `--runbook`); `--out FILE` saves it.
 
 use super::views::{view, Paint, Rendering};
@@ -12,9 +12,10 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Recorded discovered landscape (JSON, schemas/observed.schema.json).
+    /// Plan against a recorded discovered landscape (JSON, schemas/observed.schema.json)
+    /// instead of discovering the running one through the real drivers.
     #[arg(long, value_name = "FILE")]
-    pub observed: PathBuf,
+    pub observed: Option<PathBuf>,
     /// Print the plan document as JSON (schemas/plan.schema.json).
     #[arg(long, conflicts_with = "runbook")]
     pub json: bool,
@@ -49,7 +50,14 @@ impl Args {
 
 pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
     let loaded = pipeline::load(&args.config, Mode::Plan)?;
-    let observed = pipeline::discover(&args.observed, &loaded.landscape)?;
+    let observed = match &args.observed {
+        Some(file) => pipeline::discover(file, &loaded.landscape)?,
+        None => pipeline::discover_live(&loaded.landscape).map_err(|e| {
+            e.wrap_err(
+                "live discovery through the real drivers failed (to plan against a recorded snapshot instead, pass --observed FILE)",
+            )
+        })?,
+    };
     let planned = pipeline::plan(&loaded, &observed, &args.targets, &args.excludes)?;
     let paint = Paint {
         color: color_stdout(no_color),

@@ -12,10 +12,13 @@
 //! landscape.
 //!
 //! [`vici`] holds the real [`Ipsec`] driver (strongSwan's charon over its VICI socket).
+//!
+//! [`real`] builds the bundle of real drivers from a landscape and the machine's settings.
 
 pub mod double;
 pub mod libvirt;
 pub mod netns;
+pub mod real;
 pub mod vici;
 
 use crate::discover::{Discover, DiscoverError};

@@ -1,0 +1,277 @@
+//! The real drivers bundle: libvirt for the hypervisors, the netns host network driver for
+//! hosts and routing cores, strongSwan over VICI for IPsec, configured from the landscape and
+//! a few settings that are not part of the configuration (where this machine finds each
+//! host's VICI socket and client PKI).
+//!
+//! The settings come from the environment, so `smig plan` and `smig apply` need no extra flags:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `SMIG_LIBVIRT_PKI` | client PKI directory for `qemu+tls` URIs (`cacert.pem`, `clientcert.pem`, `clientkey.pem`) | libvirt's own (`/etc/pki`) |
+//! | `SMIG_VICI_SOCKET` | VICI socket path template: `{host}`, `{env}`, `{id}`, `{netns}` | none: every host needs one |
+//! | `SMIG_OVERLAY_PREFIX` | overlay network of the IPsec endpoints (each host's address keeps its host bits) | none: every host needs one |
+//!
+//! `SMIG_LAB=1` selects the lab's conventions for the last two (lab/README.md).
+//!
+//! [`SecurePath`] joins IPsec and the host network: once a secure_link's SA is up, the
+//! subnet's data path between the two hosts (a VXLAN between their overlay addresses, which
+//! the SA covers, guarded so it never leaves other than through the SA) is created; before the
+//! SA goes, the path goes.
+
+use super::libvirt::{Libvirt, LibvirtOptions};
+use super::netns::NetnsHostNetwork;
+use super::vici::{Vici, ViciOptions, LAB_OVERLAY_PREFIX, LAB_SOCKET_TEMPLATE};
+use super::{DriverError, DriverResult, Drivers, HostNetwork, Ipsec, IpsecConfig};
+use crate::model::{HostId, IpsecConnection, Landscape};
+use ipnet::Ipv4Net;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Environment variable: client PKI directory for libvirt TLS.
+pub const ENV_LIBVIRT_PKI: &str = "SMIG_LIBVIRT_PKI";
+/// Environment variable: VICI socket path template.
+pub const ENV_VICI_SOCKET: &str = "SMIG_VICI_SOCKET";
+/// Environment variable: overlay endpoint network.
+pub const ENV_OVERLAY_PREFIX: &str = "SMIG_OVERLAY_PREFIX";
+/// Environment variable: `1` selects the lab's socket template and overlay network.
+pub const ENV_LAB: &str = "SMIG_LAB";
+
+/// Settings of the real drivers that the configuration does not hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RealOptions {
+    pub libvirt_pki: Option<PathBuf>,
+    pub vici_socket: Option<String>,
+    pub overlay_prefix: Option<Ipv4Net>,
+}
+
+impl RealOptions {
+    /// The lab's conventions (lab/README.md).
+    pub fn lab() -> RealOptions {
+        RealOptions {
+            libvirt_pki: None,
+            vici_socket: Some(LAB_SOCKET_TEMPLATE.to_string()),
+            overlay_prefix: LAB_OVERLAY_PREFIX.parse().ok(),
+        }
+    }
+
+    /// Settings from environment variables (see the module docs), read through `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> DriverResult<RealOptions> {
+        let set = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let mut o = if set(ENV_LAB).is_some_and(|v| v.trim() != "0") {
+            RealOptions::lab()
+        } else {
+            RealOptions::default()
+        };
+        if let Some(p) = set(ENV_LIBVIRT_PKI) {
+            o.libvirt_pki = Some(PathBuf::from(p));
+        }
+        if let Some(t) = set(ENV_VICI_SOCKET) {
+            o.vici_socket = Some(t);
+        }
+        if let Some(p) = set(ENV_OVERLAY_PREFIX) {
+            let net = p.trim().parse::<Ipv4Net>().map_err(|e| {
+                DriverError::failed(
+                    "drivers.configure",
+                    ENV_OVERLAY_PREFIX,
+                    format!("{p:?} is not an IPv4 network ({e})"),
+                )
+            })?;
+            o.overlay_prefix = Some(net);
+        }
+        Ok(o)
+    }
+
+    /// Settings from the process environment.
+    pub fn from_env() -> DriverResult<RealOptions> {
+        RealOptions::from_vars(|k| std::env::var(k).ok())
+    }
+}
+
+/// The real drivers for every host and routing core of `landscape`.
+pub fn drivers(landscape: &Landscape, options: &RealOptions) -> DriverResult<Drivers> {
+    let missing = |what: &str, var: &str, example: &str| {
+        DriverError::failed(
+            "drivers.configure",
+            "this machine",
+            format!("no {what}: set {var} (e.g. {var}={example}), or {ENV_LAB}=1 on the lab"),
+        )
+    };
+    if landscape.hosts().next().is_some() {
+        if options.vici_socket.is_none() {
+            return Err(missing(
+                "VICI socket for the hosts' IPsec daemons",
+                ENV_VICI_SOCKET,
+                "/run/hosts/{host}/charon.vici",
+            ));
+        }
+        if options.overlay_prefix.is_none() {
+            return Err(missing(
+                "overlay network for the IPsec endpoints",
+                ENV_OVERLAY_PREFIX,
+                "172.31.0.0/24",
+            ));
+        }
+    }
+    let libvirt = Libvirt::from_landscape(
+        landscape,
+        LibvirtOptions {
+            pki_path: options.libvirt_pki.clone(),
+            ..LibvirtOptions::default()
+        },
+    );
+    let vici = Vici::new(
+        landscape,
+        ViciOptions {
+            socket_template: options.vici_socket.clone(),
+            overlay_prefix: options.overlay_prefix,
+            ..ViciOptions::default()
+        },
+    )?;
+    let network = Arc::new(NetnsHostNetwork::from_landscape(landscape));
+    let ipsec = SecurePath::new(landscape, Arc::new(vici), network.clone());
+    Ok(Drivers {
+        hypervisor: Arc::new(libvirt),
+        network: network.clone(),
+        ipsec: Arc::new(ipsec),
+        routing: network,
+    })
+}
+
+/// An [`Ipsec`] driver that also keeps each secure_link's subnet data path between its two
+/// hosts: created after the SA is initiated, removed before the connection is unloaded
+/// (unless another smig connection between the same hosts still needs it).
+pub struct SecurePath {
+    ipsec: Arc<dyn Ipsec>,
+    network: Arc<dyn HostNetwork>,
+    /// secure_link → the subnets of its VMs.
+    subnets: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl SecurePath {
+    /// Wraps `ipsec`, creating data paths through `network`.
+    pub fn new(
+        landscape: &Landscape,
+        ipsec: Arc<dyn Ipsec>,
+        network: Arc<dyn HostNetwork>,
+    ) -> SecurePath {
+        let subnets = landscape
+            .secure_links
+            .iter()
+            .map(|(name, link)| {
+                let nets = link
+                    .between
+                    .iter()
+                    .filter_map(|v| landscape.vms.get(v).map(|vm| vm.subnet.clone()))
+                    .collect();
+                (name.clone(), nets)
+            })
+            .collect();
+        SecurePath {
+            ipsec,
+            network,
+            subnets,
+        }
+    }
+
+    fn subnets_of(&self, link: &str) -> impl Iterator<Item = &String> {
+        self.subnets.get(link).into_iter().flatten()
+    }
+
+    async fn find(&self, host: &HostId, name: &str) -> DriverResult<Option<IpsecConnection>> {
+        Ok(self
+            .ipsec
+            .connections(host)
+            .await?
+            .into_iter()
+            .find(|c| c.name == name))
+    }
+}
+
+#[async_trait::async_trait]
+impl Ipsec for SecurePath {
+    async fn connections(&self, host: &HostId) -> DriverResult<Vec<IpsecConnection>> {
+        self.ipsec.connections(host).await
+    }
+
+    async fn load(&self, host: &HostId, config: &IpsecConfig) -> DriverResult<()> {
+        self.ipsec.load(host, config).await
+    }
+
+    async fn initiate(&self, host: &HostId, name: &str) -> DriverResult<()> {
+        self.ipsec.initiate(host, name).await?;
+        let Some(conn) = self.find(host, name).await? else {
+            return Err(DriverError::failed(
+                "ipsec.initiate",
+                host,
+                format!("{name} is not loaded after initiating it"),
+            ));
+        };
+        for subnet in self.subnets_of(&conn.link) {
+            self.network.overlay_add(host, &conn.remote, subnet).await?;
+        }
+        Ok(())
+    }
+
+    async fn unload(&self, host: &HostId, name: &str) -> DriverResult<()> {
+        if let Some(conn) = self.find(host, name).await? {
+            // Subnets that another smig connection between the same two hosts still carries.
+            let mut kept = BTreeSet::new();
+            for other in self.ipsec.connections(host).await? {
+                if other.name != name && other.remote == conn.remote {
+                    kept.extend(self.subnets_of(&other.link).cloned());
+                }
+            }
+            for subnet in self.subnets_of(&conn.link) {
+                if !kept.contains(subnet) {
+                    self.network
+                        .overlay_remove(host, &conn.remote, subnet)
+                        .await?;
+                }
+            }
+        }
+        self.ipsec.unload(host, name).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn nothing_set_means_no_socket_and_no_overlay() {
+        assert_eq!(
+            RealOptions::from_vars(vars(&[])).unwrap(),
+            RealOptions::default()
+        );
+    }
+
+    #[test]
+    fn lab_preset_and_explicit_values_over_it() {
+        let o = RealOptions::from_vars(vars(&[
+            ("SMIG_LAB", "1"),
+            ("SMIG_VICI_SOCKET", "/run/{netns}/charon.vici"),
+        ]))
+        .unwrap();
+        assert_eq!(o.vici_socket.as_deref(), Some("/run/{netns}/charon.vici"));
+        assert_eq!(o.overlay_prefix, "172.31.0.0/24".parse().ok());
+        assert_eq!(o.libvirt_pki, None);
+    }
+
+    #[test]
+    fn bad_overlay_prefix_is_an_error_naming_the_variable() {
+        let e = RealOptions::from_vars(vars(&[("SMIG_OVERLAY_PREFIX", "172.31.0/24")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SMIG_OVERLAY_PREFIX"), "{e}");
+    }
+}
