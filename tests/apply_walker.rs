@@ -5,10 +5,10 @@ mod apply_support;
 
 use apply_support::*;
 use smig::apply::events::Event;
-use smig::apply::{ApplyMeta, OnFailure};
+use smig::apply::{ApplyMeta, Engine, OnFailure, Run};
 use smig::drivers::double::{Convergence, DoubleConfig, Fault, FaultWhen, LandscapeDouble};
 use smig::model::DomainState;
-use smig::plan::Inverse;
+use smig::plan::{Inverse, Plan};
 use smig::state::journal::{MemoryJournal, Outcome, Record};
 use std::sync::Arc;
 
@@ -16,6 +16,25 @@ fn meta() -> ApplyMeta {
     ApplyMeta {
         apply_id: "test".into(),
         ..Default::default()
+    }
+}
+
+/// Applies `plan` with an in-memory journal; the run must not error out.
+async fn run_in_memory(engine: &Engine, plan: &Plan) -> Run {
+    engine
+        .apply(plan, Box::new(MemoryJournal::new()), &meta())
+        .await
+        .unwrap()
+}
+
+/// A fault raised before the `nth` call (every call when `None`) of a driver operation.
+fn fault_before(call: &str, nth: Option<u64>, message: &str) -> Fault {
+    Fault {
+        call: call.into(),
+        nth,
+        target: None,
+        when: FaultWhen::Before,
+        message: Some(message.into()),
     }
 }
 
@@ -117,14 +136,7 @@ async fn a_fault_at_every_mutating_call_rolls_back_to_the_landscape_before() {
                 ..Default::default()
             });
             let (engine, _) = engine(&double, OnFailure::Rollback, 4);
-            let run = engine
-                .apply(
-                    &reference_plan(None),
-                    Box::new(MemoryJournal::new()),
-                    &meta(),
-                )
-                .await
-                .unwrap();
+            let run = run_in_memory(&engine, &reference_plan(None)).await;
             let o = double.observed();
             assert_eq!(
                 run.report.outcome,
@@ -147,24 +159,11 @@ async fn a_fault_at_every_mutating_call_rolls_back_to_the_landscape_before() {
 async fn halt_leaves_the_vm_blocked() {
     let double = Arc::new(LandscapeDouble::new(observed_before()));
     double.set_config(DoubleConfig {
-        faults: vec![Fault {
-            call: "ipsec.initiate".into(),
-            nth: None,
-            target: None,
-            when: FaultWhen::Before,
-            message: Some("IKE timed out".into()),
-        }],
+        faults: vec![fault_before("ipsec.initiate", None, "IKE timed out")],
         ..Default::default()
     });
     let (engine, events) = engine(&double, OnFailure::Halt, 4);
-    let run = engine
-        .apply(
-            &reference_plan(None),
-            Box::new(MemoryJournal::new()),
-            &meta(),
-        )
-        .await
-        .unwrap();
+    let run = run_in_memory(&engine, &reference_plan(None)).await;
     assert_eq!(run.report.outcome, Outcome::Halted);
     assert!(run
         .report
@@ -203,14 +202,7 @@ async fn rollback_stops_at_a_completed_point_of_no_return() {
         reason: "post-copy switchover".into(),
     };
     let (engine, _) = engine(&double, OnFailure::Rollback, 1);
-    let run = engine
-        .apply(
-            &reference_plan(Some(pnr)),
-            Box::new(MemoryJournal::new()),
-            &meta(),
-        )
-        .await
-        .unwrap();
+    let run = run_in_memory(&engine, &reference_plan(Some(pnr))).await;
     assert_eq!(run.report.outcome, Outcome::Halted, "{}", run.report);
     let stopped = run.report.rollback.as_ref().unwrap().stopped_at.clone();
     assert!(stopped.unwrap().starts_with("migrate:vm.db"));
@@ -236,14 +228,7 @@ async fn route_that_never_converges_times_out_and_rolls_back() {
         ..Default::default()
     });
     let (engine, _) = engine(&double, OnFailure::Rollback, 4);
-    let run = engine
-        .apply(
-            &reference_plan(None),
-            Box::new(MemoryJournal::new()),
-            &meta(),
-        )
-        .await
-        .unwrap();
+    let run = run_in_memory(&engine, &reference_plan(None)).await;
     assert_eq!(run.report.outcome, Outcome::RolledBack);
     assert!(run.report.error.as_deref().unwrap().contains("timed out"));
     let o = double.observed();
@@ -263,14 +248,7 @@ async fn route_converging_after_some_polls_is_waited_for() {
         ..Default::default()
     });
     let (engine, _) = engine(&double, OnFailure::Rollback, 4);
-    let run = engine
-        .apply(
-            &reference_plan(None),
-            Box::new(MemoryJournal::new()),
-            &meta(),
-        )
-        .await
-        .unwrap();
+    let run = run_in_memory(&engine, &reference_plan(None)).await;
     assert_eq!(run.report.outcome, Outcome::Succeeded, "{}", run.report);
     let polls = double
         .calls()
@@ -389,25 +367,12 @@ async fn a_failed_undo_halts_and_a_later_rollback_finishes_the_job() {
                 when: FaultWhen::Before,
                 message: None,
             },
-            Fault {
-                call: "hypervisor.migrate".into(),
-                nth: Some(2),
-                target: None,
-                when: FaultWhen::Before,
-                message: Some("migration stream broke".into()),
-            },
+            fault_before("hypervisor.migrate", Some(2), "migration stream broke"),
         ],
         ..Default::default()
     });
     let (engine, _) = engine(&double, OnFailure::Rollback, 1);
-    let run = engine
-        .apply(
-            &reference_plan(None),
-            Box::new(MemoryJournal::new()),
-            &meta(),
-        )
-        .await
-        .unwrap();
+    let run = run_in_memory(&engine, &reference_plan(None)).await;
     assert_eq!(run.report.outcome, Outcome::Halted, "{}", run.report);
     let o = double.observed();
     assert_eq!(o.placements("db").count(), 1);
