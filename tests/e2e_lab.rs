@@ -2,11 +2,15 @@
 //! - live discovery of the running lab equals the lab's own independent view (`lab/snapshot`)
 //!   and the recorded `testdata/lab/observed.json`, modulo ephemeral ports, and `smig plan
 //!   examples/lab` plans the reference move;
-//! - `smig apply` moves db from dc.hv2 to cloud.c1 block-first under a WAN capture: afterwards
-//!   `lab/check` sees db only on c1, the web-db SA installed with rising counters and every
-//!   guest answering its peers, nothing crossed the WAN in cleartext, and a second plan has
-//!   nothing to do; then a copy of the configuration with db on dc.hv2 moves it back and nothing
-//!   of smig's is left (no table smig, no smig SA, no smig link).
+//! - `smig apply` moves db from dc.hv2 to cloud.c1, block-first and prestaged, under a WAN
+//!   capture: afterwards `lab/check` sees db only on c1, the web-db SA installed with rising
+//!   counters and every guest answering its peers, web's long-lived connection to db was reset
+//!   and re-established through the SA, nothing crossed the WAN in cleartext, and a second
+//!   plan has nothing to do; then a copy of the configuration with db on dc.hv2 moves it back
+//!   (the SA removed only once db is inside) and nothing of smig's is left;
+//! - faults on real components: c1's charon stopped before `ipsec.install`, c1's libvirtd
+//!   killed during the migration: the apply rolls back, db runs on dc.hv2, traffic is back;
+//! - `smig` killed (SIGKILL) mid-apply: `smig apply --resume` completes the move.
 //!
 //! Each test needs root, holds the lab lock (/run/lock/smig-lab.lock) for its whole run, brings
 //! the lab up with `lab/up`, and leaves it as it found it (db on dc.hv2, nothing of smig's). It
@@ -260,32 +264,282 @@ fn e2e_live_discovery_is_the_lab_and_plans_the_reference_move() {
     assert_initial("after");
 }
 
-/// Moves db back to dc.hv2 with a copy of the configuration that says so.
-fn move_back(dir: &Path) -> Output {
+/// A copy of examples/lab in `dir/name` with db placed on `db_host` (an HCL reference such as
+/// `environment.cloud.host.c1`) and, when given, its migration strategy.
+fn variant(dir: &Path, name: &str, db_host: &str, strategy: Option<&str>) -> PathBuf {
     let text = std::fs::read_to_string(root().join("examples/lab/main.smig.hcl")).expect("config");
     let (head, tail) = text
         .split_once("vm \"db\" {")
         .expect("vm db in examples/lab");
-    let tail = tail.replacen("environment.cloud.host.c1", "environment.dc.host.hv2", 1);
-    let back = dir.join("back");
-    std::fs::create_dir_all(&back).expect("back dir");
+    let mut tail = tail.replacen("environment.cloud.host.c1", db_host, 1);
+    if let Some(s) = strategy {
+        tail = tail.replacen(
+            "max_downtime_ms = 300",
+            &format!("max_downtime_ms = 300\n    strategy        = \"{s}\""),
+            1,
+        );
+    }
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).expect("variant dir");
     std::fs::write(
-        back.join("main.smig.hcl"),
+        out.join("main.smig.hcl"),
         format!("{head}vm \"db\" {{{tail}"),
     )
-    .expect("write back config");
+    .expect("write variant config");
+    out
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// What one `smig apply --json` run did.
+struct Applied {
+    status: std::process::ExitStatus,
+    events: Vec<Value>,
+    wall: Duration,
+}
+
+impl Applied {
+    /// The kind of each step number, from the `step_started` events.
+    fn kind_of(&self, step: u64) -> Option<&str> {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "step_started" && e["step"] == step)
+            .and_then(|e| e["kind"].as_str())
+    }
+
+    /// (event, kind) in order, for the step and undo events.
+    fn trail(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter_map(|e| {
+                let ev = e["event"].as_str()?;
+                let kind = e["step"]
+                    .as_u64()
+                    .and_then(|s| self.kind_of(s))
+                    .unwrap_or("");
+                Some((ev.to_string(), kind.to_string()))
+            })
+            .collect()
+    }
+
+    fn has(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e["event"] == event)
+    }
+}
+
+/// Runs `smig apply --json ARGS`, calling `on_event(event, kind of its step, smig's pid)` for
+/// each event as it arrives (the test's hook for faults at a chosen moment).
+fn apply_watching(args: &[&str], mut on_event: impl FnMut(&Value, &str, u32)) -> Applied {
+    use std::io::BufRead;
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smig"))
+        .current_dir(root())
+        .env("SMIG_LAB", "1")
+        .env("SMIG_VAR_web_db_psk", PSK)
+        .env("NO_COLOR", "1")
+        .arg("apply")
+        .arg("--json")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run smig apply");
+    let pid = child.id();
+    let mut stderr = child.stderr.take().expect("stderr");
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).ok();
+        s
+    });
+    let mut events = Vec::new();
+    let mut kinds = std::collections::HashMap::new();
+    for line in std::io::BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let Ok(line) = line else { break };
+        let Ok(e) = serde_json::from_str::<Value>(&line) else {
+            eprintln!("smig apply: not an event: {line}");
+            continue;
+        };
+        if e["event"] == "step_started" {
+            if let (Some(s), Some(k)) = (e["step"].as_u64(), e["kind"].as_str()) {
+                kinds.insert(s, k.to_string());
+            }
+        }
+        let kind = e["step"]
+            .as_u64()
+            .and_then(|s| kinds.get(&s).cloned())
+            .unwrap_or_default();
+        eprintln!("[{:6.2} s] {line}", started.elapsed().as_secs_f64());
+        on_event(&e, &kind, pid);
+        events.push(e);
+    }
+    let status = child.wait().expect("wait for smig apply");
+    let wall = started.elapsed();
+    eprintln!(
+        "smig apply --json {} -> {status} in {:.1} s\nstderr:\n{}",
+        args.join(" "),
+        wall.as_secs_f64(),
+        err.join().unwrap_or_default()
+    );
+    Applied {
+        status,
+        events,
+        wall,
+    }
+}
+
+fn apply(dir: &Path, state: &Path) -> Applied {
+    apply_watching(
+        &["--auto-approve", "--state", path_str(state), path_str(dir)],
+        |_, _, _| {},
+    )
+}
+
+/// How many times web's TCP echo client has connected to db so far.
+fn web_connects(c: &Value) -> u64 {
+    c["guests"]["web"]["tcp_echo"]["connects"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tcp_echo connects for web in lab/check: {c}"))
+}
+
+/// web's connections to db's echo port, as smig's live discovery sees them.
+fn web_echo_connections() -> Vec<smig::model::Connection> {
+    let lab_config = landscape(&root().join("examples/lab"));
+    let drivers = real::drivers(&lab_config, &RealOptions::lab()).expect("real drivers");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let live = rt
+        .block_on(drivers.discover(&lab_config))
+        .expect("live discovery of the lab");
+    live.connections
+        .get("web")
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c.remote.port() == 7)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails unless db runs on c1 alone behind a working, used web-db SA, web's long-lived
+/// connection was re-established (more connects than `connects_before`) and runs through the
+/// SA, and a second plan of `dir` has nothing to do.
+fn assert_in_the_cloud(dir: &Path, connects_before: u64) {
+    let c = check(true);
+    assert_eq!(domains_on(&c, "c1"), ["db"], "db on c1");
+    assert!(
+        !domains_on(&c, "hv2").contains(&"db".to_string()),
+        "db left on hv2"
+    );
+    assert_eq!(
+        c["all_answer"],
+        Value::Bool(true),
+        "guests answer their peers"
+    );
+    let first = (sa_counters(&c, "hv1"), sa_counters(&c, "c1"));
+    std::thread::sleep(Duration::from_secs(2));
+    let c2 = check(false);
+    let second = (sa_counters(&c2, "hv1"), sa_counters(&c2, "c1"));
+    let (Some(a1), Some(c1)) = first else {
+        panic!("no installed web_db SA on hv1 and c1: {first:?}");
+    };
+    let (Some(a2), Some(c2v)) = second else {
+        panic!("the web_db SA went away: {second:?}");
+    };
+    assert!(
+        a2.0 > a1.0 && a2.1 > a1.1 && c2v.0 > c1.0 && c2v.1 > c1.1,
+        "SA counters do not rise: {first:?} then {second:?}"
+    );
+    // The reset connection comes back when the guest's client retries (every second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = check(false);
+        let conns = web_echo_connections();
+        let reconnected = web_connects(&c) > connects_before;
+        if reconnected && !conns.is_empty() && conns.iter().all(|c| c.ipsec) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web's echo connection to db was not re-established through the SA: connects {} (before {connects_before}), connections {conns:?}",
+            web_connects(&c)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let again = smig(&["plan", "--detailed-exitcode", path_str(dir)]);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "a second plan has nothing to do"
+    );
+}
+
+/// Moves db back to dc.hv2 (a copy of the configuration that says so) and checks the order:
+/// db's IPsec goes only once db runs inside.
+fn move_back(dir: &Path) -> Applied {
+    let back = variant(dir, "back", "environment.dc.host.hv2", None);
     let state = dir.join("state-back");
-    // One step at a time: the two cleanups on cloud.c1 (the VM's rules, the link's data path)
-    // race on its nftables table when they run at once (netns driver).
-    smig(&[
-        "apply",
-        "--auto-approve",
-        "--parallelism",
-        "1",
-        "--state",
-        state.to_str().expect("utf-8 path"),
-        back.to_str().expect("utf-8 path"),
-    ])
+    let run = apply(&back, &state);
+    let trail = run.trail();
+    let migrated = trail
+        .iter()
+        .position(|(e, k)| e == "step_done" && k == "migrate");
+    // The link's IPsec goes in a cleanup step.
+    let first_cleanup = trail
+        .iter()
+        .position(|(e, k)| e == "step_started" && k == "cleanup");
+    if let (Some(m), Some(c)) = (migrated, first_cleanup) {
+        assert!(
+            m < c,
+            "a cleanup (db's IPsec) started before db was back inside: {trail:?}"
+        );
+    }
+    run
+}
+
+/// One move of db to the cloud with `strategy` under a WAN capture, its checks, and the way
+/// back.
+fn move_to_the_cloud_and_back(strategy: &str) {
+    assert!(
+        is_root(),
+        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
+    );
+    let _lock = lab_lock();
+    must(lab("up", &[]), "lab/up");
+    assert_initial("before");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = variant(
+        dir.path(),
+        strategy,
+        "environment.cloud.host.c1",
+        Some(strategy),
+    );
+    let state = dir.path().join("state");
+    let before = web_connects(&check(false));
+
+    must(lab("capture", &["start"]), "lab/capture start");
+    let result = std::panic::catch_unwind(|| {
+        let run = apply(&config, &state);
+        assert!(run.status.success(), "smig apply ({strategy}) failed");
+        eprintln!(
+            "smig apply ({strategy}, hv2 -> c1) took {} ms",
+            run.wall.as_millis()
+        );
+        assert_in_the_cloud(&config, before);
+    });
+    let capture = lab("capture", &["stop", "--json"]);
+    let back = move_back(dir.path());
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    let leaks = json(&capture, "lab/capture stop --json");
+    assert!(
+        capture.status.success(),
+        "guest traffic crossed the WAN in cleartext: {leaks}"
+    );
+    assert!(back.status.success(), "smig apply (back to hv2) failed");
+    assert_initial("after moving back");
 }
 
 fn sa_counters(check: &Value, host: &str) -> Option<(u64, u64)> {
@@ -307,7 +561,46 @@ fn sa_counters(check: &Value, host: &str) -> Option<(u64, u64)> {
 }
 
 #[test]
-fn e2e_apply_moves_db_to_the_cloud_behind_ipsec_and_back() {
+fn e2e_block_first_moves_db_to_the_cloud_behind_ipsec_and_back() {
+    move_to_the_cloud_and_back("block-first");
+}
+
+#[test]
+fn e2e_prestaged_moves_db_to_the_cloud_behind_ipsec_and_back() {
+    move_to_the_cloud_and_back("prestaged");
+}
+
+/// An apply that a fault made fail: it rolled back completely, and after the lab's daemons
+/// are running again (`lab/up` restarts a stopped one) the lab is as it was.
+fn assert_rolled_back(run: &Applied, what: &str) {
+    assert!(!run.status.success(), "{what}: the apply did not fail");
+    assert!(run.has("rollback_started"), "{what}: no rollback");
+    let done = run
+        .events
+        .iter()
+        .find(|e| e["event"] == "rollback_done")
+        .unwrap_or_else(|| panic!("{what}: the rollback did not finish"));
+    assert!(
+        done["stopped_at"].is_null(),
+        "{what}: the rollback stopped at {}",
+        done["stopped_at"]
+    );
+    let c = check(true);
+    assert_eq!(
+        domains_on(&c, "hv2"),
+        ["batch2", "db"],
+        "{what}: db runs on hv2 again"
+    );
+    assert!(
+        !domains_on(&c, "c1").contains(&"db".to_string()),
+        "{what}: db is left on c1"
+    );
+    must(lab("up", &[]), "lab/up (daemons back)");
+    assert_initial(what);
+}
+
+#[test]
+fn e2e_charon_stopped_on_the_target_before_ipsec_install_rolls_back() {
     assert!(
         is_root(),
         "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
@@ -317,52 +610,135 @@ fn e2e_apply_moves_db_to_the_cloud_behind_ipsec_and_back() {
     assert_initial("before");
     let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("state");
-
-    must(lab("capture", &["start"]), "lab/capture start");
-    let result = std::panic::catch_unwind(|| {
-        let t = Instant::now();
-        let out = smig(&[
-            "apply",
+    let mut stopped = false;
+    let run = apply_watching(
+        &[
             "--auto-approve",
             "--state",
-            state.to_str().expect("utf-8 path"),
+            path_str(&state),
             "examples/lab",
-        ]);
-        let apply_ms = t.elapsed().as_millis();
-        assert!(out.status.success(), "smig apply examples/lab failed");
-        eprintln!("smig apply (hv2 -> c1) took {apply_ms} ms");
+        ],
+        |e, kind, _| {
+            if !stopped && e["event"] == "step_done" && kind == "migrate" {
+                must(lab("host", &["c1", "charon", "stop"]), "stop c1's charon");
+                stopped = true;
+            }
+        },
+    );
+    assert!(stopped, "the apply never finished its migration");
+    assert!(
+        run.trail()
+            .iter()
+            .any(|(e, k)| e == "step_failed" && k == "ipsec.install"),
+        "ipsec.install did not fail: {:?}",
+        run.trail()
+    );
+    assert_rolled_back(&run, "c1's charon stopped");
+}
 
-        let c = check(true);
-        assert_eq!(domains_on(&c, "c1"), ["db"], "db on c1");
-        assert!(
-            !domains_on(&c, "hv2").contains(&"db".to_string()),
-            "db left on hv2"
+#[test]
+fn e2e_target_libvirtd_killed_during_migration_rolls_back() {
+    assert!(
+        is_root(),
+        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
+    );
+    let _lock = lab_lock();
+    must(lab("up", &[]), "lab/up");
+    assert_initial("before");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let pidfile = "/run/smig-lab/hosts/c1/libvirtd.pid";
+    let mut killer = None;
+    let run = apply_watching(
+        &[
+            "--auto-approve",
+            "--state",
+            path_str(&state),
+            "examples/lab",
+        ],
+        |e, kind, _| {
+            if killer.is_none() && e["event"] == "step_started" && kind == "migrate" {
+                // SIGKILL while the migration streams (it takes seconds on the lab).
+                killer = Some(std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(400));
+                    let pid: i32 = std::fs::read_to_string(pidfile)
+                        .unwrap_or_else(|e| panic!("{pidfile}: {e}"))
+                        .trim()
+                        .parse()
+                        .expect("a pid");
+                    // SAFETY: kill has no memory preconditions.
+                    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+                    assert_eq!(r, 0, "kill c1's libvirtd ({pid})");
+                    eprintln!("killed c1's libvirtd (pid {pid})");
+                }));
+            }
+        },
+    );
+    killer
+        .expect("the apply never started its migration")
+        .join()
+        .expect("killing c1's libvirtd");
+    assert!(
+        run.trail()
+            .iter()
+            .any(|(e, k)| e == "step_failed" && k == "migrate"),
+        "the migration did not fail: {:?}",
+        run.trail()
+    );
+    assert_rolled_back(&run, "c1's libvirtd killed");
+}
+
+#[test]
+fn e2e_smig_killed_mid_apply_resumes() {
+    assert!(
+        is_root(),
+        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
+    );
+    let _lock = lab_lock();
+    must(lab("up", &[]), "lab/up");
+    assert_initial("before");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let before = web_connects(&check(false));
+    must(lab("capture", &["start"]), "lab/capture start");
+    let result = std::panic::catch_unwind(|| {
+        let mut killed = false;
+        let first = apply_watching(
+            &[
+                "--auto-approve",
+                "--state",
+                path_str(&state),
+                "examples/lab",
+            ],
+            |e, kind, pid| {
+                if !killed && e["event"] == "step_done" && kind == "migrate" {
+                    // SAFETY: kill has no memory preconditions.
+                    let r = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    assert_eq!(r, 0, "SIGKILL smig ({pid})");
+                    killed = true;
+                }
+            },
         );
+        assert!(killed, "the apply never finished its migration");
         assert_eq!(
-            c["all_answer"],
-            Value::Bool(true),
-            "guests answer their peers"
+            std::os::unix::process::ExitStatusExt::signal(&first.status),
+            Some(libc::SIGKILL),
+            "smig was not killed"
         );
-        let first = (sa_counters(&c, "hv1"), sa_counters(&c, "c1"));
-        std::thread::sleep(Duration::from_secs(2));
-        let c2 = check(false);
-        let second = (sa_counters(&c2, "hv1"), sa_counters(&c2, "c1"));
-        let (Some(a1), Some(c1)) = first else {
-            panic!("no installed web_db SA on hv1 and c1: {first:?}");
-        };
-        let (Some(a2), Some(c2v)) = second else {
-            panic!("the web_db SA went away: {second:?}");
-        };
+        let resumed = apply_watching(
+            &["--resume", "--state", path_str(&state), "examples/lab"],
+            |_, _, _| {},
+        );
+        assert!(resumed.status.success(), "smig apply --resume failed");
         assert!(
-            a2.0 > a1.0 && a2.1 > a1.1 && c2v.0 > c1.0 && c2v.1 > c1.1,
-            "SA counters do not rise: {first:?} then {second:?}"
+            !resumed
+                .trail()
+                .iter()
+                .any(|(e, k)| e == "step_started" && k == "migrate"),
+            "the resume migrated again: {:?}",
+            resumed.trail()
         );
-        let again = smig(&["plan", "--detailed-exitcode", "examples/lab"]);
-        assert_eq!(
-            again.status.code(),
-            Some(0),
-            "a second plan has nothing to do"
-        );
+        assert_in_the_cloud(&root().join("examples/lab"), before);
     });
     let capture = lab("capture", &["stop", "--json"]);
     let back = move_back(dir.path());

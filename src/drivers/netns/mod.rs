@@ -209,7 +209,12 @@ pub struct NetnsHostNetwork {
     /// one would join two trusted members of the segment through them: an L2 loop).
     untrusted: std::collections::BTreeSet<String>,
     ops: Mutex<HashMap<String, Arc<dyn HostOps>>>,
-    /// How long a reset waits for the guests' next packets (each sees the RST).
+    /// One lock per endpoint: changes to an endpoint's nftables tables and links are
+    /// read-modify-write, so two steps acting on one host at once take turns.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// How long a reset waits for the guests' next packets (each sees the RST). A peer of a
+    /// VM that was blocked for a while sends again only at its next TCP retransmission, and
+    /// the retransmission timer doubles each time: the window covers a few seconds of block.
     pub reset_window: Duration,
 }
 
@@ -251,7 +256,8 @@ impl NetnsHostNetwork {
                 .map(|(n, s)| (n.clone(), s.cidr))
                 .collect(),
             ops: Mutex::new(HashMap::new()),
-            reset_window: Duration::from_millis(1500),
+            locks: Mutex::new(HashMap::new()),
+            reset_window: Duration::from_secs(10),
         }
     }
 
@@ -260,6 +266,30 @@ impl NetnsHostNetwork {
         if let Ok(mut m) = self.ops.lock() {
             m.insert(network.to_string(), ops);
         }
+    }
+
+    /// Takes the locks of `endpoints` (in name order, so two callers never wait on each other
+    /// crosswise) for a change to them; released when the guards drop.
+    async fn exclusive(
+        &self,
+        op: &str,
+        endpoints: &[&str],
+    ) -> DriverResult<Vec<tokio::sync::OwnedMutexGuard<()>>> {
+        let mut names: Vec<&str> = endpoints.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let mut guards = Vec::with_capacity(names.len());
+        for name in names {
+            let lock = {
+                let mut map = self
+                    .locks
+                    .lock()
+                    .map_err(|_| DriverError::failed(op, name, "driver state poisoned"))?;
+                map.entry(name.to_string()).or_default().clone()
+            };
+            guards.push(lock.lock_owned().await);
+        }
+        Ok(guards)
     }
 
     fn network_of(&self, op: &str, endpoint: &str) -> DriverResult<String> {
@@ -361,6 +391,7 @@ impl NetnsHostNetwork {
     /// SA the guard drops it. `kind` is `tunnel` (subnet tunnel) or `overlay` (moved VM).
     pub async fn path_add(&self, kind: &str, a: &str, b: &str, subnet: &str) -> DriverResult<()> {
         let op = format!("network.{kind}_add");
+        let _turn = self.exclusive(&op, &[a, b]).await?;
         for (me, peer) in [(a, b), (b, a)] {
             if !self.untrusted.contains(me) {
                 continue;
@@ -419,12 +450,14 @@ impl NetnsHostNetwork {
         subnet: &str,
     ) -> DriverResult<()> {
         let op = format!("network.{kind}_remove");
+        let _turn = self.exclusive(&op, &[a, b]).await?;
         let name = links::link_name(&path_purpose(kind, subnet, a, b));
         for me in [a, b] {
             let o = self.ops(&op, me)?;
             o.delete_link(name.clone())
                 .await
                 .map_err(|e| DriverError::failed(&op, me, e))?;
+            self.unmark_flows(&op, me, &o, subnet).await?;
             let p = o
                 .nft_table()
                 .await
@@ -439,6 +472,73 @@ impl NetnsHostNetwork {
                     .map_err(|e| DriverError::failed(&op, me, e))?;
             }
             self.tidy(&op, me, &o).await?;
+        }
+        Ok(())
+    }
+
+    /// The ports of every subnet bridge of the landscape present at a host.
+    async fn bridge_ports(
+        &self,
+        op: &str,
+        host: &HostId,
+        o: &Arc<dyn HostOps>,
+    ) -> DriverResult<Vec<String>> {
+        let all = o
+            .links()
+            .await
+            .map_err(|e| DriverError::failed(op, host, e))?;
+        let bridges: Vec<u32> = all
+            .iter()
+            .filter(|l| self.bridges.values().any(|b| *b == l.name))
+            .map(|l| l.index)
+            .collect();
+        if bridges.is_empty() {
+            return Err(DriverError::failed(op, host, "no subnet bridge"));
+        }
+        Ok(all
+            .iter()
+            .filter(|l| l.controller.is_some_and(|c| bridges.contains(&c)))
+            .map(|l| l.name.clone())
+            .collect())
+    }
+
+    /// Forgets, at an endpoint that no smig path for the subnet reaches any more, that the
+    /// subnet's flows crossed one: their conntrack entries carrying [`nft::IPSEC_MARK`] go
+    /// (conntrack picks a live flow up again, unmarked, on its next packet). Otherwise a flow
+    /// back in cleartext would still count as IPsec-protected.
+    async fn unmark_flows(
+        &self,
+        op: &str,
+        endpoint: &str,
+        o: &Arc<dyn HostOps>,
+        subnet: &str,
+    ) -> DriverResult<()> {
+        let Some(cidr) = self.cidrs.get(subnet) else {
+            return Ok(());
+        };
+        for kind in ["overlay", "tunnel"] {
+            if self
+                .paths(op, endpoint, kind)
+                .await?
+                .iter()
+                .any(|(s, _)| s == subnet)
+            {
+                // Another smig path still carries the subnet here: its flows keep their mark.
+                return Ok(());
+            }
+        }
+        let entries = o
+            .conntrack()
+            .await
+            .map_err(|e| DriverError::failed(op, endpoint, e))?;
+        for e in entries.iter().filter(|e| {
+            matches!(e.orig.proto, 6 | 17)
+                && e.mark == nft::IPSEC_MARK
+                && (cidr.contains(&e.orig.src) || cidr.contains(&e.orig.dst))
+        }) {
+            o.conntrack_delete(e.orig)
+                .await
+                .map_err(|e| DriverError::failed(op, endpoint, e))?;
         }
         Ok(())
     }
@@ -482,15 +582,6 @@ fn endpoint_of(at: &Target) -> String {
     match at {
         Target::Host(h) => h.0.clone(),
         Target::RoutingCore(env) => format!("core:{env}"),
-    }
-}
-
-fn flow_of(e: &Entry) -> nft::Flow {
-    nft::Flow {
-        src: e.orig.src,
-        sport: e.orig.sport,
-        dst: e.orig.dst,
-        dport: e.orig.dport,
     }
 }
 
@@ -547,6 +638,7 @@ impl HostNetwork for NetnsHostNetwork {
 
     async fn block(&self, host: &HostId, rule: &BlockRule) -> DriverResult<()> {
         let op = "network.block";
+        let _turn = self.exclusive(op, &[&host.0]).await?;
         let o = self.ops(op, &host.0)?;
         let p = o
             .nft_table()
@@ -569,6 +661,7 @@ impl HostNetwork for NetnsHostNetwork {
 
     async fn unblock(&self, host: &HostId, vm: &str, secure_only: bool) -> DriverResult<()> {
         let op = "network.unblock";
+        let _turn = self.exclusive(op, &[&host.0]).await?;
         let o = self.ops(op, &host.0)?;
         let p = o
             .nft_table()
@@ -645,22 +738,33 @@ impl HostNetwork for NetnsHostNetwork {
         Ok(())
     }
 
+    /// The VM's connections as every hypervisor host's conntrack sees them (`host` first): a
+    /// VM just moved and still blocked has none on its new host yet, while its peers' hosts
+    /// and its old host still track the flows it had. A flow counts as IPsec-protected only
+    /// when every host that sees it saw it begin through a smig path.
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
         let op = "network.connections";
-        let o = self.ops(op, &host.0)?;
-        let entries = o
-            .conntrack()
-            .await
-            .map_err(|e| DriverError::failed(op, host, e))?;
-        let mut out: Vec<Connection> = entries
-            .iter()
-            .filter_map(|e| connection_of(e, address))
-            .collect();
+        let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> = BTreeMap::new();
+        for h in std::iter::once(host).chain(self.hosts.keys().filter(|h| *h != host)) {
+            let o = self.ops(op, &h.0)?;
+            let entries = o
+                .conntrack()
+                .await
+                .map_err(|e| DriverError::failed(op, h, e))?;
+            for c in entries.iter().filter_map(|e| connection_of(e, address)) {
+                let key = (c.local, c.remote, c.protocol as u8);
+                seen.entry(key)
+                    .and_modify(|known| known.ipsec &= c.ipsec)
+                    .or_insert(c);
+            }
+        }
+        let mut out: Vec<Connection> = seen.into_values().collect();
         out.sort_by_key(|c| (c.local, c.remote));
-        out.dedup();
         Ok(out)
     }
 
+    /// Resets the given TCP connections of the VM at `address` through `host` (where the VM
+    /// runs) and forgets them in every host's conntrack.
     async fn reset_connections(
         &self,
         host: &HostId,
@@ -668,75 +772,80 @@ impl HostNetwork for NetnsHostNetwork {
         connections: &[Connection],
     ) -> DriverResult<()> {
         let op = "network.reset_connections";
-        let o = self.ops(op, &host.0)?;
-        let entries = o
-            .conntrack()
-            .await
-            .map_err(|e| DriverError::failed(op, host, e))?;
-        let targets: Vec<Entry> = entries
-            .into_iter()
-            .filter(|e| connection_of(e, address).is_some())
-            .filter(|e| connections.iter().any(|c| same_flow(c, e)))
-            .collect();
-        let tcp: Vec<nft::Flow> = targets
+        // Where the flows are tracked: the VM's host and its peers' hosts. A VM just moved
+        // and still blocked sends nothing yet; its peers keep sending from theirs.
+        let mut tracked: BTreeMap<HostId, Vec<Tuple>> = BTreeMap::new();
+        for h in self.hosts.keys() {
+            let o = self.ops(op, &h.0)?;
+            let entries = o
+                .conntrack()
+                .await
+                .map_err(|e| DriverError::failed(op, h, e))?;
+            let mine: Vec<Tuple> = entries
+                .iter()
+                .filter(|e| connection_of(e, address).is_some())
+                .filter(|e| connections.iter().any(|c| same_flow(c, e)))
+                .map(|e| e.orig)
+                .collect();
+            if !mine.is_empty() || h == host {
+                tracked.insert(h.clone(), mine);
+            }
+        }
+        let names: Vec<&str> = tracked.keys().map(|h| h.0.as_str()).collect();
+        let _turn = self.exclusive(op, &names).await?;
+        let tcp: Vec<nft::Flow> = connections
             .iter()
-            .filter(|e| e.orig.proto == 6)
-            .map(flow_of)
+            .filter(|c| c.protocol == Protocol::Tcp)
+            .map(|c| nft::Flow {
+                src: *c.local.ip(),
+                sport: c.local.port(),
+                dst: *c.remote.ip(),
+                dport: c.remote.port(),
+            })
             .collect();
         if !tcp.is_empty() {
-            // The next packet of each flow, either way, entering a port of the VM's bridge is
-            // answered with a RST out of that port.
-            let subnet = self
-                .cidrs
-                .iter()
-                .find(|(_, c)| c.contains(&address))
-                .map(|(n, _)| n.clone())
-                .ok_or_else(|| {
-                    DriverError::failed(
-                        op,
-                        host,
-                        format!("{address} is in no subnet of the landscape"),
-                    )
-                })?;
-            let bridge = self.bridge(op, &host.0, &subnet)?;
-            let all = o
-                .links()
-                .await
-                .map_err(|e| DriverError::failed(op, host, e))?;
-            let bridge_index = all
-                .iter()
-                .find(|l| l.name == bridge)
-                .map(|l| l.index)
-                .ok_or_else(|| DriverError::failed(op, host, format!("no bridge {bridge}")))?;
-            let ports: Vec<String> = all
-                .iter()
-                .filter(|l| l.controller == Some(bridge_index))
-                .map(|l| l.name.clone())
-                .collect();
-            o.nft_apply(nft::reset_commands(&tcp, &ports))
-                .await
-                .map_err(|e| DriverError::failed(op, host, e))?;
-            // Wait until each flow's next packet met its reset (or the window ends: a flow
-            // that sends nothing is left to the conntrack deletion below).
+            // The next packet of each flow, either way, entering a port of a subnet bridge on
+            // any of those hosts is answered with a RST out of that port.
+            let mut armed = Vec::new();
+            for h in tracked.keys() {
+                let o = self.ops(op, &h.0)?;
+                let ports = self.bridge_ports(op, h, &o).await?;
+                o.nft_apply(nft::reset_commands(&tcp, &ports))
+                    .await
+                    .map_err(|e| DriverError::failed(op, h, e))?;
+                armed.push((h, o));
+            }
+            // Wait until each flow's next packet met its reset somewhere (or the window ends:
+            // a flow that sends nothing is left to the conntrack deletion below).
             let deadline = Instant::now() + self.reset_window;
+            let mut outcome = Ok(());
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let listed = o
-                    .nft_list("netdev")
-                    .await
-                    .map_err(|e| DriverError::failed(op, host, e))?;
-                if nft::resets_sent(&listed).len() == tcp.len() {
+                let mut sent = std::collections::BTreeSet::new();
+                for (h, o) in &armed {
+                    match o.nft_list("netdev").await {
+                        Ok(listed) => sent.extend(nft::resets_sent(&listed)),
+                        Err(e) => outcome = Err(DriverError::failed(op, *h, e)),
+                    }
+                }
+                if sent.len() == tcp.len() || outcome.is_err() {
                     break;
                 }
             }
-            o.nft_apply(nft::unreset_commands())
-                .await
-                .map_err(|e| DriverError::failed(op, host, e))?;
+            for (h, o) in &armed {
+                o.nft_apply(nft::unreset_commands())
+                    .await
+                    .map_err(|e| DriverError::failed(op, *h, e))?;
+            }
+            outcome?;
         }
-        for e in &targets {
-            o.conntrack_delete(e.orig)
-                .await
-                .map_err(|e| DriverError::failed(op, host, e))?;
+        for (h, tuples) in &tracked {
+            let o = self.ops(op, &h.0)?;
+            for t in tuples {
+                o.conntrack_delete(*t)
+                    .await
+                    .map_err(|e| DriverError::failed(op, h, e))?;
+            }
         }
         Ok(())
     }

@@ -165,13 +165,41 @@ pub fn guard_commands(present: &Present) -> Vec<Value> {
             ],
         ));
         // Bridged packets show the bridge, not the port, here (br_netfilter): the bridge
-        // table below marks packets that cross an overlay port; the mark moves to conntrack.
+        // table below marks packets that cross an overlay port. A flow counts as carried by
+        // the SA only when it began there: its first packet (a TCP SYN, or the first of a UDP
+        // flow) crossed an overlay port; a flow picked up mid-stream was set up in cleartext.
+        let set_ct_mark =
+            json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": IPSEC_MARK}});
+        let new_flow = eq(json!({"ct": {"key": "state"}}), json!("new"));
         cmds.push(rule(
             "guard-forward",
-            "smig guard mark ipsec flows",
+            "smig guard mark ipsec flows (tcp)",
             vec![
                 eq(meta("mark"), json!(IPSEC_MARK)),
-                json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": IPSEC_MARK}}),
+                new_flow.clone(),
+                eq(meta("l4proto"), json!("tcp")),
+                eq(
+                    json!({"&": [payload("tcp", "flags"), {"|": ["syn", "ack"]}]}),
+                    json!("syn"),
+                ),
+                set_ct_mark.clone(),
+            ],
+        ));
+        cmds.push(rule(
+            "guard-forward",
+            "smig guard mark ipsec flows (other)",
+            vec![
+                eq(meta("mark"), json!(IPSEC_MARK)),
+                new_flow,
+                ne(meta("l4proto"), json!("tcp")),
+                set_ct_mark,
+            ],
+        ));
+        cmds.push(rule(
+            "guard-forward",
+            "smig guard clear packet mark",
+            vec![
+                eq(meta("mark"), json!(IPSEC_MARK)),
                 json!({"mangle": {"key": {"meta": {"key": "mark"}}, "value": 0}}),
             ],
         ));
