@@ -25,7 +25,8 @@
 //! One request at a time per host (VICI has no request ids): each host's connection sits
 //! behind a mutex held for a whole driver call. A connection that broke (charon restarted) is
 //! replaced once; a daemon that cannot be reached is [`DriverError::Unreachable`] naming the
-//! host and the socket. Every answer's `success`/`errmsg` is checked.
+//! host and the socket, except a stopped charon (its socket refuses connections): it holds
+//! nothing, so it lists no connection and an unload has nothing to do (a rollback completes). Every answer's `success`/`errmsg` is checked.
 
 pub mod wire;
 
@@ -219,6 +220,21 @@ impl Vici {
         e.overlay
             .clone()
             .map_err(|r| DriverError::failed("ipsec.overlay", host, r))
+    }
+
+    /// Whether the host's VICI socket refuses connections: charon stopped there (its socket
+    /// file left behind) and holds no connection or SA; smig loads its connections over VICI
+    /// only, so a restarted charon starts without them. A missing socket file is not this:
+    /// it stays [`DriverError::Unreachable`].
+    async fn charon_stopped(&self, op: &str, host: &HostId) -> DriverResult<bool> {
+        let e = self.entry(op, host)?;
+        let Ok(path) = e.socket.clone() else {
+            return Ok(false);
+        };
+        Ok(match UnixStream::connect(&path).await {
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        })
     }
 
     async fn session<'a>(&'a self, op: &'a str, host: &'a HostId) -> DriverResult<Session<'a>> {
@@ -732,6 +748,9 @@ impl Vici {
 #[async_trait::async_trait]
 impl Ipsec for Vici {
     async fn connections(&self, host: &HostId) -> DriverResult<Vec<IpsecConnection>> {
+        if self.charon_stopped("ipsec.connections", host).await? {
+            return Ok(Vec::new());
+        }
         let mut s = self.session("ipsec.connections", host).await?;
         let conns = s.conns(None).await?;
         let sas = s.sas(None).await?;
@@ -940,6 +959,9 @@ impl Ipsec for Vici {
                 host,
                 format!("{name} is not a smig connection (no {OWNED_PREFIX} prefix)"),
             ));
+        }
+        if self.charon_stopped(op, host).await? {
+            return Ok(());
         }
         let mut s = self.session(op, host).await?;
         // unload-conn leaves running SAs alone: terminate them first.

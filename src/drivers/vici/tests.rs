@@ -485,6 +485,22 @@ async fn a_missing_daemon_is_unreachable_naming_host_and_socket() {
 }
 
 #[tokio::test]
+async fn a_stopped_charon_holds_nothing_and_unload_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("charon.vici");
+    // A socket file nobody listens on: what a stopped charon leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let v = driver_with_socket(&path);
+    assert!(v.connections(&hv1()).await.unwrap().is_empty());
+    v.unload(&hv1(), "smig-web_db-dc.hv1-cloud.c1").await.unwrap();
+    // Loading and initiating still need the daemon.
+    assert!(matches!(
+        v.initiate(&hv1(), "smig-web_db-dc.hv1-cloud.c1").await,
+        Err(DriverError::Unreachable { .. })
+    ));
+}
+
+#[tokio::test]
 async fn an_unknown_command_is_a_clear_failure() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("charon.vici");
