@@ -40,6 +40,22 @@ fn take_lock<'a>(
     })
 }
 
+/// Takes the lock for a command that continues or undoes an interrupted apply (`apply
+/// --resume`, `rollback`): a lock whose holder is known to be gone (same host, no such
+/// process: the interrupted apply itself, e.g. killed) is taken over instead of refused.
+fn take_over_lock<'a>(
+    backend: &'a dyn StateBackend,
+    command: &str,
+) -> Result<LockGuard<'a>, StateError> {
+    match take_lock(backend, command) {
+        Err(StateError::StaleLock { lock }) => {
+            backend.unlock(&lock.id)?;
+            take_lock(backend, command)
+        }
+        r => r,
+    }
+}
+
 /// The unfinished journal, if any; a finished one left behind is archived.
 fn unfinished(
     backend: &dyn StateBackend,
@@ -144,7 +160,7 @@ pub async fn resume(
     engine: &Engine,
     config_fingerprint: Option<&str>,
 ) -> Result<Run, ApplyError> {
-    let mut guard = take_lock(backend, "apply --resume")?;
+    let mut guard = take_over_lock(backend, "apply --resume")?;
     backend.read_state()?;
     let Some(entries) = unfinished(backend)? else {
         return Err(StateError::NoJournal {
@@ -180,7 +196,7 @@ pub async fn resume(
 
 /// `smig rollback`: undoes what the unfinished apply did.
 pub async fn rollback(backend: &dyn StateBackend, engine: &Engine) -> Result<Run, ApplyError> {
-    let mut guard = take_lock(backend, "rollback")?;
+    let mut guard = take_over_lock(backend, "rollback")?;
     backend.read_state()?;
     if unfinished(backend)?.is_none() {
         return Err(StateError::NoJournal {
