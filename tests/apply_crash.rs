@@ -8,11 +8,11 @@ mod apply_support;
 
 use apply_support::*;
 use smig::apply::events::{self, Event};
-use smig::apply::{session, ApplyError, ApplyMeta, OnFailure};
+use smig::apply::{session, ApplyMeta, OnFailure};
 use smig::drivers::double::LandscapeDouble;
 use smig::state::journal::Outcome;
 use smig::state::local::LocalState;
-use smig::state::{StateBackend, StateError};
+use smig::state::StateBackend;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -127,7 +127,9 @@ fn parent(k: u64, resume: bool) -> Result<(), String> {
         }
     }
     if let Some(l) = state.current_lock().map_err(|e| e.to_string())? {
-        return Err(format!("a lock is left after the resume or rollback: {l:?}"));
+        return Err(format!(
+            "a lock is left after the resume or rollback: {l:?}"
+        ));
     }
     Ok(())
 }

@@ -271,3 +271,19 @@ pub fn action_holds(action: &Action, o: &Observed) -> bool {
         }
     }
 }
+
+/// For a rollback that cannot observe everything an undo touches: whether the undo of a
+/// migration already holds as far as it matters. The undo moves the domain back to `to` (the
+/// host it came from); when `from` (the failed target) cannot be reached but the domain runs
+/// on `to`, the migration never completed (libvirt starts the target's copy only after the
+/// source stopped), so nothing is to move back; a half-arrived copy on the target is an
+/// incoming migration that its libvirt discards. Any other action: `false`.
+pub async fn runs_where_it_came_from(drivers: &Drivers, action: &Action) -> bool {
+    let Action::Migrate { domain, to, .. } = action else {
+        return false;
+    };
+    matches!(
+        drivers.hypervisor.domain(to, domain).await,
+        Ok(Some(d)) if d.state == DomainState::Running
+    )
+}

@@ -484,14 +484,15 @@ impl Walker {
             let started = Instant::now();
             let mut q = BTreeSet::new();
             action_queries(&action, &mut q);
-            let before = probe::observe(&self.ctx.drivers, &q).await;
-            if let Ok(o) = &before {
-                if action_holds(&action, o) {
-                    let (r, e) = skip("already undone");
-                    shared.record(r, e)?;
-                    shared.time(i, StepStatus::UndoSkipped, started);
-                    continue;
-                }
+            let undone = match probe::observe(&self.ctx.drivers, &q).await {
+                Ok(o) => action_holds(&action, &o),
+                Err(_) => probe::runs_where_it_came_from(&self.ctx.drivers, &action).await,
+            };
+            if undone {
+                let (r, e) = skip("already undone");
+                shared.record(r, e)?;
+                shared.time(i, StepStatus::UndoSkipped, started);
+                continue;
             }
             shared.record(
                 Record::UndoStarted {

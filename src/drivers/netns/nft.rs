@@ -168,8 +168,7 @@ pub fn guard_commands(present: &Present) -> Vec<Value> {
         // table below marks packets that cross an overlay port. A flow counts as carried by
         // the SA only when it began there: its first packet (a TCP SYN, or the first of a UDP
         // flow) crossed an overlay port; a flow picked up mid-stream was set up in cleartext.
-        let set_ct_mark =
-            json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": IPSEC_MARK}});
+        let set_ct_mark = json!({"mangle": {"key": {"ct": {"key": "mark"}}, "value": IPSEC_MARK}});
         let new_flow = eq(json!({"ct": {"key": "state"}}), json!("new"));
         cmds.push(rule(
             "guard-forward",

@@ -492,7 +492,9 @@ async fn a_stopped_charon_holds_nothing_and_unload_completes() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let v = driver_with_socket(&path);
     assert!(v.connections(&hv1()).await.unwrap().is_empty());
-    v.unload(&hv1(), "smig-web_db-dc.hv1-cloud.c1").await.unwrap();
+    v.unload(&hv1(), "smig-web_db-dc.hv1-cloud.c1")
+        .await
+        .unwrap();
     // Loading and initiating still need the daemon.
     assert!(matches!(
         v.initiate(&hv1(), "smig-web_db-dc.hv1-cloud.c1").await,
