@@ -1,0 +1,290 @@
+//! Side-by-side migration benchmark on the lab (lab/README.md; needs root): the same guest
+//! (`db`), the same direction (dc.hv2 → cloud.c1), in one run, round after round:
+//! - bare: `lab/baseline` (`virsh migrate --live --persistent --undefinesource --tls`, with the
+//!   lab's own IPsec path so db's traffic can resume at all);
+//! - `smig apply` block-first and prestaged (copies of examples/lab), each moved back after.
+//!
+//! Reported per variant (medians over the rounds): the wall time of the whole move, smig's
+//! overhead over the bare migration (`smig apply` wall − bare `virsh migrate` wall), the
+//! migrate step alone, the other steps, and the guest-observed blackout (web's longest gap
+//! between answered probes to db, wall clock, from the probe logs via `lab/blackout`).
+//!
+//! `cargo bench --bench lab_migration` (root); `SMIG_BENCH_ROUNDS` rounds (default 3).
+//! Holds the lab lock for its whole run and leaves db on dc.hv2.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
+const PSK: &str = "lab-bench-psk-7c21";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fail(msg: impl std::fmt::Display) -> ! {
+    eprintln!("lab_migration: {msg}");
+    std::process::exit(1)
+}
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| fail(format!("cannot run {what}: {e}")));
+    if !out.status.success() {
+        fail(format!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    out
+}
+
+fn lab(cmd: &str, args: &[&str]) -> Output {
+    run(
+        Command::new(root().join("lab").join(cmd)).args(args),
+        &format!("lab/{cmd} {}", args.join(" ")),
+    )
+}
+
+fn json(out: &Output, what: &str) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| fail(format!("{what}: not JSON ({e})")))
+}
+
+/// A copy of examples/lab with db on `db_host` and, when given, its strategy.
+fn variant(dir: &Path, name: &str, db_host: &str, strategy: Option<&str>) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("examples/lab/main.smig.hcl"))
+        .unwrap_or_else(|e| fail(format!("examples/lab: {e}")));
+    let Some((head, tail)) = text.split_once("vm \"db\" {") else {
+        fail("no vm db in examples/lab")
+    };
+    let mut tail = tail.replacen("environment.cloud.host.c1", db_host, 1);
+    if let Some(s) = strategy {
+        tail = tail.replacen(
+            "max_downtime_ms = 300",
+            &format!("max_downtime_ms = 300\n    strategy        = \"{s}\""),
+            1,
+        );
+    }
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(e));
+    std::fs::write(
+        out.join("main.smig.hcl"),
+        format!("{head}vm \"db\" {{{tail}"),
+    )
+    .unwrap_or_else(|e| fail(e));
+    out
+}
+
+/// One `smig apply --json`: its wall time and each step kind's summed duration.
+struct Applied {
+    wall: Duration,
+    steps: BTreeMap<String, f64>,
+}
+
+fn apply(dir: &Path, state: &Path) -> Applied {
+    let t = Instant::now();
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_smig"))
+            .current_dir(root())
+            .env("SMIG_LAB", "1")
+            .env("SMIG_VAR_web_db_psk", PSK)
+            .env("NO_COLOR", "1")
+            .args(["apply", "--json", "--auto-approve", "--state"])
+            .arg(state)
+            .arg(dir),
+        &format!("smig apply {}", dir.display()),
+    );
+    let wall = t.elapsed();
+    let mut kinds: BTreeMap<u64, String> = BTreeMap::new();
+    let mut steps: BTreeMap<String, f64> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(e) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        match e["event"].as_str() {
+            Some("step_started") => {
+                kinds.insert(
+                    e["step"].as_u64().unwrap_or(u64::MAX),
+                    e["kind"].as_str().unwrap_or("?").to_string(),
+                );
+            }
+            Some("step_done") => {
+                let kind = kinds
+                    .get(&e["step"].as_u64().unwrap_or(u64::MAX))
+                    .cloned()
+                    .unwrap_or_default();
+                *steps.entry(kind).or_default() += e["duration_ms"].as_f64().unwrap_or(0.0);
+            }
+            _ => {}
+        }
+    }
+    Applied { wall, steps }
+}
+
+/// Waits until every guest answers its peers.
+fn traffic_ok() {
+    let c = json(&lab("check", &["--json", "--wait", "60"]), "lab/check");
+    if c["all_answer"] != Value::Bool(true) {
+        fail("the guests do not all answer their peers");
+    }
+}
+
+/// web's longest gap between answered probes to db since `mark`, in ms.
+fn blackout_since(mark: &Path) -> f64 {
+    let m = mark.to_str().unwrap_or_else(|| fail("mark path"));
+    let b = json(
+        &lab("blackout", &["--json", "--since", m, "web", "db"]),
+        "lab/blackout",
+    );
+    b["web"]["peers"]["192.168.10.12"]["longest_gap_s"]
+        .as_f64()
+        .unwrap_or_else(|| fail(format!("no blackout of db seen by web: {b}")))
+        * 1000.0
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[derive(Default)]
+struct Series {
+    wall: Vec<f64>,
+    migrate: Vec<f64>,
+    others: Vec<f64>,
+    blackout: Vec<f64>,
+    downtime: Vec<f64>,
+    overhead: Vec<f64>,
+    steps: BTreeMap<String, Vec<f64>>,
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        fail("needs root (it drives the lab)");
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let rounds: usize = std::env::var("SMIG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    std::fs::create_dir_all("/run/lock").unwrap_or_else(|e| fail(e));
+    let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| fail(format!("{LAB_LOCK}: {e}")));
+    lock.lock()
+        .unwrap_or_else(|e| fail(format!("locking {LAB_LOCK}: {e}")));
+    lab("up", &[]);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail(e));
+    let back = variant(dir.path(), "back", "environment.dc.host.hv2", None);
+    let strategies = ["block-first", "prestaged"];
+    let configs: Vec<PathBuf> = strategies
+        .iter()
+        .map(|s| variant(dir.path(), s, "environment.cloud.host.c1", Some(s)))
+        .collect();
+    let mut series: BTreeMap<&str, Series> = BTreeMap::new();
+    for round in 1..=rounds {
+        traffic_ok();
+        let base = json(&lab("baseline", &["--json"]), "lab/baseline");
+        let leg = &base["legs"][0];
+        let bare_wall = leg["wall_ms"].as_f64().unwrap_or(f64::NAN);
+        let bare = series.entry("bare virsh migrate").or_default();
+        bare.wall.push(bare_wall);
+        bare.migrate.push(bare_wall);
+        bare.downtime
+            .push(leg["libvirt_downtime_ms"].as_f64().unwrap_or(f64::NAN));
+        bare.blackout.push(
+            leg["blackout_s"]["web_sees_db"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                * 1000.0,
+        );
+        eprintln!("round {round}: bare {bare_wall} ms");
+        for (s, config) in strategies.iter().zip(&configs) {
+            traffic_ok();
+            let mark = dir.path().join(format!("mark-{round}-{s}"));
+            lab("blackout", &["--mark", mark.to_str().unwrap_or_default()]);
+            std::thread::sleep(Duration::from_secs(1));
+            let state = dir.path().join(format!("state-{round}-{s}"));
+            let a = apply(config, &state);
+            traffic_ok();
+            std::thread::sleep(Duration::from_secs(2));
+            let blackout = blackout_since(&mark);
+            let wall = a.wall.as_secs_f64() * 1000.0;
+            let migrate = a.steps.get("migrate").copied().unwrap_or(f64::NAN);
+            eprintln!(
+                "round {round}: smig {s} {wall:.0} ms (migrate {migrate:.0} ms), blackout {blackout:.0} ms"
+            );
+            let e = series.entry(s).or_default();
+            e.wall.push(wall);
+            e.migrate.push(migrate);
+            e.others.push(
+                a.steps
+                    .iter()
+                    .filter(|(k, _)| *k != "migrate")
+                    .map(|(_, v)| v)
+                    .sum(),
+            );
+            e.blackout.push(blackout);
+            e.overhead.push(wall - bare_wall);
+            for (k, v) in &a.steps {
+                e.steps.entry(k.clone()).or_default().push(*v);
+            }
+            apply(&back, &dir.path().join(format!("state-back-{round}-{s}")));
+        }
+    }
+    traffic_ok();
+    println!(
+        "| db hv2 → c1, median of {rounds} | wall | overhead over bare | migrate (virsh / step) | libvirt downtime | blackout seen by web | blackout / bare |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let bare_blackout = median(&mut series["bare virsh migrate"].blackout.clone());
+    let bare_wall = median(&mut series["bare virsh migrate"].wall.clone());
+    for name in ["bare virsh migrate", "block-first", "prestaged"] {
+        let Some(s) = series.get_mut(name) else {
+            continue;
+        };
+        let wall = median(&mut s.wall);
+        let over = if s.overhead.is_empty() {
+            "—".to_string()
+        } else {
+            let o = median(&mut s.overhead);
+            format!("{o:+.0} ms ({:+.0}%)", 100.0 * o / bare_wall)
+        };
+        let down = if s.downtime.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.0} ms", median(&mut s.downtime))
+        };
+        let bo = median(&mut s.blackout);
+        println!(
+            "| {name} | {wall:.0} ms | {over} | {:.0} ms | {down} | {bo:.0} ms | {:.1}x |",
+            median(&mut s.migrate),
+            bo / bare_blackout
+        );
+    }
+    for name in ["block-first", "prestaged"] {
+        let Some(s) = series.get_mut(name) else {
+            continue;
+        };
+        let parts: Vec<String> = s
+            .steps
+            .iter_mut()
+            .map(|(k, v)| format!("{k} {:.0} ms", median(v)))
+            .collect();
+        println!(
+            "\n{name}, summed step durations (median): {}",
+            parts.join(", ")
+        );
+    }
+}
