@@ -10,21 +10,31 @@
 //! | `SMIG_LIBVIRT_PKI` | client PKI directory for `qemu+tls` URIs (`cacert.pem`, `clientcert.pem`, `clientkey.pem`) | libvirt's own (`/etc/pki`) |
 //! | `SMIG_VICI_SOCKET` | VICI socket path template: `{host}`, `{env}`, `{id}`, `{netns}` | none: every host needs one |
 //! | `SMIG_OVERLAY_PREFIX` | overlay network of the IPsec endpoints (each host's address keeps its host bits) | none: every host needs one |
+//! | `SMIG_CORE_VICI_SOCKET` | VICI socket path template of a routing core's daemon: `{env}`, `{netns}` | none: a subnet tunnel then fails |
 //!
-//! `SMIG_LAB=1` selects the lab's conventions for the last two (lab/README.md).
+//! `SMIG_LAB=1` selects the lab's conventions for the last three (lab/README.md).
 //!
 //! [`SecurePath`] joins IPsec and the host network: once a secure_link's SA is up, the
 //! subnet's data path between the two hosts (a VXLAN between their overlay addresses, which
 //! the SA covers, guarded so it never leaves other than through the SA) is created; before the
 //! SA goes, the path goes.
+//!
+//! [`SubnetTunnels`] does the same for a whole-subnet move's tunnel from a routing core to a
+//! host: an IPsec connection of its own between the two overlay addresses, keyed with a fresh
+//! random key, comes up before the VXLAN and goes after it.
 
 use super::libvirt::{Libvirt, LibvirtOptions};
 use super::netns::NetnsHostNetwork;
-use super::vici::{Vici, ViciOptions, LAB_OVERLAY_PREFIX, LAB_SOCKET_TEMPLATE};
-use super::{DriverError, DriverResult, Drivers, HostNetwork, Ipsec, IpsecConfig};
-use crate::model::{HostId, IpsecConnection, Landscape};
+use super::vici::{
+    self, TunnelEnd, Vici, ViciOptions, LAB_CORE_SOCKET_TEMPLATE, LAB_OVERLAY_PREFIX,
+    LAB_SOCKET_TEMPLATE, TUNNEL_PREFIX,
+};
+use super::{DriverError, DriverResult, Drivers, HostNetwork, Ipsec, IpsecConfig, TunnelSpec};
+use crate::model::{BlockRule, Connection, HostId, IpsecConnection, Landscape, Tunnel};
+use crate::plan::Target;
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -34,6 +44,8 @@ pub const ENV_LIBVIRT_PKI: &str = "SMIG_LIBVIRT_PKI";
 pub const ENV_VICI_SOCKET: &str = "SMIG_VICI_SOCKET";
 /// Environment variable: overlay endpoint network.
 pub const ENV_OVERLAY_PREFIX: &str = "SMIG_OVERLAY_PREFIX";
+/// Environment variable: VICI socket path template of the routing cores' daemons.
+pub const ENV_CORE_VICI_SOCKET: &str = "SMIG_CORE_VICI_SOCKET";
 /// Environment variable: `1` selects the lab's socket template and overlay network.
 pub const ENV_LAB: &str = "SMIG_LAB";
 
@@ -43,6 +55,7 @@ pub struct RealOptions {
     pub libvirt_pki: Option<PathBuf>,
     pub vici_socket: Option<String>,
     pub overlay_prefix: Option<Ipv4Net>,
+    pub core_vici_socket: Option<String>,
 }
 
 impl RealOptions {
@@ -52,6 +65,7 @@ impl RealOptions {
             libvirt_pki: None,
             vici_socket: Some(LAB_SOCKET_TEMPLATE.to_string()),
             overlay_prefix: LAB_OVERLAY_PREFIX.parse().ok(),
+            core_vici_socket: Some(LAB_CORE_SOCKET_TEMPLATE.to_string()),
         }
     }
 
@@ -68,6 +82,9 @@ impl RealOptions {
         }
         if let Some(t) = set(ENV_VICI_SOCKET) {
             o.vici_socket = Some(t);
+        }
+        if let Some(t) = set(ENV_CORE_VICI_SOCKET) {
+            o.core_vici_socket = Some(t);
         }
         if let Some(p) = set(ENV_OVERLAY_PREFIX) {
             let net = p.trim().parse::<Ipv4Net>().map_err(|e| {
@@ -120,19 +137,20 @@ pub fn drivers(landscape: &Landscape, options: &RealOptions) -> DriverResult<Dri
             ..LibvirtOptions::default()
         },
     );
-    let vici = Vici::new(
+    let vici = Arc::new(Vici::new(
         landscape,
         ViciOptions {
             socket_template: options.vici_socket.clone(),
+            core_socket_template: options.core_vici_socket.clone(),
             overlay_prefix: options.overlay_prefix,
             ..ViciOptions::default()
         },
-    )?;
+    )?);
     let network = Arc::new(NetnsHostNetwork::from_landscape(landscape));
-    let ipsec = SecurePath::new(landscape, Arc::new(vici), network.clone());
+    let ipsec = SecurePath::new(landscape, vici.clone(), network.clone());
     Ok(Drivers {
         hypervisor: Arc::new(libvirt),
-        network: network.clone(),
+        network: Arc::new(SubnetTunnels::new(network.clone(), vici)),
         ipsec: Arc::new(ipsec),
         routing: network,
     })
@@ -234,6 +252,138 @@ impl Ipsec for SecurePath {
     }
 }
 
+/// A [`HostNetwork`] whose subnet tunnels (routing core ↔ host) are carried by IPsec: before
+/// the tunnel's VXLAN is created, a smig connection of its own
+/// ([`vici::tunnel_connection_name`]) between the two overlay addresses is loaded on both
+/// daemons with a fresh random key and initiated from the core; after the VXLAN is removed,
+/// the connection and its key are unloaded from both. Everything else goes to the inner
+/// network driver unchanged.
+pub struct SubnetTunnels {
+    network: Arc<NetnsHostNetwork>,
+    vici: Arc<Vici>,
+}
+
+/// The two ends of a subnet tunnel: the routing core's environment and the host.
+fn tunnel_ends(op: &str, at: &Target, remote: &str) -> DriverResult<(String, HostId)> {
+    let pair = match at {
+        Target::RoutingCore(env) => (Some(env.clone()), remote.to_string()),
+        Target::Host(h) => (
+            remote.strip_prefix("core:").map(str::to_string),
+            h.0.clone(),
+        ),
+    };
+    match pair {
+        (Some(env), host) if !host.starts_with("core:") => Ok((env, HostId(host))),
+        _ => Err(DriverError::failed(
+            op,
+            remote,
+            "a subnet tunnel joins a routing core and a host",
+        )),
+    }
+}
+
+impl SubnetTunnels {
+    /// Wraps `network`; the tunnels' IPsec goes through `vici`.
+    pub fn new(network: Arc<NetnsHostNetwork>, vici: Arc<Vici>) -> SubnetTunnels {
+        SubnetTunnels { network, vici }
+    }
+
+    async fn end(&self, id: HostId) -> DriverResult<TunnelEnd> {
+        let overlay: Ipv4Addr = self.network.overlay_of(&id.0).await?;
+        Ok(TunnelEnd { id, overlay })
+    }
+
+    /// Unloads every tunnel connection of `subnet` at the core of `env`, on the core and on
+    /// the host its name gives (absent is fine).
+    async fn ipsec_down(&self, subnet: &str, env: &str) -> DriverResult<()> {
+        let core = vici::core_id(env);
+        let prefix = format!("{TUNNEL_PREFIX}{subnet}.{env}.");
+        for name in self.vici.names_with_prefix(&core, &prefix).await? {
+            self.vici.unload(&core, &name).await?;
+            if let Some(host) = vici::tunnel_host(&name, subnet, env) {
+                self.vici.unload(&host, &name).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl HostNetwork for SubnetTunnels {
+    async fn block_rules(&self, host: &HostId) -> DriverResult<Vec<BlockRule>> {
+        self.network.block_rules(host).await
+    }
+    async fn block(&self, host: &HostId, rule: &BlockRule) -> DriverResult<()> {
+        self.network.block(host, rule).await
+    }
+    async fn unblock(&self, host: &HostId, vm: &str, secure_only: bool) -> DriverResult<()> {
+        self.network.unblock(host, vm, secure_only).await
+    }
+    async fn vm_route(&self, host: &HostId, address: Ipv4Addr, present: bool) -> DriverResult<()> {
+        self.network.vm_route(host, address, present).await
+    }
+    async fn tunnels(&self, at: &Target) -> DriverResult<Vec<Tunnel>> {
+        self.network.tunnels(at).await
+    }
+
+    async fn tunnel_add(&self, at: &Target, spec: &TunnelSpec) -> DriverResult<()> {
+        let op = "network.tunnel_add";
+        let (env, host) = tunnel_ends(op, at, &spec.remote)?;
+        let name = vici::tunnel_connection_name(&spec.subnet, &env, &host);
+        let core = self.end(vici::core_id(&env)).await?;
+        let far = self.end(host).await?;
+        // The SA first: the VXLAN never exists without the SA that carries it.
+        self.vici.tunnel_up(&name, &core, &far).await?;
+        self.network.tunnel_add(at, spec).await
+    }
+
+    async fn tunnel_remove(&self, at: &Target, subnet: &str) -> DriverResult<()> {
+        let op = "network.tunnel_remove";
+        let env = match at {
+            Target::RoutingCore(env) => env.clone(),
+            Target::Host(_) => {
+                let remotes: Vec<String> = self
+                    .network
+                    .tunnels(at)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.subnet == subnet)
+                    .map(|t| t.remote)
+                    .collect();
+                self.network.tunnel_remove(at, subnet).await?;
+                for r in remotes {
+                    let (env, _) = tunnel_ends(op, at, &r)?;
+                    self.ipsec_down(subnet, &env).await?;
+                }
+                return Ok(());
+            }
+        };
+        // The VXLAN first, then the SA that carried it.
+        self.network.tunnel_remove(at, subnet).await?;
+        self.ipsec_down(subnet, &env).await
+    }
+
+    async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
+        self.network.connections(host, address).await
+    }
+    async fn reset_connections(
+        &self,
+        host: &HostId,
+        address: Ipv4Addr,
+        connections: &[Connection],
+    ) -> DriverResult<()> {
+        self.network
+            .reset_connections(host, address, connections)
+            .await
+    }
+    async fn overlay_add(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        self.network.overlay_add(a, b, subnet).await
+    }
+    async fn overlay_remove(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
+        self.network.overlay_remove(a, b, subnet).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +414,28 @@ mod tests {
         .unwrap();
         assert_eq!(o.vici_socket.as_deref(), Some("/run/{netns}/charon.vici"));
         assert_eq!(o.overlay_prefix, "172.31.0.0/24".parse().ok());
+        assert_eq!(
+            o.core_vici_socket.as_deref(),
+            Some("/run/smig-lab/hosts/core/charon.vici")
+        );
         assert_eq!(o.libvirt_pki, None);
+    }
+
+    #[test]
+    fn a_tunnel_joins_a_core_and_a_host() {
+        let core = Target::RoutingCore("dc".into());
+        let host = Target::Host(HostId::new("cloud", "c1"));
+        let op = "network.tunnel_add";
+        assert_eq!(
+            tunnel_ends(op, &core, "cloud.c1").unwrap(),
+            ("dc".to_string(), HostId::new("cloud", "c1"))
+        );
+        assert_eq!(
+            tunnel_ends(op, &host, "core:dc").unwrap(),
+            ("dc".to_string(), HostId::new("cloud", "c1"))
+        );
+        assert!(tunnel_ends(op, &core, "core:cloud").is_err());
+        assert!(tunnel_ends(op, &host, "dc.hv1").is_err());
     }
 
     #[test]
