@@ -334,7 +334,18 @@ impl HostNetwork for SubnetTunnels {
         let far = self.end(host).await?;
         // The SA first: the VXLAN never exists without the SA that carries it.
         self.vici.tunnel_up(&name, &core, &far).await?;
-        self.network.tunnel_add(at, spec).await
+        if let Err(e) = self.network.tunnel_add(at, spec).await {
+            // A failed step is not undone by rollback: leave no SA without its tunnel.
+            if let Err(down) = self.ipsec_down(&spec.subnet, &env).await {
+                return Err(DriverError::failed(
+                    op,
+                    &spec.remote,
+                    format!("{e}; taking {name} down again failed too: {down}"),
+                ));
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn tunnel_remove(&self, at: &Target, subnet: &str) -> DriverResult<()> {
