@@ -449,6 +449,219 @@ mod tests {
         assert!(tunnel_ends(op, &host, "dc.hv1").is_err());
     }
 
+    use crate::drivers::netns::{conntrack, links, nft, HostOps};
+    use crate::drivers::vici::tests::{conn_event, fake_charon, ok, sa_event, Answer, Log};
+    use crate::drivers::vici::wire::Message;
+    use crate::model::{Environment, Host, RoutingCore, Subnet};
+    use serde_json::Value;
+    use std::sync::Mutex;
+
+    type Steps = Arc<Mutex<Vec<String>>>;
+
+    /// One endpoint's network stack in memory: links only, every call written to `steps`.
+    struct FakeOps {
+        who: &'static str,
+        overlay: Ipv4Addr,
+        links: Mutex<Vec<links::LinkEntry>>,
+        steps: Steps,
+    }
+
+    #[async_trait::async_trait]
+    impl HostOps for FakeOps {
+        fn describe(&self) -> String {
+            self.who.into()
+        }
+        async fn nft_table(&self) -> Result<nft::Present, String> {
+            Ok(nft::Present::default())
+        }
+        async fn nft_apply(&self, _: Vec<Value>) -> Result<(), String> {
+            Ok(())
+        }
+        async fn nft_list(&self, _: &str) -> Result<Value, String> {
+            Ok(Value::Null)
+        }
+        async fn links(&self) -> Result<Vec<links::LinkEntry>, String> {
+            Ok(self.links.lock().unwrap().clone())
+        }
+        async fn routes(&self) -> Result<Vec<links::RouteEntry>, String> {
+            Ok(vec![])
+        }
+        async fn overlay_address(&self) -> Result<Option<Ipv4Addr>, String> {
+            Ok(Some(self.overlay))
+        }
+        async fn ensure_vxlan(&self, spec: links::VxlanSpec) -> Result<(), String> {
+            let mut l = self.links.lock().unwrap();
+            if l.iter().any(|x| x.name == spec.name) {
+                return Ok(());
+            }
+            self.steps
+                .lock()
+                .unwrap()
+                .push(format!("{} vxlan add", self.who));
+            l.push(links::LinkEntry {
+                index: 100,
+                name: spec.name,
+                alias: Some(spec.alias),
+                controller: Some(1),
+                vxlan: None,
+            });
+            Ok(())
+        }
+        async fn delete_link(&self, name: String) -> Result<(), String> {
+            let mut l = self.links.lock().unwrap();
+            if l.iter().any(|x| x.name == name) {
+                self.steps
+                    .lock()
+                    .unwrap()
+                    .push(format!("{} vxlan del", self.who));
+            }
+            l.retain(|x| x.name != name);
+            Ok(())
+        }
+        async fn conntrack(&self) -> Result<Vec<conntrack::Entry>, String> {
+            Ok(vec![])
+        }
+        async fn conntrack_delete(&self, _: conntrack::Tuple) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// A charon that keeps one connection (loaded or not) of an SA it shares with its peer
+    /// (`up`); what changes goes to `steps`.
+    fn charon(who: &'static str, name: &'static str, up: Arc<Mutex<bool>>, steps: Steps) -> Answer {
+        let loaded = Arc::new(Mutex::new(false));
+        Arc::new(move |cmd, _: &Message| {
+            let (mut loaded, mut up) = (loaded.lock().unwrap(), up.lock().unwrap());
+            let step = |s: &str| steps.lock().unwrap().push(format!("{who} {s}"));
+            match cmd {
+                "load-conn" => {
+                    *loaded = true;
+                    step("load");
+                }
+                "initiate" => {
+                    *up = true;
+                    step("initiate");
+                }
+                "terminate" => {
+                    *up = false;
+                    step("terminate");
+                }
+                "unload-conn" => {
+                    *loaded = false;
+                    step("unload");
+                }
+                "list-sas" if *up => {
+                    return (
+                        vec![sa_event(name, "ESTABLISHED", "INSTALLED", "1")],
+                        Message::new(),
+                    )
+                }
+                "list-conns" if *loaded => return (vec![conn_event(name)], Message::new()),
+                _ => {}
+            }
+            (vec![], ok())
+        })
+    }
+
+    #[tokio::test]
+    async fn tunnel_ipsec_comes_up_before_the_vxlan_and_goes_after_it() {
+        const NAME: &str = "smig-tunnel.batch.dc.cloud.c1";
+        let mut l = Landscape::default();
+        for (env, trusted, host) in [("dc", true, None), ("cloud", false, Some("c1"))] {
+            let hosts = host
+                .map(|h| {
+                    let id = HostId::new(env, h);
+                    let host = Host {
+                        id: id.clone(),
+                        libvirt: "test:///default".into(),
+                        address: Ipv4Addr::new(10, 78, 0, 21),
+                        network: "netns:cloud-c1".into(),
+                    };
+                    (h.to_string(), host)
+                })
+                .into_iter()
+                .collect();
+            let routing_core = trusted.then(|| RoutingCore {
+                network: "netns:dc-core".into(),
+            });
+            l.environments.insert(
+                env.into(),
+                Environment {
+                    name: env.into(),
+                    trusted,
+                    hosts,
+                    routing_core,
+                },
+            );
+        }
+        l.subnets.insert(
+            "batch".into(),
+            Subnet {
+                name: "batch".into(),
+                cidr: "192.168.20.0/24".parse().unwrap(),
+            },
+        );
+        let steps: Steps = Arc::default();
+        let dir = tempfile::tempdir().unwrap();
+        let (core_sock, c1_sock) = (dir.path().join("core.vici"), dir.path().join("c1.vici"));
+        let (log, up): (Log, Arc<Mutex<bool>>) = (Arc::default(), Arc::default());
+        let core_charon = charon("core", NAME, up.clone(), steps.clone());
+        fake_charon(core_sock.clone(), core_charon, log.clone(), None).await;
+        fake_charon(
+            c1_sock.clone(),
+            charon("c1", NAME, up, steps.clone()),
+            log,
+            None,
+        )
+        .await;
+        let mut o = ViciOptions::lab();
+        o.core_socket_template = Some(core_sock.display().to_string());
+        o.sockets.insert(HostId::new("cloud", "c1"), c1_sock);
+        let vici = Arc::new(Vici::new(&l, o).unwrap());
+        let network = Arc::new(NetnsHostNetwork::from_landscape(&l));
+        for (net, who, last) in [("netns:dc-core", "core", 1), ("netns:cloud-c1", "c1", 21)] {
+            network.with_ops(
+                net,
+                Arc::new(FakeOps {
+                    who,
+                    overlay: Ipv4Addr::new(172, 31, 0, last),
+                    links: Mutex::default(),
+                    steps: steps.clone(),
+                }),
+            );
+        }
+        let tunnels = SubnetTunnels::new(network, vici);
+        let core = Target::RoutingCore("dc".into());
+        let spec = TunnelSpec {
+            subnet: "batch".into(),
+            cidr: "192.168.20.0/24".parse().unwrap(),
+            remote: "cloud.c1".into(),
+            remote_address: Ipv4Addr::new(10, 78, 0, 21),
+        };
+        tunnels.tunnel_add(&core, &spec).await.unwrap();
+        // Again (a resumed apply): the SA is up, nothing is loaded or initiated twice.
+        tunnels.tunnel_add(&core, &spec).await.unwrap();
+        assert_eq!(tunnels.tunnels(&core).await.unwrap().len(), 1);
+        tunnels.tunnel_remove(&core, "batch").await.unwrap();
+        tunnels.tunnel_remove(&core, "batch").await.unwrap();
+        let steps = steps.lock().unwrap().clone();
+        assert_eq!(
+            steps,
+            [
+                "c1 load",
+                "core load",
+                "core initiate",
+                "core vxlan add",
+                "c1 vxlan add",
+                "core vxlan del",
+                "c1 vxlan del",
+                "core terminate",
+                "core unload",
+                "c1 unload",
+            ]
+        );
+    }
+
     #[test]
     fn bad_overlay_prefix_is_an_error_naming_the_variable() {
         let e = RealOptions::from_vars(vars(&[("SMIG_OVERLAY_PREFIX", "172.31.0/24")]))

@@ -1258,4 +1258,4 @@ fn with_log(e: DriverError, logs: &[Message]) -> DriverError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

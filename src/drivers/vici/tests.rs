@@ -199,7 +199,7 @@ fn names_identities_and_links() {
 }
 
 /// A `list-sa` event as charon 5.9 sends it (trimmed).
-fn sa_event(name: &str, state: &str, child_state: &str, bytes_in: &str) -> Message {
+pub(crate) fn sa_event(name: &str, state: &str, child_state: &str, bytes_in: &str) -> Message {
     Message::new().section(
         name,
         Message::new()
@@ -228,7 +228,7 @@ fn sa_event(name: &str, state: &str, child_state: &str, bytes_in: &str) -> Messa
     )
 }
 
-fn conn_event(name: &str) -> Message {
+pub(crate) fn conn_event(name: &str) -> Message {
     Message::new().section(
         name,
         Message::new()
@@ -268,13 +268,18 @@ fn parses_listings() {
     assert_eq!(conns[0].children, vec![NAME.to_string()]);
 }
 
-type Log = Arc<StdMutex<Vec<(String, Message)>>>;
-type Answer = Arc<dyn Fn(&str, &Message) -> (Vec<Message>, Message) + Send + Sync>;
+pub(crate) type Log = Arc<StdMutex<Vec<(String, Message)>>>;
+pub(crate) type Answer = Arc<dyn Fn(&str, &Message) -> (Vec<Message>, Message) + Send + Sync>;
 
 /// A stand-in charon on a Unix socket: confirms event registrations, records every command
 /// and answers through `answer`. With `close_first` the first connection is closed after that
 /// many commands (a daemon restarted under a cached connection).
-async fn fake_charon(path: PathBuf, answer: Answer, log: Log, close_first: Option<usize>) {
+pub(crate) async fn fake_charon(
+    path: PathBuf,
+    answer: Answer,
+    log: Log,
+    close_first: Option<usize>,
+) {
     let listener = UnixListener::bind(&path).unwrap();
     tokio::spawn(async move {
         let mut first = close_first;
@@ -340,7 +345,7 @@ fn driver_with_socket(path: &std::path::Path) -> Vici {
     Vici::new(&landscape(), o).unwrap()
 }
 
-fn ok() -> Message {
+pub(crate) fn ok() -> Message {
     Message::new().kv("success", "yes")
 }
 
