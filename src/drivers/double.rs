@@ -1030,10 +1030,7 @@ impl RoutingCore for LandscapeDouble {
                 .map(|r| r.prefix)
                 .collect();
             for prefix in tunnelled {
-                let learned = c
-                    .routes
-                    .iter()
-                    .any(|r| !r.via_smig_tunnel && r.prefix.contains(&prefix));
+                let learned = c.routes.iter().any(|r| r.learned_for(&prefix));
                 if learned {
                     continue;
                 }
@@ -1047,7 +1044,8 @@ impl RoutingCore for LandscapeDouble {
                 if after.is_some_and(|k| *n >= k) {
                     c.routes.push(Route {
                         prefix,
-                        via: None,
+                        // A next hop: what a routing protocol installs (RouteLearned needs one).
+                        via: Some(Ipv4Addr::new(192, 0, 2, 1)),
                         dev: Some("learned".into()),
                         via_smig_tunnel: false,
                     });

@@ -129,6 +129,19 @@ pub struct Route {
     pub via_smig_tunnel: bool,
 }
 
+impl Route {
+    /// Whether this is a route the routing core learned for `cidr`: one with a next hop
+    /// (`via`), a prefix longer than 0 that contains `cidr`, and not through a smig tunnel. A
+    /// connected route (no next hop, such as the subnet's own bridge) and the default route
+    /// do not count: they say nothing about where the subnet lives now.
+    pub fn learned_for(&self, cidr: &Ipv4Net) -> bool {
+        !self.via_smig_tunnel
+            && self.via.is_some()
+            && self.prefix.prefix_len() > 0
+            && self.prefix.contains(cidr)
+    }
+}
+
 /// A connection that smig does not manage, seen on a VM's host (conntrack / sock_diag).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -56,11 +56,7 @@ impl Fact {
             }
             Fact::RouteLearned {
                 core: env, cidr, ..
-            } => core(env).is_some_and(|c| {
-                c.routes
-                    .iter()
-                    .any(|r| !r.via_smig_tunnel && r.prefix.contains(cidr))
-            }),
+            } => core(env).is_some_and(|c| c.routes.iter().any(|r| r.learned_for(cidr))),
             Fact::ConnectionsSecured { vm, tls_ports } => {
                 observed.connections.get(vm).is_none_or(|conns| {
                     conns.iter().all(|c| {
@@ -151,6 +147,55 @@ mod tests {
             tls_ports: vec![]
         }
         .holds(&o));
+    }
+
+    #[test]
+    fn a_route_is_learned_only_with_a_next_hop_and_a_prefix() {
+        let cidr: ipnet::Ipv4Net = "192.168.20.0/24".parse().unwrap();
+        let learned = Fact::RouteLearned {
+            core: "dc".into(),
+            subnet: "batch".into(),
+            cidr,
+        };
+        let with = |routes: Vec<Route>| {
+            let mut o = Observed::empty();
+            o.routing_cores.insert(
+                "dc".into(),
+                ObservedRoutingCore {
+                    routes,
+                    tunnels: vec![],
+                },
+            );
+            o
+        };
+        let route = |prefix: &str, via: Option<&str>, dev: &str, tunnel: bool| Route {
+            prefix: prefix.parse().unwrap(),
+            via: via.map(|v| v.parse().unwrap()),
+            dev: Some(dev.into()),
+            via_smig_tunnel: tunnel,
+        };
+        // The lab core before any routing protocol: connected and default routes only.
+        let initial = vec![
+            route("0.0.0.0/0", Some("10.77.254.1"), "wan0", false),
+            route("192.168.20.0/24", None, "br-batch", false),
+            route("10.78.0.0/24", Some("10.77.254.1"), "wan0", false),
+        ];
+        assert!(!learned.holds(&with(initial.clone())));
+        assert!(!learned.holds(&Observed::empty()));
+        // Through the tunnel does not count either.
+        let mut tunnelled = initial.clone();
+        tunnelled.push(route("192.168.20.0/24", Some("172.31.0.21"), "smx-1", true));
+        assert!(!learned.holds(&with(tunnelled)));
+        // A learned route for the subnet or a covering prefix does.
+        for prefix in ["192.168.20.0/24", "192.168.0.0/16"] {
+            let mut routes = initial.clone();
+            routes.push(route(prefix, Some("10.77.254.1"), "wan0", false));
+            assert!(learned.holds(&with(routes)), "{prefix}");
+        }
+        // A more specific one covers only part of the subnet.
+        let mut part = initial;
+        part.push(route("192.168.20.0/25", Some("10.77.254.1"), "wan0", false));
+        assert!(!learned.holds(&with(part)));
     }
 
     #[test]

@@ -184,6 +184,18 @@ pub fn vni(purpose: &str) -> u32 {
     v.max(4096)
 }
 
+/// The MAC address of a smig link: locally administered, unicast, `fe:ff:` and 4 bytes of a
+/// hash of its name and local address (both ends of a path share the name; their MACs must
+/// differ, or each bridge would take the other end's frames for its own). A Linux bridge whose address was never set takes the lowest MAC of its
+/// ports, so a port with a lower MAC would change the bridge's own address when smig adds it
+/// — and with it the subnet gateway's MAC on a routing core, which its guests keep in their
+/// ARP caches. Above every ordinary port MAC (libvirt's taps are `fe:54:..`), smig's link
+/// leaves the bridge's address alone.
+pub fn high_mac(name: &str, local: Ipv4Addr) -> [u8; 6] {
+    let d = Sha256::digest(format!("{name} {local}").as_bytes());
+    [0xfe, 0xff, d[0], d[1], d[2], d[3]]
+}
+
 /// What a VXLAN link smig makes looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanSpec {
@@ -219,6 +231,7 @@ pub async fn ensure_vxlan(h: &Handle, spec: &VxlanSpec) -> Result<(), String> {
             .map_err(|e| nl_err("delete stale link", e))?;
     }
     let msg = LinkVxlan::new(&spec.name, spec.vni)
+        .address(high_mac(&spec.name, spec.local).to_vec())
         .local(spec.local)
         .remote(spec.remote)
         .port(VXLAN_PORT)
@@ -273,6 +286,17 @@ mod tests {
         assert!(a.starts_with("smx-"));
         assert_eq!(a, link_name("tunnel app core:dc cloud.c1"));
         assert_ne!(a, link_name("tunnel batch core:dc cloud.c1"));
+    }
+
+    #[test]
+    fn link_macs_are_unicast_local_and_above_ordinary_ports() {
+        let (a, b) = (Ipv4Addr::new(172, 31, 0, 1), Ipv4Addr::new(172, 31, 0, 21));
+        let m = high_mac("smx-0123456789", a);
+        assert_eq!(m[0] & 1, 0, "unicast");
+        assert_eq!(m[0] & 2, 2, "locally administered");
+        assert!(m > [0xfe, 0x54, 0, 0, 0, 0], "above libvirt's taps");
+        assert_eq!(m, high_mac("smx-0123456789", a));
+        assert_ne!(m, high_mac("smx-0123456789", b), "the two ends differ");
     }
 
     #[test]

@@ -345,6 +345,12 @@ impl NetnsHostNetwork {
             })
     }
 
+    /// The overlay endpoint address (the /32 on `lo`) of a host id or `core:<env>`: where
+    /// its end of a data path is.
+    pub async fn overlay_of(&self, endpoint: &str) -> DriverResult<Ipv4Addr> {
+        self.overlay("network.overlay_address", endpoint).await
+    }
+
     /// Deletes the table when nothing of smig's is left in it.
     async fn tidy(&self, op: &str, endpoint: &str, o: &Arc<dyn HostOps>) -> DriverResult<()> {
         let p = o

@@ -22,6 +22,13 @@
 //!   10.77.0.11 → 172.31.0.11, 10.78.0.21 → 172.31.0.21). Two hosts that would get the same
 //!   overlay address are a configuration error.
 //!
+//! Subnet tunnels (a VXLAN from a routing core to a host, [`super::netns`]) are carried by a
+//! connection of their own, [`tunnel_connection_name`] (`smig-tunnel.<subnet>.<env>.<host
+//! id>`): the `.` after `tunnel` cannot follow a secure_link name (an identifier), so
+//! discovery of secure_link connections ([`Ipsec::connections`]) leaves them out. Its key is
+//! drawn fresh for each tunnel ([`fresh_psk`]) and goes to the two daemons only. A routing
+//! core's daemon is reached through `core_socket_template` (`{env}`, `{netns}`).
+//!
 //! One request at a time per host (VICI has no request ids): each host's connection sits
 //! behind a mutex held for a whole driver call. A connection that broke (charon restarted) is
 //! replaced once; a daemon that cannot be reached is [`DriverError::Unreachable`] naming the
@@ -32,7 +39,7 @@ pub mod wire;
 
 use self::wire::{Message, Packet, WireError};
 use super::{DriverError, DriverResult, Ipsec, IpsecConfig, IpsecCredential};
-use crate::model::{HostId, IpsecConnection, Landscape};
+use crate::model::{HostId, IpsecConnection, Landscape, Secret};
 use ipnet::Ipv4Net;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -43,10 +50,52 @@ use tokio::sync::Mutex;
 
 /// The lab's VICI socket per host (lab/README.md).
 pub const LAB_SOCKET_TEMPLATE: &str = "/run/smig-lab/hosts/{host}/charon.vici";
+/// The lab's VICI socket of the routing core's charon (lab/README.md).
+pub const LAB_CORE_SOCKET_TEMPLATE: &str = "/run/smig-lab/hosts/core/charon.vici";
 /// The lab's overlay endpoint network (172.31.0.x/32 on each host's `lo`).
 pub const LAB_OVERLAY_PREFIX: &str = "172.31.0.0/24";
 /// Prefix of every connection, CHILD_SA and shared key smig owns.
 pub const OWNED_PREFIX: &str = "smig-";
+/// Prefix of the connections that carry subnet tunnels (never a secure_link's).
+pub const TUNNEL_PREFIX: &str = "smig-tunnel.";
+/// IKE and ESP proposals of a subnet tunnel's connection (kernel-libipsec can do them).
+pub const TUNNEL_PROPOSALS: [&str; 1] = ["aes256-sha256-modp2048"];
+
+/// The name of the IPsec connection carrying `subnet`'s tunnel from the routing core of `env`
+/// to `host`. Both ends use it.
+pub fn tunnel_connection_name(subnet: &str, env: &str, host: &HostId) -> String {
+    format!("{TUNNEL_PREFIX}{subnet}.{env}.{host}")
+}
+
+/// The host end of a tunnel connection of `subnet` at the routing core of `env`, from its name.
+pub fn tunnel_host(name: &str, subnet: &str, env: &str) -> Option<HostId> {
+    let host = name.strip_prefix(&format!("{TUNNEL_PREFIX}{subnet}.{env}."))?;
+    (!host.is_empty()).then(|| HostId(host.to_string()))
+}
+
+/// The id under which the driver reaches the routing core of `env` (`core:<env>`, as a
+/// tunnel's far end is written).
+pub fn core_id(env: &str) -> HostId {
+    HostId(format!("core:{env}"))
+}
+
+/// A fresh random pre-shared key (256 bits, hex) from the operating system's generator.
+pub fn fresh_psk() -> DriverResult<Secret> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| {
+        DriverError::failed("ipsec.key", "this machine", format!("no random bytes: {e}"))
+    })?;
+    Ok(Secret::new(hex::encode(bytes)))
+}
+
+/// One end of a subnet tunnel's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// A host id, or [`core_id`] for a routing core.
+    pub id: HostId,
+    /// The overlay endpoint address the tunnel's VXLAN uses at this end.
+    pub overlay: Ipv4Addr,
+}
 
 /// Where the driver finds each host's daemon and overlay address, and how it talks to it.
 #[derive(Debug, Clone)]
@@ -57,6 +106,8 @@ pub struct ViciOptions {
     pub socket_template: Option<String>,
     /// Explicit overlay endpoint address per host.
     pub overlays: BTreeMap<HostId, Ipv4Addr>,
+    /// Socket path of a routing core's daemon: `{env}`, `{netns}` (from its `network`).
+    pub core_socket_template: Option<String>,
     /// Overlay network for hosts without an explicit address (see the module docs).
     pub overlay_prefix: Option<Ipv4Net>,
     /// ESP in UDP (`encap = yes`); kernel-libipsec needs it.
@@ -76,6 +127,7 @@ impl ViciOptions {
     pub fn lab() -> ViciOptions {
         ViciOptions {
             socket_template: Some(LAB_SOCKET_TEMPLATE.to_string()),
+            core_socket_template: Some(LAB_CORE_SOCKET_TEMPLATE.to_string()),
             overlay_prefix: LAB_OVERLAY_PREFIX.parse().ok(),
             ..ViciOptions::default()
         }
@@ -88,6 +140,7 @@ impl Default for ViciOptions {
             sockets: BTreeMap::new(),
             socket_template: None,
             overlays: BTreeMap::new(),
+            core_socket_template: None,
             overlay_prefix: None,
             encap: true,
             dpd_delay_s: 10,
@@ -100,7 +153,8 @@ impl Default for ViciOptions {
 
 struct HostEntry {
     socket: Result<PathBuf, String>,
-    underlay: Ipv4Addr,
+    /// None for a routing core (the configuration does not give its address).
+    underlay: Option<Ipv4Addr>,
     overlay: Result<Ipv4Addr, String>,
     /// The open VICI connection; the mutex is held for a whole driver call.
     conn: Mutex<Option<UnixStream>>,
@@ -109,6 +163,8 @@ struct HostEntry {
 /// The strongSwan VICI driver.
 pub struct Vici {
     hosts: BTreeMap<HostId, HostEntry>,
+    /// Routing cores, by [`core_id`]: subnet tunnels end there.
+    cores: BTreeMap<HostId, HostEntry>,
     options: ViciOptions,
     /// Private keys this driver loaded, by host and connection (`load-key` ids), so unload
     /// can remove them.
@@ -187,14 +243,45 @@ impl Vici {
                 h.id.clone(),
                 HostEntry {
                     socket,
-                    underlay: h.address,
+                    underlay: Some(h.address),
                     overlay,
+                    conn: Mutex::new(None),
+                },
+            );
+        }
+        let mut cores = BTreeMap::new();
+        for (env, e) in &landscape.environments {
+            let Some(core) = &e.routing_core else {
+                continue;
+            };
+            let socket = match &options.core_socket_template {
+                None => Err(format!(
+                    "no VICI socket configured for the routing core of {env}"
+                )),
+                Some(t) if t.contains("{netns}") => match core.network.strip_prefix("netns:") {
+                    Some(ns) => Ok(PathBuf::from(t.replace("{env}", env).replace("{netns}", ns))),
+                    None => Err(format!(
+                        "the routing core VICI socket template needs {{netns}} but the routing core of {env} has network = \"{}\"",
+                        core.network
+                    )),
+                },
+                Some(t) => Ok(PathBuf::from(t.replace("{env}", env))),
+            };
+            cores.insert(
+                core_id(env),
+                HostEntry {
+                    socket,
+                    underlay: None,
+                    overlay: Err(format!(
+                        "the routing core of {env} has no configured overlay address"
+                    )),
                     conn: Mutex::new(None),
                 },
             );
         }
         Ok(Vici {
             hosts,
+            cores,
             options,
             keys: Mutex::new(BTreeMap::new()),
         })
@@ -203,6 +290,7 @@ impl Vici {
     fn entry(&self, op: &str, host: &HostId) -> DriverResult<&HostEntry> {
         self.hosts
             .get(host)
+            .or_else(|| self.cores.get(host))
             .ok_or_else(|| DriverError::failed(op, host, "the host is not in the landscape"))
     }
 
@@ -699,6 +787,11 @@ pub fn parse_conns(event: &Message) -> Vec<LoadedConn> {
         .collect()
 }
 
+/// Whether `name` is a subnet tunnel's connection ([`tunnel_connection_name`]).
+pub fn is_tunnel(name: &str) -> bool {
+    name.starts_with(TUNNEL_PREFIX)
+}
+
 /// The far end's host id from an IKE identity `<connection>@<host id>`.
 pub fn remote_host(name: &str, identity: &str) -> Option<HostId> {
     let (conn, host) = identity.rsplit_once('@')?;
@@ -731,12 +824,141 @@ impl Vici {
         let addrs: Vec<Ipv4Addr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
         self.hosts
             .iter()
-            .find(|(_, e)| addrs.contains(&e.underlay))
+            .find(|(_, e)| e.underlay.is_some_and(|u| addrs.contains(&u)))
             .map(|(id, _)| id.clone())
     }
 }
 
 impl Vici {
+    /// The `load-conn` message for `local`'s end of a subnet tunnel's connection (no key in
+    /// it): IKEv2 with a pre-shared key, identities `<name>@<end id>`, CHILD_SA between the two
+    /// overlay addresses. An end without a configured address (a routing core) is `%any` to
+    /// its peer and lets its own daemon pick the source address.
+    pub fn tunnel_conn_message(
+        &self,
+        name: &str,
+        local: &TunnelEnd,
+        remote: &TunnelEnd,
+    ) -> DriverResult<Message> {
+        let op = "ipsec.tunnel";
+        let local_addr = self.entry(op, &local.id)?.underlay;
+        let remote_addr = self.entry(op, &remote.id)?.underlay;
+        let child = Message::new()
+            .list("local_ts", [format!("{}/32", local.overlay)])
+            .list("remote_ts", [format!("{}/32", remote.overlay)])
+            .list("esp_proposals", TUNNEL_PROPOSALS)
+            .kv("mode", "tunnel")
+            .kv("start_action", "none")
+            .kv("close_action", "none")
+            // Only the end that knows where its peer is can bring the SA back.
+            .kv(
+                "dpd_action",
+                if remote_addr.is_some() {
+                    "restart"
+                } else {
+                    "clear"
+                },
+            );
+        let mut conn = Message::new().kv("version", "2");
+        if let Some(a) = local_addr {
+            conn = conn.list("local_addrs", [a.to_string()]);
+        }
+        let conn = conn
+            .list(
+                "remote_addrs",
+                [remote_addr.map_or_else(|| "%any".to_string(), |a| a.to_string())],
+            )
+            .kv("encap", if self.options.encap { "yes" } else { "no" })
+            .kv("unique", "replace")
+            .kv("keyingtries", "1")
+            .list("proposals", TUNNEL_PROPOSALS);
+        let conn = if self.options.dpd_delay_s > 0 {
+            conn.kv("dpd_delay", format!("{}s", self.options.dpd_delay_s))
+        } else {
+            conn
+        };
+        let conn = conn
+            .section(
+                "local",
+                Message::new()
+                    .kv("auth", "psk")
+                    .kv("id", ike_identity(name, &local.id)),
+            )
+            .section(
+                "remote",
+                Message::new()
+                    .kv("auth", "psk")
+                    .kv("id", ike_identity(name, &remote.id)),
+            )
+            .section("children", Message::new().section(name, child));
+        Ok(Message::new().section(name, conn))
+    }
+
+    /// Brings up the IPsec connection `name` of a subnet tunnel: loads both ends with a key
+    /// drawn for it now ([`fresh_psk`]), then initiates it from `initiator` and waits until
+    /// its CHILD_SA is installed. An SA already installed on both ends is kept as it is.
+    pub async fn tunnel_up(
+        &self,
+        name: &str,
+        initiator: &TunnelEnd,
+        responder: &TunnelEnd,
+    ) -> DriverResult<()> {
+        let op = "ipsec.tunnel_up";
+        if !is_tunnel(name) {
+            return Err(DriverError::failed(
+                op,
+                &initiator.id,
+                format!("{name} is not a tunnel connection ({TUNNEL_PREFIX}...)"),
+            ));
+        }
+        if self.sa_installed(&initiator.id, name).await?
+            && self.sa_installed(&responder.id, name).await?
+        {
+            return Ok(());
+        }
+        let psk = fresh_psk()?;
+        // The responder first: the initiator's IKE_AUTH finds its end ready.
+        for (me, peer) in [(responder, initiator), (initiator, responder)] {
+            let conn = self.tunnel_conn_message(name, me, peer)?;
+            let shared = Message::new()
+                .kv("id", shared_key_id(name))
+                .kv("type", "IKE")
+                .kv("data", psk.expose())
+                .list(
+                    "owners",
+                    [ike_identity(name, &me.id), ike_identity(name, &peer.id)],
+                );
+            let mut s = self.session(op, &me.id).await?;
+            s.command("load-shared", &shared).await?;
+            s.command("load-conn", &conn).await?;
+        }
+        self.initiate(&initiator.id, name).await
+    }
+
+    /// Whether the CHILD_SA of connection `name` is installed on `host` (a host or a core).
+    pub async fn sa_installed(&self, host: &HostId, name: &str) -> DriverResult<bool> {
+        let mut s = self.session("ipsec.sas", host).await?;
+        Ok(s.sas(Some(name))
+            .await?
+            .iter()
+            .any(|sa| sa.installed(name).is_some()))
+    }
+
+    /// Names of the connections and SAs on `host` (a host or a core) that start with `prefix`.
+    pub async fn names_with_prefix(
+        &self,
+        host: &HostId,
+        prefix: &str,
+    ) -> DriverResult<Vec<String>> {
+        let mut s = self.session("ipsec.connections", host).await?;
+        let mut names: Vec<String> = s.conns(None).await?.into_iter().map(|c| c.name).collect();
+        names.extend(s.sas(None).await?.into_iter().map(|sa| sa.name));
+        names.retain(|n| n.starts_with(prefix));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// Ids of the shared keys loaded over VICI on `host` (`get-shared`): smig's are
     /// [`shared_key_id`]s. Only ids, never the keys.
     pub async fn shared_key_ids(&self, host: &HostId) -> DriverResult<Vec<String>> {
@@ -770,7 +992,9 @@ impl Ipsec for Vici {
                         .cloned()
                 })
         };
-        for c in conns.iter().filter(|c| c.name.starts_with(OWNED_PREFIX)) {
+        // Tunnel connections are no secure_link's: not reported here.
+        let link_conn = |name: &str| name.starts_with(OWNED_PREFIX) && !is_tunnel(name);
+        for c in conns.iter().filter(|c| link_conn(&c.name)) {
             let Some(remote) = remote_of(&c.name, &c.remote_ids, &c.remote_addrs) else {
                 continue;
             };
@@ -786,7 +1010,7 @@ impl Ipsec for Vici {
                 },
             );
         }
-        for sa in sas.iter().filter(|s| s.name.starts_with(OWNED_PREFIX)) {
+        for sa in sas.iter().filter(|s| link_conn(&s.name)) {
             // An SA whose connection was unloaded still counts: it is smig's to clean up.
             if !out.contains_key(&sa.name) {
                 let ids: Vec<String> = sa.remote_id.iter().cloned().collect();
@@ -1056,4 +1280,4 @@ fn with_log(e: DriverError, logs: &[Message]) -> DriverError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -199,7 +199,7 @@ fn names_identities_and_links() {
 }
 
 /// A `list-sa` event as charon 5.9 sends it (trimmed).
-fn sa_event(name: &str, state: &str, child_state: &str, bytes_in: &str) -> Message {
+pub(crate) fn sa_event(name: &str, state: &str, child_state: &str, bytes_in: &str) -> Message {
     Message::new().section(
         name,
         Message::new()
@@ -228,7 +228,7 @@ fn sa_event(name: &str, state: &str, child_state: &str, bytes_in: &str) -> Messa
     )
 }
 
-fn conn_event(name: &str) -> Message {
+pub(crate) fn conn_event(name: &str) -> Message {
     Message::new().section(
         name,
         Message::new()
@@ -268,13 +268,18 @@ fn parses_listings() {
     assert_eq!(conns[0].children, vec![NAME.to_string()]);
 }
 
-type Log = Arc<StdMutex<Vec<(String, Message)>>>;
-type Answer = Arc<dyn Fn(&str, &Message) -> (Vec<Message>, Message) + Send + Sync>;
+pub(crate) type Log = Arc<StdMutex<Vec<(String, Message)>>>;
+pub(crate) type Answer = Arc<dyn Fn(&str, &Message) -> (Vec<Message>, Message) + Send + Sync>;
 
 /// A stand-in charon on a Unix socket: confirms event registrations, records every command
 /// and answers through `answer`. With `close_first` the first connection is closed after that
 /// many commands (a daemon restarted under a cached connection).
-async fn fake_charon(path: PathBuf, answer: Answer, log: Log, close_first: Option<usize>) {
+pub(crate) async fn fake_charon(
+    path: PathBuf,
+    answer: Answer,
+    log: Log,
+    close_first: Option<usize>,
+) {
     let listener = UnixListener::bind(&path).unwrap();
     tokio::spawn(async move {
         let mut first = close_first;
@@ -340,7 +345,7 @@ fn driver_with_socket(path: &std::path::Path) -> Vici {
     Vici::new(&landscape(), o).unwrap()
 }
 
-fn ok() -> Message {
+pub(crate) fn ok() -> Message {
     Message::new().kv("success", "yes")
 }
 
@@ -573,4 +578,169 @@ async fn a_hanging_daemon_times_out_and_the_next_call_starts_afresh() {
     drop(s);
     // The late answer of the hung request can never be taken for this one's.
     assert_eq!(v.shared_key_ids(&hv1()).await.unwrap(), vec!["k"]);
+}
+
+fn with_core(mut l: Landscape) -> Landscape {
+    if let Some(dc) = l.environments.get_mut("dc") {
+        dc.routing_core = Some(crate::model::RoutingCore {
+            network: "netns:dc-core".into(),
+        });
+    }
+    l
+}
+
+const TUNNEL: &str = "smig-tunnel.batch.dc.cloud.c1";
+
+fn tunnel_ends() -> (TunnelEnd, TunnelEnd) {
+    (
+        TunnelEnd {
+            id: core_id("dc"),
+            overlay: Ipv4Addr::new(172, 31, 0, 1),
+        },
+        TunnelEnd {
+            id: c1(),
+            overlay: Ipv4Addr::new(172, 31, 0, 21),
+        },
+    )
+}
+
+#[test]
+fn tunnel_names_are_never_secure_link_names() {
+    assert_eq!(tunnel_connection_name("batch", "dc", &c1()), TUNNEL);
+    assert_eq!(tunnel_host(TUNNEL, "batch", "dc"), Some(c1()));
+    assert_eq!(tunnel_host(TUNNEL, "app", "dc"), None);
+    assert!(is_tunnel(TUNNEL));
+    // A secure_link named "tunnel": its connection is a secure_link's, not a tunnel's.
+    let link = crate::model::ipsec_connection_name("tunnel", &hv1(), &c1());
+    assert!(!is_tunnel(&link), "{link}");
+    assert!(!is_tunnel(NAME));
+}
+
+#[test]
+fn routing_cores_get_their_socket_from_the_core_template() {
+    let v = Vici::new(&with_core(landscape()), ViciOptions::lab()).unwrap();
+    assert_eq!(
+        v.socket(&core_id("dc")).unwrap(),
+        PathBuf::from("/run/smig-lab/hosts/core/charon.vici")
+    );
+    let o = ViciOptions {
+        core_socket_template: Some("/run/{netns}/{env}.vici".into()),
+        ..ViciOptions::lab()
+    };
+    let v = Vici::new(&with_core(landscape()), o).unwrap();
+    assert_eq!(
+        v.socket(&core_id("dc")).unwrap(),
+        PathBuf::from("/run/dc-core/dc.vici")
+    );
+    let o = ViciOptions {
+        core_socket_template: None,
+        ..ViciOptions::lab()
+    };
+    let v = Vici::new(&with_core(landscape()), o).unwrap();
+    let e = v.socket(&core_id("dc")).unwrap_err().to_string();
+    assert!(e.contains("routing core of dc"), "{e}");
+}
+
+#[test]
+fn tunnel_conn_messages_join_the_overlays_and_only_the_host_end_has_an_address() {
+    let v = Vici::new(&with_core(landscape()), ViciOptions::lab()).unwrap();
+    let (core, host) = tunnel_ends();
+    let m = v.tunnel_conn_message(TUNNEL, &core, &host).unwrap();
+    let conn = m.sub(TUNNEL).unwrap();
+    assert!(conn.strs("local_addrs").is_empty());
+    assert_eq!(conn.strs("remote_addrs"), vec!["10.78.0.21"]);
+    assert_eq!(conn.str("encap").as_deref(), Some("yes"));
+    assert_eq!(
+        conn.sub("local").unwrap().str("id"),
+        Some(format!("{TUNNEL}@core:dc"))
+    );
+    assert_eq!(
+        conn.sub("remote").unwrap().str("id"),
+        Some(format!("{TUNNEL}@cloud.c1"))
+    );
+    let child = conn.sub("children").unwrap().sub(TUNNEL).unwrap();
+    assert_eq!(child.strs("local_ts"), vec!["172.31.0.1/32"]);
+    assert_eq!(child.strs("remote_ts"), vec!["172.31.0.21/32"]);
+    assert_eq!(child.str("dpd_action").as_deref(), Some("restart"));
+    let m = v.tunnel_conn_message(TUNNEL, &host, &core).unwrap();
+    let conn = m.sub(TUNNEL).unwrap();
+    assert_eq!(conn.strs("local_addrs"), vec!["10.78.0.21"]);
+    assert_eq!(conn.strs("remote_addrs"), vec!["%any"]);
+    let child = conn.sub("children").unwrap().sub(TUNNEL).unwrap();
+    assert_eq!(child.str("dpd_action").as_deref(), Some("clear"));
+}
+
+#[test]
+fn fresh_keys_differ_and_never_show() {
+    let (a, b) = (fresh_psk().unwrap(), fresh_psk().unwrap());
+    assert_ne!(a.expose(), b.expose());
+    assert_eq!(a.expose().len(), 64);
+    assert!(!format!("{a} {a:?}").contains(a.expose()));
+}
+
+#[tokio::test]
+async fn tunnel_up_keys_both_ends_alike_and_initiates_from_the_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let (core_path, host_path) = (dir.path().join("core.vici"), dir.path().join("c1.vici"));
+    let up = Arc::new(StdMutex::new(false));
+    let answer = |up: Arc<StdMutex<bool>>| -> Answer {
+        Arc::new(move |cmd, _| match cmd {
+            "list-sas" if *up.lock().unwrap() => (
+                vec![sa_event(TUNNEL, "ESTABLISHED", "INSTALLED", "1")],
+                Message::new(),
+            ),
+            "initiate" => {
+                *up.lock().unwrap() = true;
+                (vec![], ok())
+            }
+            _ => (vec![], ok()),
+        })
+    };
+    let (core_log, host_log): (Log, Log) = (Arc::default(), Arc::default());
+    fake_charon(
+        core_path.clone(),
+        answer(up.clone()),
+        core_log.clone(),
+        None,
+    )
+    .await;
+    fake_charon(
+        host_path.clone(),
+        answer(up.clone()),
+        host_log.clone(),
+        None,
+    )
+    .await;
+    let mut o = ViciOptions::lab();
+    o.core_socket_template = Some(core_path.display().to_string());
+    o.sockets.insert(c1(), host_path);
+    let v = Vici::new(&with_core(landscape()), o).unwrap();
+    let (core, host) = tunnel_ends();
+    v.tunnel_up(TUNNEL, &core, &host).await.unwrap();
+    let cmds = |log: &Log| -> Vec<String> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .map(|(c, _)| c.clone())
+            .filter(|c| c != "list-sas")
+            .collect()
+    };
+    assert_eq!(cmds(&host_log), ["load-shared", "load-conn"]);
+    assert_eq!(cmds(&core_log), ["load-shared", "load-conn", "initiate"]);
+    let key = |log: &Log| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .find(|(c, _)| c == "load-shared")
+            .and_then(|(_, m)| m.str("data"))
+            .unwrap()
+    };
+    let (k1, k2) = (key(&core_log), key(&host_log));
+    assert_eq!(k1, k2, "both ends get the same key");
+    assert_eq!(k1.len(), 64);
+    // Up on both ends: a repeated call changes nothing and draws no new key.
+    v.tunnel_up(TUNNEL, &core, &host).await.unwrap();
+    assert_eq!(cmds(&core_log).len(), 3);
+    // Discovery of secure_link connections does not report the tunnel's.
+    assert!(v.connections(&c1()).await.unwrap().is_empty());
 }
