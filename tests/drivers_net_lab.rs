@@ -264,6 +264,9 @@ async fn host_network_driver_on_the_lab() {
     drv.reset_connections(&hv2, db, &echo)
         .await
         .expect("reset of a gone connection is fine");
+    // The reset rules stay armed in the background until each flow met its reset (or the
+    // window ends); settling waits for them to go.
+    drv.settle().await.expect("settle");
     eprintln!(
         "reset call {reset_ms} ms, web reconnected {:.2} s after the call",
         reconnected.as_secs_f64()

@@ -176,6 +176,7 @@ impl Engine {
             None,
             Some(summary),
         )
+        .await
     }
 
     async fn roll_back(
@@ -254,19 +255,24 @@ impl Engine {
             ForwardEnd::Journal(e) => return Err(e.into()),
         };
         self.finish(command, apply_id, plan, shared, outcome, error, summary)
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn finish(
+    async fn finish(
         &self,
         command: &str,
         apply_id: &str,
         plan: &Plan,
         shared: Arc<Shared>,
         outcome: Outcome,
-        error: Option<String>,
+        mut error: Option<String>,
         summary: Option<RollbackSummary>,
     ) -> Result<Run, ApplyError> {
+        // What drivers left running in the background ends before the run does.
+        if let Err(e) = self.ctx.drivers.network.settle().await {
+            error.get_or_insert_with(|| format!("after the steps: {e}"));
+        }
         let ms = shared.elapsed_ms();
         shared.record(
             Record::Finished { outcome },

@@ -293,6 +293,12 @@ pub trait HostNetwork: Send + Sync {
             "this driver has no overlay data path",
         ))
     }
+    /// Waits for what earlier calls left running in the background (a reset's transient
+    /// rules stay armed until each flow met its reset) and reports the first failure. An
+    /// apply calls it before it ends.
+    async fn settle(&self) -> DriverResult<()> {
+        Ok(())
+    }
 }
 
 /// A host's IPsec daemon (strongSwan over VICI).

@@ -393,6 +393,9 @@ impl HostNetwork for SubnetTunnels {
     async fn overlay_remove(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
         self.network.overlay_remove(a, b, subnet).await
     }
+    async fn settle(&self) -> DriverResult<()> {
+        self.network.settle().await
+    }
 }
 
 #[cfg(test)]

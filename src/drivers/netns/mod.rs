@@ -212,6 +212,8 @@ pub struct NetnsHostNetwork {
     /// One lock per endpoint: changes to an endpoint's nftables tables and links are
     /// read-modify-write, so two steps acting on one host at once take turns.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Background work of earlier calls (armed resets), awaited by `settle`.
+    pending: Mutex<Vec<tokio::task::JoinHandle<DriverResult<()>>>>,
     /// How long a reset waits for the guests' next packets (each sees the RST). A peer of a
     /// VM that was blocked for a while sends again only at its next TCP retransmission, and
     /// the retransmission timer doubles each time: the window covers a few seconds of block.
@@ -257,6 +259,7 @@ impl NetnsHostNetwork {
                 .collect(),
             ops: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
             reset_window: Duration::from_secs(10),
         }
     }
@@ -568,6 +571,16 @@ impl NetnsHostNetwork {
     }
 }
 
+/// Removes the transient reset rules from every armed host.
+async fn disarm(op: &str, armed: &[(HostId, Arc<dyn HostOps>)]) -> DriverResult<()> {
+    for (h, o) in armed {
+        o.nft_apply(nft::unreset_commands())
+            .await
+            .map_err(|e| DriverError::failed(op, h, e))?;
+    }
+    Ok(())
+}
+
 /// What a data path is for; both ends derive its link name and VNI from this.
 fn path_purpose(kind: &str, subnet: &str, a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
@@ -746,8 +759,8 @@ impl HostNetwork for NetnsHostNetwork {
 
     /// The VM's connections as every hypervisor host's conntrack sees them (`host` first): a
     /// VM just moved and still blocked has none on its new host yet, while its peers' hosts
-    /// and its old host still track the flows it had. A flow counts as IPsec-protected only
-    /// when every host that sees it saw it begin through a smig path.
+    /// and its old host still track the flows it had. A flow counts as IPsec-protected when a
+    /// host saw it begin through a smig path (a host's own sockets are not marked there).
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
         let op = "network.connections";
         let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> = BTreeMap::new();
@@ -760,7 +773,7 @@ impl HostNetwork for NetnsHostNetwork {
             for c in entries.iter().filter_map(|e| connection_of(e, address)) {
                 let key = (c.local, c.remote, c.protocol as u8);
                 seen.entry(key)
-                    .and_modify(|known| known.ipsec &= c.ipsec)
+                    .and_modify(|known| known.ipsec |= c.ipsec)
                     .or_insert(c);
             }
         }
@@ -797,8 +810,6 @@ impl HostNetwork for NetnsHostNetwork {
                 tracked.insert(h.clone(), mine);
             }
         }
-        let names: Vec<&str> = tracked.keys().map(|h| h.0.as_str()).collect();
-        let _turn = self.exclusive(op, &names).await?;
         let tcp: Vec<nft::Flow> = connections
             .iter()
             .filter(|c| c.protocol == Protocol::Tcp)
@@ -810,40 +821,53 @@ impl HostNetwork for NetnsHostNetwork {
             })
             .collect();
         if !tcp.is_empty() {
-            // The next packet of each flow, either way, entering a port of a subnet bridge on
-            // any of those hosts is answered with a RST out of that port.
+            // Every packet of each flow, either way, entering a port of a subnet bridge on any
+            // of those hosts is answered with a RST out of that port: from now on the flows
+            // carry nothing, and each guest sees its RST with its next packet. The rules stay
+            // armed in the background until every flow met its reset or the window ends
+            // (`settle` waits for that); the apply goes on meanwhile.
+            let keys: Vec<String> = tracked.keys().map(|h| format!("reset {}", h.0)).collect();
+            let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let turn = self.exclusive(op, &names).await?;
             let mut armed = Vec::new();
             for h in tracked.keys() {
                 let o = self.ops(op, &h.0)?;
                 let ports = self.bridge_ports(op, h, &o).await?;
-                o.nft_apply(nft::reset_commands(&tcp, &ports))
+                let r = o
+                    .nft_apply(nft::reset_commands(&tcp, &ports))
                     .await
-                    .map_err(|e| DriverError::failed(op, h, e))?;
-                armed.push((h, o));
+                    .map_err(|e| DriverError::failed(op, h, e));
+                armed.push((h.clone(), o));
+                if let Err(e) = r {
+                    disarm(op, &armed).await?;
+                    return Err(e);
+                }
             }
-            // Wait until each flow's next packet met its reset somewhere (or the window ends:
-            // a flow that sends nothing is left to the conntrack deletion below).
-            let deadline = Instant::now() + self.reset_window;
-            let mut outcome = Ok(());
-            while Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let mut sent = std::collections::BTreeSet::new();
-                for (h, o) in &armed {
-                    match o.nft_list("netdev").await {
-                        Ok(listed) => sent.extend(nft::resets_sent(&listed)),
-                        Err(e) => outcome = Err(DriverError::failed(op, *h, e)),
+            let window = self.reset_window;
+            let flows = tcp.len();
+            let task = tokio::spawn(async move {
+                let _turn = turn;
+                let deadline = Instant::now() + window;
+                let mut outcome = Ok(());
+                while Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let mut sent = std::collections::BTreeSet::new();
+                    for (h, o) in &armed {
+                        match o.nft_list("netdev").await {
+                            Ok(listed) => sent.extend(nft::resets_sent(&listed)),
+                            Err(e) => outcome = Err(DriverError::failed(op, h, e)),
+                        }
+                    }
+                    if sent.len() == flows || outcome.is_err() {
+                        break;
                     }
                 }
-                if sent.len() == tcp.len() || outcome.is_err() {
-                    break;
-                }
+                disarm(op, &armed).await?;
+                outcome
+            });
+            if let Ok(mut p) = self.pending.lock() {
+                p.push(task);
             }
-            for (h, o) in &armed {
-                o.nft_apply(nft::unreset_commands())
-                    .await
-                    .map_err(|e| DriverError::failed(op, *h, e))?;
-            }
-            outcome?;
         }
         for (h, tuples) in &tracked {
             let o = self.ops(op, &h.0)?;
@@ -862,6 +886,27 @@ impl HostNetwork for NetnsHostNetwork {
 
     async fn overlay_remove(&self, a: &HostId, b: &HostId, subnet: &str) -> DriverResult<()> {
         self.path_remove("overlay", &a.0, &b.0, subnet).await
+    }
+
+    async fn settle(&self) -> DriverResult<()> {
+        let pending: Vec<_> = match self.pending.lock() {
+            Ok(mut p) => p.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut first = Ok(());
+        for task in pending {
+            let r = task.await.unwrap_or_else(|e| {
+                Err(DriverError::failed(
+                    "network.settle",
+                    "netns driver",
+                    format!("background reset: {e}"),
+                ))
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
     }
 }
 
