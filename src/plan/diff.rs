@@ -9,6 +9,7 @@ use crate::model::{
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::json;
+use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -199,6 +200,8 @@ pub(crate) struct Diff<'a> {
     pub current: HashMap<&'a str, Current<'a>>,
     pub moves: Vec<Move<'a>>,
     pub final_host: HashMap<&'a str, &'a HostId>,
+    /// Where each VM runs afterwards, in `desired.vms` order.
+    pub final_list: Vec<&'a HostId>,
     pub vm_links: HashMap<&'a str, Vec<&'a SecureLink>>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
     pub needed_sorted: Vec<SaPair>,
@@ -248,29 +251,50 @@ impl<'a> Diff<'a> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
 
-        // Where each domain is defined: one pass over the discovered hosts.
-        let mut placements: HashMap<&str, Vec<(&HostId, DomainState)>> = HashMap::new();
+        // Where each domain is defined: one pass over the discovered hosts. Nearly every
+        // domain is defined once; the others keep all their definitions in `defined_more`.
+        let domains = observed.hosts.values().map(|h| h.domains.len()).sum();
+        let mut placements: HashMap<&str, (&HostId, DomainState)> = HashMap::with_capacity(domains);
+        let mut defined_more: HashMap<&str, Vec<(&HostId, DomainState)>> = HashMap::new();
         for (hid, host) in &observed.hosts {
             for (name, d) in &host.domains {
-                placements
-                    .entry(name.as_str())
-                    .or_default()
-                    .push((hid, d.state));
+                match placements.entry(name.as_str()) {
+                    Entry::Vacant(e) => {
+                        e.insert((hid, d.state));
+                    }
+                    Entry::Occupied(e) => defined_more
+                        .entry(name.as_str())
+                        .or_insert_with(|| vec![*e.get()])
+                        .push((hid, d.state)),
+                }
             }
         }
 
         // Hash sets of declared hosts: one lookup per VM, not two tree walks.
         let declared: HashSet<&HostId> = desired.hosts().map(|h| &h.id).collect();
         let mut current: HashMap<&str, Current> = HashMap::with_capacity(desired.vms.len());
+        // Where each VM runs now, in `desired.vms` order.
+        let mut current_list: Vec<Option<Current>> = Vec::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
-            let found = placements
-                .get(vm.domain.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let active: Vec<_> = found
-                .iter()
-                .filter(|(_, s)| *s != DomainState::ShutOff)
-                .collect();
+            let single;
+            let found: &[(&HostId, DomainState)] = match placements.get(vm.domain.as_str()) {
+                None => &[],
+                Some(one) => match defined_more.get(vm.domain.as_str()) {
+                    Some(all) => all,
+                    None => {
+                        single = [*one];
+                        &single
+                    }
+                },
+            };
+            // A single definition is the answer whatever its state: no list to build.
+            let active: Vec<_> = match found {
+                [_] => Vec::new(),
+                _ => found
+                    .iter()
+                    .filter(|(_, s)| *s != DomainState::ShutOff)
+                    .collect(),
+            };
             let list = |v: &[&(&HostId, DomainState)]| {
                 v.iter()
                     .map(|(h, _)| h.to_string())
@@ -330,6 +354,9 @@ impl<'a> Diff<'a> {
                     });
                 }
                 current.insert(name.as_str(), Current { host, state });
+                current_list.push(Some(Current { host, state }));
+            } else {
+                current_list.push(None);
             }
         }
 
@@ -353,8 +380,11 @@ impl<'a> Diff<'a> {
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
         let mut final_host: HashMap<&str, &HostId> = HashMap::with_capacity(desired.vms.len());
-        for (name, vm) in &desired.vms {
-            let cur = current[name.as_str()];
+        let mut final_list: Vec<&HostId> = Vec::with_capacity(desired.vms.len());
+        for ((name, vm), cur) in desired.vms.iter().zip(&current_list) {
+            let Some(cur) = *cur else {
+                continue; // reported above
+            };
             if cur.host != &vm.host && selection.vm(name) {
                 if !observed.hosts.contains_key(&vm.host) && missing.insert(vm.host.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
@@ -375,30 +405,31 @@ impl<'a> Diff<'a> {
                     peers: Vec::new(),
                 });
                 final_host.insert(name.as_str(), &vm.host);
+                final_list.push(&vm.host);
             } else {
                 final_host.insert(name.as_str(), cur.host);
+                final_list.push(cur.host);
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
 
-        // The SAs the landscape needs once the plan is applied.
-        let mut needed = HashSet::new();
-        let mut needed_sorted = Vec::new();
+        // The SAs the landscape needs once the plan is applied, by reference until sorted.
+        let mut needed: HashSet<PairRef> = HashSet::new();
+        let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
         for link in desired.secure_links.values() {
             for (i, x) in link.between.iter().enumerate() {
                 for y in &link.between[i + 1..] {
                     let (hx, hy) = (final_host[x.as_str()], final_host[y.as_str()]);
                     if hx != hy && (!desired.is_trusted(hx) || !desired.is_trusted(hy)) {
-                        let pair = SaPair::new(&link.name, hx, hy);
-                        if needed.insert(pair.clone()) {
-                            needed_sorted.push((pair, link));
+                        let pair = pair_ref(&link.name, hx, hy);
+                        if needed.insert(pair) {
+                            needed_refs.push((pair, link));
                         }
                     }
                 }
             }
         }
-        needed_sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let needed_list: Vec<SaPair> = needed_sorted.iter().map(|(p, _)| p.clone()).collect();
+        needed_refs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
         let end_up = |link: &str, h: &HostId, r: &HostId| {
             observed_sas
@@ -406,20 +437,33 @@ impl<'a> Diff<'a> {
                 .and_then(|ends| ends.iter().find(|(a, b, _)| *a == h && *b == r))
                 .map(|e| e.2)
         };
-        let established: BTreeSet<SaPair> = needed_sorted
+        let up: Vec<bool> = needed_refs
             .iter()
-            .filter(|(p, _)| {
-                end_up(&p.link, &p.a, &p.b) == Some(true)
-                    && end_up(&p.link, &p.b, &p.a) == Some(true)
+            .map(|((link, a, b), _)| {
+                end_up(link, a, b) == Some(true) && end_up(link, b, a) == Some(true)
             })
+            .collect();
+        let needed_list: Vec<SaPair> = needed_refs
+            .iter()
+            .map(|((link, a, b), _)| SaPair {
+                link: link.to_string(),
+                a: (*a).clone(),
+                b: (*b).clone(),
+            })
+            .collect();
+        let established: BTreeSet<SaPair> = needed_list
+            .iter()
+            .zip(&up)
+            .filter(|(_, up)| **up)
             .map(|(p, _)| p.clone())
             .collect();
 
         let mut installs = Vec::new();
-        for (pair, link) in needed_sorted {
-            if established.contains(&pair) {
+        for ((pair, (_, link)), up) in needed_list.iter().zip(&needed_refs).zip(&up) {
+            if *up {
                 continue;
             }
+            let link: &SecureLink = link;
             let movers: Vec<&str> = link
                 .between
                 .iter()
@@ -438,14 +482,19 @@ impl<'a> Diff<'a> {
                     });
                 }
             }
-            let mover_hosts: BTreeSet<&HostId> = movers.iter().map(|m| moving[m].to).collect();
-            let untrusted: Vec<&HostId> = [&pair.a, &pair.b]
-                .into_iter()
-                .filter(|h| !desired.is_trusted(h))
-                .collect();
-            let initiator = match (mover_hosts.len(), untrusted.as_slice()) {
-                (1, _) => (*mover_hosts.iter().next().unwrap_or(&&pair.b)).clone(),
-                (_, [one]) => (*one).clone(),
+            // The movers' new host when they all go to one host, else the one untrusted end,
+            // else `b`.
+            let mut mover_hosts = movers.iter().map(|m| moving[m].to);
+            let one_mover_host = mover_hosts
+                .next()
+                .filter(|first| mover_hosts.all(|h| h == *first));
+            let initiator = match (
+                one_mover_host,
+                desired.is_trusted(&pair.a),
+                desired.is_trusted(&pair.b),
+            ) {
+                (Some(h), _, _) => h.clone(),
+                (None, false, true) => pair.a.clone(),
                 _ => pair.b.clone(),
             };
             let responder = if initiator == pair.a {
@@ -454,7 +503,7 @@ impl<'a> Diff<'a> {
                 pair.a.clone()
             };
             installs.push(SaInstall {
-                pair,
+                pair: pair.clone(),
                 link,
                 initiator,
                 responder,
@@ -473,7 +522,7 @@ impl<'a> Diff<'a> {
             .flat_map(|l| observed_sas[l].iter().map(move |e| (*l, e.0, e.1)));
         for (link_name, host, remote) in all_ends {
             let configured = desired.secure_links.get(link_name);
-            if configured.is_some() && needed.contains(&SaPair::new(link_name, host, remote)) {
+            if configured.is_some() && needed.contains(&pair_ref(link_name, host, remote)) {
                 continue;
             }
             let members: &[String] = configured.map_or(&[], |l| l.between.as_slice());
@@ -498,7 +547,7 @@ impl<'a> Diff<'a> {
                 .iter()
                 .filter(|(h, _, _)| *h == host)
                 .all(|(h, r, _)| {
-                    configured.is_none() || !needed.contains(&SaPair::new(link_name, h, r))
+                    configured.is_none() || !needed.contains(&pair_ref(link_name, h, r))
                 });
             let leaver = wait_for.iter().find(|m| moving[*m].from == host);
             if let (Some(vm), true) = (leaver, whole_link_stale_here) {
@@ -521,12 +570,13 @@ impl<'a> Diff<'a> {
 
         // 335: subnets whose VMs all end up in another environment, one of them leaving a trusted
         // environment now.
-        let mut by_subnet: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (name, vm) in &desired.vms {
+        let mut by_subnet: HashMap<&str, Vec<(&str, &HostId)>> =
+            HashMap::with_capacity(desired.subnets.len());
+        for ((name, vm), h) in desired.vms.iter().zip(&final_list) {
             by_subnet
                 .entry(vm.subnet.as_str())
                 .or_default()
-                .push(name.as_str());
+                .push((name.as_str(), h));
         }
         let mut subnet_moves = Vec::new();
         let mut moving_subnets = HashSet::new();
@@ -534,13 +584,13 @@ impl<'a> Diff<'a> {
             let Some(vms) = by_subnet.get(sname.as_str()) else {
                 continue;
             };
-            let env_new = final_host[vms[0]].environment();
-            if vms.iter().any(|v| final_host[v].environment() != env_new) {
+            let env_new = vms[0].1.environment();
+            if vms.iter().any(|(_, h)| h.environment() != env_new) {
                 continue;
             }
             let movers: Vec<&str> = vms
                 .iter()
-                .copied()
+                .map(|(v, _)| *v)
                 .filter(|v| {
                     moving
                         .get(v)
@@ -565,7 +615,7 @@ impl<'a> Diff<'a> {
                 ));
                 continue;
             }
-            let remote = final_host[vms[0]];
+            let remote = vms[0].1;
             let Some(remote_host) = desired.host(remote) else {
                 continue;
             };
@@ -619,6 +669,7 @@ impl<'a> Diff<'a> {
             current,
             moves,
             final_host,
+            final_list,
             vm_links,
             needed_sorted: needed_list,
             established,
@@ -699,11 +750,8 @@ impl<'a> Diff<'a> {
                 .desired
                 .vms
                 .keys()
-                .filter_map(|v| {
-                    self.final_host
-                        .get(v.as_str())
-                        .map(|h| (v.clone(), (*h).clone()))
-                })
+                .zip(&self.final_list)
+                .map(|(v, h)| (v.clone(), (*h).clone()))
                 .collect(),
             established: self.established.clone(),
             must_secure: self
@@ -802,6 +850,17 @@ impl<'a> Diff<'a> {
         }
         out.sort_by(|a, b| a.address.cmp(&b.address));
         out
+    }
+}
+
+/// An SA by reference: (link, lower host, higher host); orders like [`SaPair`].
+type PairRef<'a> = (&'a str, &'a HostId, &'a HostId);
+
+fn pair_ref<'a>(link: &'a str, x: &'a HostId, y: &'a HostId) -> PairRef<'a> {
+    if x <= y {
+        (link, x, y)
+    } else {
+        (link, y, x)
     }
 }
 
