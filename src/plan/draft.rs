@@ -260,18 +260,14 @@ impl<'d> Draft<'d> {
             .map(|&(a, b)| (number[a], number[b]))
             .collect();
         edges.sort_unstable();
-        // Put each step at its number in place (cycle-following swaps: no second copy).
-        let mut steps = self.steps;
-        for i in 0..n {
-            while number[i] != i {
-                let j = number[i];
-                steps.swap(i, j);
-                number.swap(i, j);
-            }
-        }
+        // Move each step into the graph in numbering order (one move per step; the slots
+        // reuse the steps' buffer).
+        let mut slots: Vec<Option<Step>> = self.steps.into_iter().map(Some).collect();
         let mut g = DiGraph::with_capacity(n, edges.len());
-        for step in steps {
-            g.add_node(step);
+        for &i in &order {
+            if let Some(step) = slots[i].take() {
+                g.add_node(step);
+            }
         }
         for (a, b) in edges {
             g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
