@@ -5,7 +5,7 @@
 
 use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair};
 use crate::model::{
-    DomainState, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
+    DomainState, Host, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::json;
@@ -112,8 +112,12 @@ impl Selection {
 /// Where a VM's domain is now.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Current<'a> {
+    pub vm: &'a Vm,
     pub host: &'a HostId,
     pub state: DomainState,
+    /// The desired host (`vm.host`), as the declared host's own id: the ids of the few
+    /// hosts stay in cache, the VMs' copies do not.
+    pub want: &'a HostId,
 }
 
 /// A VM that changes host (310/315).
@@ -202,7 +206,10 @@ pub(crate) struct Diff<'a> {
     pub final_host: HashMap<&'a str, &'a HostId>,
     /// Where each VM runs afterwards, in `desired.vms` order.
     pub final_list: Vec<&'a HostId>,
+    /// The links of each moving VM.
     pub vm_links: HashMap<&'a str, Vec<&'a SecureLink>>,
+    /// The declared hosts by id (see [`Diff::host`]).
+    hosts: HashMap<&'a HostId, &'a Host>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
     pub needed_sorted: Vec<SaPair>,
     pub established: BTreeSet<SaPair>,
@@ -272,6 +279,13 @@ impl<'a> Diff<'a> {
 
         // Hash sets of declared hosts: one lookup per VM, not two tree walks.
         let declared: HashSet<&HostId> = desired.hosts().map(|h| &h.id).collect();
+        // The hosts by id, as `Landscape::host` finds them.
+        let hosts: HashMap<&HostId, &Host> = desired
+            .hosts()
+            .filter(|h| desired.host(&h.id).is_some_and(|x| std::ptr::eq(x, *h)))
+            .map(|h| (&h.id, h))
+            .collect();
+        let discovered: HashSet<&HostId> = observed.hosts.keys().collect();
         let mut current: HashMap<&str, Current> = HashMap::with_capacity(desired.vms.len());
         // Where each VM runs now, in `desired.vms` order.
         let mut current_list: Vec<Option<Current>> = Vec::with_capacity(desired.vms.len());
@@ -340,7 +354,8 @@ impl<'a> Diff<'a> {
                     None
                 }
             };
-            if !declared.contains(&vm.host) {
+            let want = hosts.get(&vm.host).map(|h| &h.id);
+            if want.is_none() && !declared.contains(&vm.host) {
                 errors.push(PlanError::UnknownHost {
                     what: format!("vm.{name} is placed on"),
                     host: vm.host.to_string(),
@@ -353,23 +368,28 @@ impl<'a> Diff<'a> {
                         host: host.to_string(),
                     });
                 }
-                current.insert(name.as_str(), Current { host, state });
-                current_list.push(Some(Current { host, state }));
+                let here = Current {
+                    vm,
+                    host,
+                    state,
+                    want: want.unwrap_or(&vm.host),
+                };
+                current.insert(name.as_str(), here);
+                current_list.push(Some(here));
             } else {
                 current_list.push(None);
             }
         }
 
-        let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
+        // Every VM discovered is in `current`; the others were reported above.
         for link in desired.secure_links.values() {
             for m in &link.between {
-                if !desired.vms.contains_key(m) {
+                if !current.contains_key(m.as_str()) && !desired.vms.contains_key(m) {
                     errors.push(PlanError::UnknownVm {
                         link: link.name.clone(),
                         vm: m.clone(),
                     });
                 }
-                vm_links.entry(m.as_str()).or_default().push(link);
             }
         }
         if let Some(e) = PlanError::combine(std::mem::take(&mut errors)) {
@@ -385,10 +405,10 @@ impl<'a> Diff<'a> {
             let Some(cur) = *cur else {
                 continue; // reported above
             };
-            if cur.host != &vm.host && selection.vm(name) {
-                if !observed.hosts.contains_key(&vm.host) && missing.insert(vm.host.clone()) {
+            if cur.host != cur.want && selection.vm(name) {
+                if !discovered.contains(cur.want) && missing.insert(cur.want.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
-                        host: vm.host.to_string(),
+                        host: cur.want.to_string(),
                         needed_by: format!("the move of vm.{name}"),
                     });
                 }
@@ -397,21 +417,30 @@ impl<'a> Diff<'a> {
                 moves.push(Move {
                     vm,
                     from: cur.host,
-                    to: &vm.host,
+                    to: cur.want,
                     state: cur.state,
                     offline,
                     strategy: vm.migration.strategy,
                     needs: Vec::new(),
                     peers: Vec::new(),
                 });
-                final_host.insert(name.as_str(), &vm.host);
-                final_list.push(&vm.host);
+                final_host.insert(name.as_str(), cur.want);
+                final_list.push(cur.want);
             } else {
                 final_host.insert(name.as_str(), cur.host);
                 final_list.push(cur.host);
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
+        // The links of each moving VM (only moving VMs are asked for their peers and SAs).
+        let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::with_capacity(moves.len());
+        for link in desired.secure_links.values() {
+            for m in &link.between {
+                if let Some((name, _)) = moving.get_key_value(m.as_str()) {
+                    vm_links.entry(*name).or_default().push(link);
+                }
+            }
+        }
 
         // The SAs the landscape needs once the plan is applied, by reference until sorted.
         let mut needed: HashSet<PairRef> = HashSet::new();
@@ -475,7 +504,7 @@ impl<'a> Diff<'a> {
                 continue;
             }
             for h in [&pair.a, &pair.b] {
-                if !observed.hosts.contains_key(h) && missing.insert(h.clone()) {
+                if !discovered.contains(h) && missing.insert(h.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
                         host: h.to_string(),
                         needed_by: format!("the IPsec of {pair}"),
@@ -517,11 +546,19 @@ impl<'a> Diff<'a> {
         let mut covered: HashSet<(&str, &HostId)> = HashSet::new();
         let mut stale_links: Vec<&str> = observed_sas.keys().copied().collect();
         stale_links.sort_unstable();
-        let all_ends = stale_links
-            .iter()
-            .flat_map(|l| observed_sas[l].iter().map(move |e| (*l, e.0, e.1)));
-        for (link_name, host, remote) in all_ends {
-            let configured = desired.secure_links.get(link_name);
+        // Both sorted by name: walk the configured links alongside.
+        let mut configured_links = desired.secure_links.iter().peekable();
+        let all_ends = stale_links.iter().flat_map(|l| {
+            while configured_links.next_if(|(k, _)| k.as_str() < *l).is_some() {}
+            let configured = configured_links
+                .peek()
+                .filter(|(k, _)| k.as_str() == *l)
+                .map(|(_, link)| *link);
+            observed_sas[l]
+                .iter()
+                .map(move |e| (*l, e.0, e.1, configured))
+        });
+        for (link_name, host, remote, configured) in all_ends {
             if configured.is_some() && needed.contains(&pair_ref(link_name, host, remote)) {
                 continue;
             }
@@ -616,7 +653,7 @@ impl<'a> Diff<'a> {
                 continue;
             }
             let remote = vms[0].1;
-            let Some(remote_host) = desired.host(remote) else {
+            let Some(remote_host) = hosts.get(remote) else {
                 continue;
             };
             let tunnel_present = observed
@@ -671,6 +708,7 @@ impl<'a> Diff<'a> {
             final_host,
             final_list,
             vm_links,
+            hosts,
             needed_sorted: needed_list,
             established,
             installs,
@@ -690,6 +728,11 @@ impl<'a> Diff<'a> {
         Ok(diff)
     }
 
+    /// A declared host, like `Landscape::host` but by hash.
+    pub fn host(&self, id: &HostId) -> Option<&'a Host> {
+        self.hosts.get(id).copied()
+    }
+
     /// Addresses of the VM's secure_link peers, sorted.
     pub fn peers(&self, vm: &str) -> Vec<Ipv4Addr> {
         let mut out: Vec<Ipv4Addr> = self
@@ -699,7 +742,7 @@ impl<'a> Diff<'a> {
             .flatten()
             .flat_map(|l| l.between.iter())
             .filter(|m| m.as_str() != vm)
-            .filter_map(|m| self.desired.vms.get(m).map(|v| v.address))
+            .filter_map(|m| self.current.get(m.as_str()).map(|c| c.vm.address))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -709,6 +752,23 @@ impl<'a> Diff<'a> {
     /// The SAs the VM needs at `host`, given where its peers run (`placement`).
     pub fn needs_at(&self, vm: &str, host: &HostId, placement: Placement) -> Vec<SaPair> {
         let mut out = Vec::new();
+        self.each_need(vm, host, placement, |link, peer| {
+            out.push(SaPair::new(link, host, peer));
+            true
+        });
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Calls `f` with (link, peer host) for each SA the VM needs at `host`, while `f` says go on.
+    fn each_need(
+        &self,
+        vm: &str,
+        host: &HostId,
+        placement: Placement,
+        mut f: impl FnMut(&str, &HostId) -> bool,
+    ) {
         for link in self.vm_links.get(vm).into_iter().flatten() {
             for peer in link.between.iter().filter(|m| m.as_str() != vm) {
                 let p = match placement {
@@ -716,20 +776,28 @@ impl<'a> Diff<'a> {
                     Placement::Current => self.current.get(peer.as_str()).map(|c| &c.host),
                 };
                 let Some(p) = p.copied() else { continue };
-                if p != host && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p)) {
-                    out.push(SaPair::new(&link.name, host, p));
+                if p != host
+                    && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p))
+                    && !f(&link.name, p)
+                {
+                    return;
                 }
             }
         }
-        out.sort();
-        out.dedup();
-        out
     }
 
     /// Whether traffic of the VM at `host` must stay restricted to IPsec: the host is
     /// untrusted, or a peer sits across an untrusted environment.
     pub fn secure_only(&self, vm: &str, host: &HostId, placement: Placement) -> bool {
-        !self.desired.is_trusted(host) || !self.needs_at(vm, host, placement).is_empty()
+        if !self.desired.is_trusted(host) {
+            return true;
+        }
+        let mut any = false;
+        self.each_need(vm, host, placement, |_, _| {
+            any = true;
+            false
+        });
+        any
     }
 
     /// Whether the snapshot shows non-managed connections of the VM that are not secured

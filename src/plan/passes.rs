@@ -24,7 +24,7 @@ fn step(
     inverse: Inverse,
 ) -> Step {
     Step {
-        key: format!("{kind}:{subject}@{target}"),
+        key: step_key(kind, &subject, &target),
         kind,
         subject,
         target,
@@ -32,6 +32,25 @@ fn step(
         precondition,
         effect,
         inverse,
+    }
+}
+
+/// The pieces joined in one allocation of the exact size.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.push_str(p);
+    }
+    out
+}
+
+/// `<kind>:<subject>@<target>`, as `Step::key` documents.
+fn step_key(kind: StepKind, subject: &str, target: &Target) -> String {
+    match target {
+        Target::Host(h) => concat(&[kind.as_str(), ":", subject, "@", &h.0]),
+        Target::RoutingCore(env) => {
+            concat(&[kind.as_str(), ":", subject, "@", env, ".routing_core"])
+        }
     }
 }
 
@@ -70,7 +89,7 @@ fn sa_up_facts(m: &Move) -> Vec<Fact> {
 }
 
 fn vm_subject(m: &Move) -> String {
-    format!("vm.{}", m.vm.name)
+    concat(&["vm.", &m.vm.name])
 }
 
 /// 320: fail-closed block of the VM's traffic with its peers, on the source (block-first) or
@@ -214,9 +233,7 @@ impl Pass for MigratePass {
         for m in &diff.moves {
             let vm = &m.vm.name;
             let domain = m.vm.domain.clone();
-            let (Some(from_host), Some(to_host)) =
-                (diff.desired.host(m.from), diff.desired.host(m.to))
-            else {
+            let (Some(from_host), Some(to_host)) = (diff.host(m.from), diff.host(m.to)) else {
                 continue; // unknown hosts are reported by the diff
             };
             let mode = if m.offline {
@@ -302,7 +319,7 @@ impl Pass for SubnetTunnelPass {
             for vm in &sm.movers {
                 let s = step(
                     StepKind::TunnelAdd,
-                    format!("subnet.{name}"),
+                    concat(&["subnet.", name]),
                     Target::RoutingCore(sm.core.clone()),
                     Action::TunnelAdd {
                         subnet: name.clone(),
@@ -404,8 +421,7 @@ fn install_step(diff: &Diff, sa: &SaInstall, local: &HostId, initiate: bool) -> 
         &sa.initiator
     };
     let addr = |h: &HostId| {
-        diff.desired
-            .host(h)
+        diff.host(h)
             .map_or(std::net::Ipv4Addr::UNSPECIFIED, |h| h.address)
     };
     let link = sa.pair.link.clone();
@@ -425,9 +441,17 @@ fn install_step(diff: &Diff, sa: &SaInstall, local: &HostId, initiate: bool) -> 
     } else {
         Vec::new()
     };
-    let subject = format!("secure_link.{link}");
+    let subject = concat(&["secure_link.", &link]);
     Step {
-        key: format!("{}:{subject}@{local}->{remote}", StepKind::IpsecInstall),
+        key: concat(&[
+            StepKind::IpsecInstall.as_str(),
+            ":",
+            &subject,
+            "@",
+            &local.0,
+            "->",
+            &remote.0,
+        ]),
         kind: StepKind::IpsecInstall,
         subject,
         target: Target::Host(local.clone()),
@@ -645,7 +669,7 @@ impl Pass for RouteCheckPass {
             let name = &subnet.name;
             let check = draft.add(step(
                 StepKind::RouteCheck,
-                format!("subnet.{name}"),
+                concat(&["subnet.", name]),
                 Target::RoutingCore(core.clone()),
                 Action::RouteCheck {
                     core: core.clone(),
@@ -670,7 +694,7 @@ impl Pass for RouteCheckPass {
             }
             let remove = draft.add(step(
                 StepKind::TunnelRemove,
-                format!("subnet.{name}"),
+                concat(&["subnet.", name]),
                 Target::RoutingCore(core.clone()),
                 Action::TunnelRemove {
                     subnet: name.clone(),
@@ -766,7 +790,7 @@ impl Pass for CleanupPass {
             }
         }
         for end in &diff.stale {
-            let inverse = match (end.configured, diff.desired.host(&end.host), diff.desired.host(&end.remote)) {
+            let inverse = match (end.configured, diff.host(&end.host), diff.host(&end.remote)) {
                 (Some(link), Some(h), Some(r)) => undo(Action::IpsecInstall {
                     link: link.name.clone(),
                     local: end.host.clone(),
