@@ -381,19 +381,25 @@ impl<'a> Diff<'a> {
             }
         }
 
-        // Every VM discovered is in `current`; the others were reported above.
-        for link in desired.secure_links.values() {
-            for m in &link.between {
-                if !current.contains_key(m.as_str()) && !desired.vms.contains_key(m) {
-                    errors.push(PlanError::UnknownVm {
-                        link: link.name.clone(),
-                        vm: m.clone(),
-                    });
+        let unknown_vm = |link: &SecureLink, m: &String| PlanError::UnknownVm {
+            link: link.name.clone(),
+            vm: m.clone(),
+        };
+        if !errors.is_empty() {
+            // Report links naming something that is not a VM with these; without other errors
+            // the pass over the links below finds them.
+            for link in desired.secure_links.values() {
+                for m in link
+                    .between
+                    .iter()
+                    .filter(|m| !desired.vms.contains_key(*m))
+                {
+                    errors.push(unknown_vm(link, m));
                 }
             }
-        }
-        if let Some(e) = PlanError::combine(std::mem::take(&mut errors)) {
-            return Err(e);
+            return Err(
+                PlanError::combine(errors).unwrap_or(PlanError::Multiple { errors: vec![] })
+            );
         }
 
         // 310/315: the VMs whose desired host differs from the discovered one.
@@ -432,23 +438,30 @@ impl<'a> Diff<'a> {
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
-        // The links of each moving VM (only moving VMs are asked for their peers and SAs).
+        // One pass over the links: members that are not VMs (every VM has a final host now),
+        // the links of each moving VM (only moving VMs are asked for their peers and SAs),
+        // and the SAs the landscape needs once the plan is applied, by reference until sorted.
+        let mut unknown = Vec::new();
         let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::with_capacity(moves.len());
+        let mut needed: HashSet<PairRef> = HashSet::new();
+        let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
+        let mut members: Vec<&HostId> = Vec::new();
         for link in desired.secure_links.values() {
+            members.clear();
             for m in &link.between {
+                match final_host.get(m.as_str()) {
+                    Some(h) => members.push(h),
+                    None => unknown.push(unknown_vm(link, m)),
+                }
                 if let Some((name, _)) = moving.get_key_value(m.as_str()) {
                     vm_links.entry(*name).or_default().push(link);
                 }
             }
-        }
-
-        // The SAs the landscape needs once the plan is applied, by reference until sorted.
-        let mut needed: HashSet<PairRef> = HashSet::new();
-        let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
-        for link in desired.secure_links.values() {
-            for (i, x) in link.between.iter().enumerate() {
-                for y in &link.between[i + 1..] {
-                    let (hx, hy) = (final_host[x.as_str()], final_host[y.as_str()]);
+            if !unknown.is_empty() {
+                continue;
+            }
+            for (i, &hx) in members.iter().enumerate() {
+                for &hy in &members[i + 1..] {
                     if hx != hy && (!desired.is_trusted(hx) || !desired.is_trusted(hy)) {
                         let pair = pair_ref(&link.name, hx, hy);
                         if needed.insert(pair) {
@@ -457,6 +470,9 @@ impl<'a> Diff<'a> {
                     }
                 }
             }
+        }
+        if let Some(e) = PlanError::combine(unknown) {
+            return Err(e);
         }
         needed_refs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
@@ -859,10 +875,14 @@ impl<'a> Diff<'a> {
             });
         }
 
-        let mut links: BTreeSet<&str> =
-            self.installs.iter().map(|i| i.pair.link.as_str()).collect();
+        let mut links: Vec<&str> = self.installs.iter().map(|i| i.pair.link.as_str()).collect();
         links.extend(self.stale.iter().map(|s| s.link.as_str()));
         links.extend(self.cleanup_links.values().flatten().map(String::as_str));
+        links.sort_unstable();
+        links.dedup();
+        // The configured links and the needed SAs are sorted by link too: walk them alongside.
+        let mut configured = self.desired.secure_links.iter().peekable();
+        let mut needed_from = 0;
         for name in links {
             let sas_before: Vec<String> = self
                 .observed_sas
@@ -873,13 +893,22 @@ impl<'a> Diff<'a> {
                 .map(|(h, r, up)| format!("{h} <-> {r}{}", if *up { "" } else { " (down)" }))
                 .collect();
             let before = (!sas_before.is_empty()).then(|| json!({ "sas": sas_before }));
-            let (action, after) = match self.desired.secure_links.get(name) {
+            while configured.next_if(|(k, _)| k.as_str() < name).is_some() {}
+            let link = configured
+                .peek()
+                .filter(|(k, _)| k.as_str() == name)
+                .map(|(_, l)| *l);
+            let (action, after) = match link {
                 None => (ChangeAction::Delete, None),
                 Some(link) => {
-                    let from = self
+                    while self
                         .needed_sorted
-                        .partition_point(|p| p.link.as_str() < name);
-                    let sas: Vec<&SaPair> = self.needed_sorted[from..]
+                        .get(needed_from)
+                        .is_some_and(|p| p.link.as_str() < name)
+                    {
+                        needed_from += 1;
+                    }
+                    let sas: Vec<&SaPair> = self.needed_sorted[needed_from..]
                         .iter()
                         .take_while(|p| p.link == name)
                         .collect();
