@@ -5,19 +5,25 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine, nearly idle (load average < 2), with mimalloc as in the
-//! binary; "build CPU" is this thread's own CPU time:
+//! Measured on the 2-core build machine while lab VMs (TCG) shared the cores (load average
+//! 2-5), with mimalloc as in the binary; medians of three runs of `SMIG_BENCH_REPS=5` (1k: of
+//! five); "build CPU" is this thread's own CPU time:
 //!
 //! | VMs | hosts | steps | build median | build min | build CPU median | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|
-//! | 1,000 | 50 | 1,539 | 4.1 ms | 3.9 ms | 3.8 ms | 8 MiB |
-//! | 10,000 | 500 | 14,199 | 51.3 ms | 48.7 ms | 48.0 ms | 91 MiB |
-//! | 100,000 | 5,000 | 141,731 | 857 ms | 788 ms | 775 ms | 418 MiB |
+//! | 1,000 | 50 | 1,539 | 2.3 ms | 2.1 ms | 2.3 ms | 19 MiB |
+//! | 10,000 | 500 | 14,199 | 31.7 ms | 29.1 ms | 28.0 ms | 93 MiB |
+//! | 100,000 | 5,000 | 141,731 | 473 ms | 461 ms | 471 ms | 381 MiB |
 //!
-//! With the system allocator: 10k 64 ms, 100k 1,326 ms (20.7x). The 100k/10k ratio, 16x with
-//! mimalloc, misses the 12x target. Instructions for one build (callgrind): 414 M at 10k VMs,
-//! 4,270 M at 100k (10.3x): the passes are linear; the rest is memory: the
-//! 100k plan's working set (~360 MiB of steps, facts and strings) does not stay in cache.
+//! The same runs of the code before hash lookups replaced tree walks and the hosts' shared ids
+//! replaced per-VM copies: 10k 50 ms, 100k 756 ms. The 100k/10k ratio is 15x and still misses
+//! the 12x target. Instructions for one build (callgrind): 167 M at 10k VMs, 1,731 M at 100k
+//! (10.3x; before: 414 M and 4,270 M): the passes are linear; the rest is memory. At 10k the
+//! landscape and the plan fit in the 32 MiB L3; at 100k (110 MiB of landscape, 275 MiB of
+//! plan) each lookup by name and each first touch of a VM's strings goes to DRAM. Between
+//! timed builds mimalloc returns freed pages after its 1 s purge delay, which only 100k reps
+//! outlast: re-faulting them adds up to ~100 ms to a 100k build on a busy machine
+//! (`MIMALLOC_PURGE_DELAY=-1` shows it). Peak RSS varies by ~20 MiB with huge pages.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};

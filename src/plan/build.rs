@@ -90,6 +90,25 @@ pub fn pass_names() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::synthetic::Fixture;
+
+    #[test]
+    fn a_link_naming_no_vm_is_reported_alone_or_with_the_other_errors() {
+        let f = Fixture::reference().link("bad", &["web", "ghost"]);
+        match build(&f.desired, &f.observed, &PlanOptions::default()) {
+            Err(PlanError::UnknownVm { link, vm }) => assert_eq!((&*link, &*vm), ("bad", "ghost")),
+            other => panic!("{other:?}"),
+        }
+        let f = f.vm("lost", "app", "192.168.10.13", "nowhere.h1", "cloud.c1");
+        match build(&f.desired, &f.observed, &PlanOptions::default()) {
+            Err(PlanError::Multiple { errors }) => {
+                assert_eq!(errors.len(), 2, "{errors:?}");
+                assert!(matches!(errors[0], PlanError::VmNotDiscovered { .. }));
+                assert!(matches!(errors[1], PlanError::UnknownVm { .. }));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn the_recipe_reads_in_fig_3_order() {

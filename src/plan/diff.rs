@@ -5,10 +5,11 @@
 
 use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair};
 use crate::model::{
-    DomainState, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
+    DomainState, Host, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::json;
+use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -111,8 +112,12 @@ impl Selection {
 /// Where a VM's domain is now.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Current<'a> {
+    pub vm: &'a Vm,
     pub host: &'a HostId,
     pub state: DomainState,
+    /// The desired host (`vm.host`), as the declared host's own id: the ids of the few
+    /// hosts stay in cache, the VMs' copies do not.
+    pub want: &'a HostId,
 }
 
 /// A VM that changes host (310/315).
@@ -199,7 +204,12 @@ pub(crate) struct Diff<'a> {
     pub current: HashMap<&'a str, Current<'a>>,
     pub moves: Vec<Move<'a>>,
     pub final_host: HashMap<&'a str, &'a HostId>,
+    /// Where each VM runs afterwards, in `desired.vms` order.
+    pub final_list: Vec<&'a HostId>,
+    /// The links of each moving VM.
     pub vm_links: HashMap<&'a str, Vec<&'a SecureLink>>,
+    /// The declared hosts by id (see [`Diff::host`]).
+    hosts: HashMap<&'a HostId, &'a Host>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
     pub needed_sorted: Vec<SaPair>,
     pub established: BTreeSet<SaPair>,
@@ -248,29 +258,57 @@ impl<'a> Diff<'a> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
 
-        // Where each domain is defined: one pass over the discovered hosts.
-        let mut placements: HashMap<&str, Vec<(&HostId, DomainState)>> = HashMap::new();
+        // Where each domain is defined: one pass over the discovered hosts. Nearly every
+        // domain is defined once; the others keep all their definitions in `defined_more`.
+        let domains = observed.hosts.values().map(|h| h.domains.len()).sum();
+        let mut placements: HashMap<&str, (&HostId, DomainState)> = HashMap::with_capacity(domains);
+        let mut defined_more: HashMap<&str, Vec<(&HostId, DomainState)>> = HashMap::new();
         for (hid, host) in &observed.hosts {
             for (name, d) in &host.domains {
-                placements
-                    .entry(name.as_str())
-                    .or_default()
-                    .push((hid, d.state));
+                match placements.entry(name.as_str()) {
+                    Entry::Vacant(e) => {
+                        e.insert((hid, d.state));
+                    }
+                    Entry::Occupied(e) => defined_more
+                        .entry(name.as_str())
+                        .or_insert_with(|| vec![*e.get()])
+                        .push((hid, d.state)),
+                }
             }
         }
 
         // Hash sets of declared hosts: one lookup per VM, not two tree walks.
         let declared: HashSet<&HostId> = desired.hosts().map(|h| &h.id).collect();
+        // The hosts by id, as `Landscape::host` finds them.
+        let hosts: HashMap<&HostId, &Host> = desired
+            .hosts()
+            .filter(|h| desired.host(&h.id).is_some_and(|x| std::ptr::eq(x, *h)))
+            .map(|h| (&h.id, h))
+            .collect();
+        let discovered: HashSet<&HostId> = observed.hosts.keys().collect();
         let mut current: HashMap<&str, Current> = HashMap::with_capacity(desired.vms.len());
+        // Where each VM runs now, in `desired.vms` order.
+        let mut current_list: Vec<Option<Current>> = Vec::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
-            let found = placements
-                .get(vm.domain.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let active: Vec<_> = found
-                .iter()
-                .filter(|(_, s)| *s != DomainState::ShutOff)
-                .collect();
+            let single;
+            let found: &[(&HostId, DomainState)] = match placements.get(vm.domain.as_str()) {
+                None => &[],
+                Some(one) => match defined_more.get(vm.domain.as_str()) {
+                    Some(all) => all,
+                    None => {
+                        single = [*one];
+                        &single
+                    }
+                },
+            };
+            // A single definition is the answer whatever its state: no list to build.
+            let active: Vec<_> = match found {
+                [_] => Vec::new(),
+                _ => found
+                    .iter()
+                    .filter(|(_, s)| *s != DomainState::ShutOff)
+                    .collect(),
+            };
             let list = |v: &[&(&HostId, DomainState)]| {
                 v.iter()
                     .map(|(h, _)| h.to_string())
@@ -316,7 +354,8 @@ impl<'a> Diff<'a> {
                     None
                 }
             };
-            if !declared.contains(&vm.host) {
+            let want = hosts.get(&vm.host).map(|h| &h.id);
+            if want.is_none() && !declared.contains(&vm.host) {
                 errors.push(PlanError::UnknownHost {
                     what: format!("vm.{name} is placed on"),
                     host: vm.host.to_string(),
@@ -329,36 +368,53 @@ impl<'a> Diff<'a> {
                         host: host.to_string(),
                     });
                 }
-                current.insert(name.as_str(), Current { host, state });
+                let here = Current {
+                    vm,
+                    host,
+                    state,
+                    want: want.unwrap_or(&vm.host),
+                };
+                current.insert(name.as_str(), here);
+                current_list.push(Some(here));
+            } else {
+                current_list.push(None);
             }
         }
 
-        let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
-        for link in desired.secure_links.values() {
-            for m in &link.between {
-                if !desired.vms.contains_key(m) {
-                    errors.push(PlanError::UnknownVm {
-                        link: link.name.clone(),
-                        vm: m.clone(),
-                    });
+        let unknown_vm = |link: &SecureLink, m: &String| PlanError::UnknownVm {
+            link: link.name.clone(),
+            vm: m.clone(),
+        };
+        if !errors.is_empty() {
+            // Report links naming something that is not a VM with these; without other errors
+            // the pass over the links below finds them.
+            for link in desired.secure_links.values() {
+                for m in link
+                    .between
+                    .iter()
+                    .filter(|m| !desired.vms.contains_key(*m))
+                {
+                    errors.push(unknown_vm(link, m));
                 }
-                vm_links.entry(m.as_str()).or_default().push(link);
             }
-        }
-        if let Some(e) = PlanError::combine(std::mem::take(&mut errors)) {
-            return Err(e);
+            return Err(
+                PlanError::combine(errors).unwrap_or(PlanError::Multiple { errors: vec![] })
+            );
         }
 
         // 310/315: the VMs whose desired host differs from the discovered one.
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
         let mut final_host: HashMap<&str, &HostId> = HashMap::with_capacity(desired.vms.len());
-        for (name, vm) in &desired.vms {
-            let cur = current[name.as_str()];
-            if cur.host != &vm.host && selection.vm(name) {
-                if !observed.hosts.contains_key(&vm.host) && missing.insert(vm.host.clone()) {
+        let mut final_list: Vec<&HostId> = Vec::with_capacity(desired.vms.len());
+        for ((name, vm), cur) in desired.vms.iter().zip(&current_list) {
+            let Some(cur) = *cur else {
+                continue; // reported above
+            };
+            if cur.host != cur.want && selection.vm(name) {
+                if !discovered.contains(cur.want) && missing.insert(cur.want.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
-                        host: vm.host.to_string(),
+                        host: cur.want.to_string(),
                         needed_by: format!("the move of vm.{name}"),
                     });
                 }
@@ -367,38 +423,58 @@ impl<'a> Diff<'a> {
                 moves.push(Move {
                     vm,
                     from: cur.host,
-                    to: &vm.host,
+                    to: cur.want,
                     state: cur.state,
                     offline,
                     strategy: vm.migration.strategy,
                     needs: Vec::new(),
                     peers: Vec::new(),
                 });
-                final_host.insert(name.as_str(), &vm.host);
+                final_host.insert(name.as_str(), cur.want);
+                final_list.push(cur.want);
             } else {
                 final_host.insert(name.as_str(), cur.host);
+                final_list.push(cur.host);
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
-
-        // The SAs the landscape needs once the plan is applied.
-        let mut needed = HashSet::new();
-        let mut needed_sorted = Vec::new();
+        // One pass over the links: members that are not VMs (every VM has a final host now),
+        // the links of each moving VM (only moving VMs are asked for their peers and SAs),
+        // and the SAs the landscape needs once the plan is applied, by reference until sorted.
+        let mut unknown = Vec::new();
+        let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::with_capacity(moves.len());
+        let mut needed: HashSet<PairRef> = HashSet::new();
+        let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
+        let mut members: Vec<&HostId> = Vec::new();
         for link in desired.secure_links.values() {
-            for (i, x) in link.between.iter().enumerate() {
-                for y in &link.between[i + 1..] {
-                    let (hx, hy) = (final_host[x.as_str()], final_host[y.as_str()]);
+            members.clear();
+            for m in &link.between {
+                match final_host.get(m.as_str()) {
+                    Some(h) => members.push(h),
+                    None => unknown.push(unknown_vm(link, m)),
+                }
+                if let Some((name, _)) = moving.get_key_value(m.as_str()) {
+                    vm_links.entry(*name).or_default().push(link);
+                }
+            }
+            if !unknown.is_empty() {
+                continue;
+            }
+            for (i, &hx) in members.iter().enumerate() {
+                for &hy in &members[i + 1..] {
                     if hx != hy && (!desired.is_trusted(hx) || !desired.is_trusted(hy)) {
-                        let pair = SaPair::new(&link.name, hx, hy);
-                        if needed.insert(pair.clone()) {
-                            needed_sorted.push((pair, link));
+                        let pair = pair_ref(&link.name, hx, hy);
+                        if needed.insert(pair) {
+                            needed_refs.push((pair, link));
                         }
                     }
                 }
             }
         }
-        needed_sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let needed_list: Vec<SaPair> = needed_sorted.iter().map(|(p, _)| p.clone()).collect();
+        if let Some(e) = PlanError::combine(unknown) {
+            return Err(e);
+        }
+        needed_refs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
         let end_up = |link: &str, h: &HostId, r: &HostId| {
             observed_sas
@@ -406,20 +482,33 @@ impl<'a> Diff<'a> {
                 .and_then(|ends| ends.iter().find(|(a, b, _)| *a == h && *b == r))
                 .map(|e| e.2)
         };
-        let established: BTreeSet<SaPair> = needed_sorted
+        let up: Vec<bool> = needed_refs
             .iter()
-            .filter(|(p, _)| {
-                end_up(&p.link, &p.a, &p.b) == Some(true)
-                    && end_up(&p.link, &p.b, &p.a) == Some(true)
+            .map(|((link, a, b), _)| {
+                end_up(link, a, b) == Some(true) && end_up(link, b, a) == Some(true)
             })
+            .collect();
+        let needed_list: Vec<SaPair> = needed_refs
+            .iter()
+            .map(|((link, a, b), _)| SaPair {
+                link: link.to_string(),
+                a: (*a).clone(),
+                b: (*b).clone(),
+            })
+            .collect();
+        let established: BTreeSet<SaPair> = needed_list
+            .iter()
+            .zip(&up)
+            .filter(|(_, up)| **up)
             .map(|(p, _)| p.clone())
             .collect();
 
         let mut installs = Vec::new();
-        for (pair, link) in needed_sorted {
-            if established.contains(&pair) {
+        for ((pair, (_, link)), up) in needed_list.iter().zip(&needed_refs).zip(&up) {
+            if *up {
                 continue;
             }
+            let link: &SecureLink = link;
             let movers: Vec<&str> = link
                 .between
                 .iter()
@@ -431,21 +520,26 @@ impl<'a> Diff<'a> {
                 continue;
             }
             for h in [&pair.a, &pair.b] {
-                if !observed.hosts.contains_key(h) && missing.insert(h.clone()) {
+                if !discovered.contains(h) && missing.insert(h.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
                         host: h.to_string(),
                         needed_by: format!("the IPsec of {pair}"),
                     });
                 }
             }
-            let mover_hosts: BTreeSet<&HostId> = movers.iter().map(|m| moving[m].to).collect();
-            let untrusted: Vec<&HostId> = [&pair.a, &pair.b]
-                .into_iter()
-                .filter(|h| !desired.is_trusted(h))
-                .collect();
-            let initiator = match (mover_hosts.len(), untrusted.as_slice()) {
-                (1, _) => (*mover_hosts.iter().next().unwrap_or(&&pair.b)).clone(),
-                (_, [one]) => (*one).clone(),
+            // The movers' new host when they all go to one host, else the one untrusted end,
+            // else `b`.
+            let mut mover_hosts = movers.iter().map(|m| moving[m].to);
+            let one_mover_host = mover_hosts
+                .next()
+                .filter(|first| mover_hosts.all(|h| h == *first));
+            let initiator = match (
+                one_mover_host,
+                desired.is_trusted(&pair.a),
+                desired.is_trusted(&pair.b),
+            ) {
+                (Some(h), _, _) => h.clone(),
+                (None, false, true) => pair.a.clone(),
                 _ => pair.b.clone(),
             };
             let responder = if initiator == pair.a {
@@ -454,7 +548,7 @@ impl<'a> Diff<'a> {
                 pair.a.clone()
             };
             installs.push(SaInstall {
-                pair,
+                pair: pair.clone(),
                 link,
                 initiator,
                 responder,
@@ -468,12 +562,20 @@ impl<'a> Diff<'a> {
         let mut covered: HashSet<(&str, &HostId)> = HashSet::new();
         let mut stale_links: Vec<&str> = observed_sas.keys().copied().collect();
         stale_links.sort_unstable();
-        let all_ends = stale_links
-            .iter()
-            .flat_map(|l| observed_sas[l].iter().map(move |e| (*l, e.0, e.1)));
-        for (link_name, host, remote) in all_ends {
-            let configured = desired.secure_links.get(link_name);
-            if configured.is_some() && needed.contains(&SaPair::new(link_name, host, remote)) {
+        // Both sorted by name: walk the configured links alongside.
+        let mut configured_links = desired.secure_links.iter().peekable();
+        let all_ends = stale_links.iter().flat_map(|l| {
+            while configured_links.next_if(|(k, _)| k.as_str() < *l).is_some() {}
+            let configured = configured_links
+                .peek()
+                .filter(|(k, _)| k.as_str() == *l)
+                .map(|(_, link)| *link);
+            observed_sas[l]
+                .iter()
+                .map(move |e| (*l, e.0, e.1, configured))
+        });
+        for (link_name, host, remote, configured) in all_ends {
+            if configured.is_some() && needed.contains(&pair_ref(link_name, host, remote)) {
                 continue;
             }
             let members: &[String] = configured.map_or(&[], |l| l.between.as_slice());
@@ -498,7 +600,7 @@ impl<'a> Diff<'a> {
                 .iter()
                 .filter(|(h, _, _)| *h == host)
                 .all(|(h, r, _)| {
-                    configured.is_none() || !needed.contains(&SaPair::new(link_name, h, r))
+                    configured.is_none() || !needed.contains(&pair_ref(link_name, h, r))
                 });
             let leaver = wait_for.iter().find(|m| moving[*m].from == host);
             if let (Some(vm), true) = (leaver, whole_link_stale_here) {
@@ -521,12 +623,13 @@ impl<'a> Diff<'a> {
 
         // 335: subnets whose VMs all end up in another environment, one of them leaving a trusted
         // environment now.
-        let mut by_subnet: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (name, vm) in &desired.vms {
+        let mut by_subnet: HashMap<&str, Vec<(&str, &HostId)>> =
+            HashMap::with_capacity(desired.subnets.len());
+        for ((name, vm), h) in desired.vms.iter().zip(&final_list) {
             by_subnet
                 .entry(vm.subnet.as_str())
                 .or_default()
-                .push(name.as_str());
+                .push((name.as_str(), h));
         }
         let mut subnet_moves = Vec::new();
         let mut moving_subnets = HashSet::new();
@@ -534,13 +637,13 @@ impl<'a> Diff<'a> {
             let Some(vms) = by_subnet.get(sname.as_str()) else {
                 continue;
             };
-            let env_new = final_host[vms[0]].environment();
-            if vms.iter().any(|v| final_host[v].environment() != env_new) {
+            let env_new = vms[0].1.environment();
+            if vms.iter().any(|(_, h)| h.environment() != env_new) {
                 continue;
             }
             let movers: Vec<&str> = vms
                 .iter()
-                .copied()
+                .map(|(v, _)| *v)
                 .filter(|v| {
                     moving
                         .get(v)
@@ -565,8 +668,8 @@ impl<'a> Diff<'a> {
                 ));
                 continue;
             }
-            let remote = final_host[vms[0]];
-            let Some(remote_host) = desired.host(remote) else {
+            let remote = vms[0].1;
+            let Some(remote_host) = hosts.get(remote) else {
                 continue;
             };
             let tunnel_present = observed
@@ -619,7 +722,9 @@ impl<'a> Diff<'a> {
             current,
             moves,
             final_host,
+            final_list,
             vm_links,
+            hosts,
             needed_sorted: needed_list,
             established,
             installs,
@@ -639,6 +744,11 @@ impl<'a> Diff<'a> {
         Ok(diff)
     }
 
+    /// A declared host, like `Landscape::host` but by hash.
+    pub fn host(&self, id: &HostId) -> Option<&'a Host> {
+        self.hosts.get(id).copied()
+    }
+
     /// Addresses of the VM's secure_link peers, sorted.
     pub fn peers(&self, vm: &str) -> Vec<Ipv4Addr> {
         let mut out: Vec<Ipv4Addr> = self
@@ -648,7 +758,7 @@ impl<'a> Diff<'a> {
             .flatten()
             .flat_map(|l| l.between.iter())
             .filter(|m| m.as_str() != vm)
-            .filter_map(|m| self.desired.vms.get(m).map(|v| v.address))
+            .filter_map(|m| self.current.get(m.as_str()).map(|c| c.vm.address))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -658,6 +768,23 @@ impl<'a> Diff<'a> {
     /// The SAs the VM needs at `host`, given where its peers run (`placement`).
     pub fn needs_at(&self, vm: &str, host: &HostId, placement: Placement) -> Vec<SaPair> {
         let mut out = Vec::new();
+        self.each_need(vm, host, placement, |link, peer| {
+            out.push(SaPair::new(link, host, peer));
+            true
+        });
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Calls `f` with (link, peer host) for each SA the VM needs at `host`, while `f` says go on.
+    fn each_need(
+        &self,
+        vm: &str,
+        host: &HostId,
+        placement: Placement,
+        mut f: impl FnMut(&str, &HostId) -> bool,
+    ) {
         for link in self.vm_links.get(vm).into_iter().flatten() {
             for peer in link.between.iter().filter(|m| m.as_str() != vm) {
                 let p = match placement {
@@ -665,20 +792,28 @@ impl<'a> Diff<'a> {
                     Placement::Current => self.current.get(peer.as_str()).map(|c| &c.host),
                 };
                 let Some(p) = p.copied() else { continue };
-                if p != host && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p)) {
-                    out.push(SaPair::new(&link.name, host, p));
+                if p != host
+                    && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p))
+                    && !f(&link.name, p)
+                {
+                    return;
                 }
             }
         }
-        out.sort();
-        out.dedup();
-        out
     }
 
     /// Whether traffic of the VM at `host` must stay restricted to IPsec: the host is
     /// untrusted, or a peer sits across an untrusted environment.
     pub fn secure_only(&self, vm: &str, host: &HostId, placement: Placement) -> bool {
-        !self.desired.is_trusted(host) || !self.needs_at(vm, host, placement).is_empty()
+        if !self.desired.is_trusted(host) {
+            return true;
+        }
+        let mut any = false;
+        self.each_need(vm, host, placement, |_, _| {
+            any = true;
+            false
+        });
+        any
     }
 
     /// Whether the snapshot shows non-managed connections of the VM that are not secured
@@ -699,11 +834,8 @@ impl<'a> Diff<'a> {
                 .desired
                 .vms
                 .keys()
-                .filter_map(|v| {
-                    self.final_host
-                        .get(v.as_str())
-                        .map(|h| (v.clone(), (*h).clone()))
-                })
+                .zip(&self.final_list)
+                .map(|(v, h)| (v.clone(), (*h).clone()))
                 .collect(),
             established: self.established.clone(),
             must_secure: self
@@ -743,10 +875,14 @@ impl<'a> Diff<'a> {
             });
         }
 
-        let mut links: BTreeSet<&str> =
-            self.installs.iter().map(|i| i.pair.link.as_str()).collect();
+        let mut links: Vec<&str> = self.installs.iter().map(|i| i.pair.link.as_str()).collect();
         links.extend(self.stale.iter().map(|s| s.link.as_str()));
         links.extend(self.cleanup_links.values().flatten().map(String::as_str));
+        links.sort_unstable();
+        links.dedup();
+        // The configured links and the needed SAs are sorted by link too: walk them alongside.
+        let mut configured = self.desired.secure_links.iter().peekable();
+        let mut needed_from = 0;
         for name in links {
             let sas_before: Vec<String> = self
                 .observed_sas
@@ -757,13 +893,22 @@ impl<'a> Diff<'a> {
                 .map(|(h, r, up)| format!("{h} <-> {r}{}", if *up { "" } else { " (down)" }))
                 .collect();
             let before = (!sas_before.is_empty()).then(|| json!({ "sas": sas_before }));
-            let (action, after) = match self.desired.secure_links.get(name) {
+            while configured.next_if(|(k, _)| k.as_str() < name).is_some() {}
+            let link = configured
+                .peek()
+                .filter(|(k, _)| k.as_str() == name)
+                .map(|(_, l)| *l);
+            let (action, after) = match link {
                 None => (ChangeAction::Delete, None),
                 Some(link) => {
-                    let from = self
+                    while self
                         .needed_sorted
-                        .partition_point(|p| p.link.as_str() < name);
-                    let sas: Vec<&SaPair> = self.needed_sorted[from..]
+                        .get(needed_from)
+                        .is_some_and(|p| p.link.as_str() < name)
+                    {
+                        needed_from += 1;
+                    }
+                    let sas: Vec<&SaPair> = self.needed_sorted[needed_from..]
                         .iter()
                         .take_while(|p| p.link == name)
                         .collect();
@@ -802,6 +947,17 @@ impl<'a> Diff<'a> {
         }
         out.sort_by(|a, b| a.address.cmp(&b.address));
         out
+    }
+}
+
+/// An SA by reference: (link, lower host, higher host); orders like [`SaPair`].
+type PairRef<'a> = (&'a str, &'a HostId, &'a HostId);
+
+fn pair_ref<'a>(link: &'a str, x: &'a HostId, y: &'a HostId) -> PairRef<'a> {
+    if x <= y {
+        (link, x, y)
+    } else {
+        (link, y, x)
     }
 }
 

@@ -5,7 +5,6 @@
 
 use super::{PlanError, SaPair, Step};
 use foldhash::{HashMap, HashMapExt};
-use petgraph::algo::tred::{dag_to_toposorted_adjacency_list, dag_transitive_reduction_closure};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -26,18 +25,18 @@ pub(crate) struct VmSteps {
 
 /// The graph under construction.
 #[derive(Debug, Default)]
-pub(crate) struct Draft {
+pub(crate) struct Draft<'d> {
     pub steps: Vec<Step>,
     /// `(a, b)`: `b` runs after `a`.
     pub edges: Vec<(usize, usize)>,
     /// Per moving VM. Positions are valid until the dedupe pass.
-    pub vm: HashMap<String, VmSteps>,
+    pub vm: HashMap<&'d str, VmSteps>,
     /// Per installed SA, its initiating end (the step after which the SA is up). Positions
     /// are valid until the dedupe pass.
-    pub sa_up: HashMap<SaPair, usize>,
+    pub sa_up: HashMap<&'d SaPair, usize>,
 }
 
-impl Draft {
+impl<'d> Draft<'d> {
     /// An empty draft with room for about `steps` steps.
     pub fn with_capacity(steps: usize) -> Self {
         Draft {
@@ -104,18 +103,6 @@ impl Draft {
         self.sa_up.clear();
     }
 
-    /// The petgraph view of the draft (node weight = position).
-    fn graph(&self) -> DiGraph<usize, ()> {
-        let mut g = DiGraph::with_capacity(self.steps.len(), self.edges.len());
-        for i in 0..self.steps.len() {
-            g.add_node(i);
-        }
-        for &(a, b) in &self.edges {
-            g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
-        }
-        g
-    }
-
     fn cycle_error(&self, at: usize) -> PlanError {
         PlanError::Cycle {
             step: self.steps[at].key.clone(),
@@ -123,20 +110,85 @@ impl Draft {
     }
 
     /// Drops every edge implied by a longer path.
+    ///
+    /// Nodes are visited in reverse topological order; a node's successors in topological
+    /// order. An edge `u -> v` is implied when `v` is reachable from a successor of `u` that
+    /// comes before `v`; the walk from each kept successor marks what it reaches. Branches are
+    /// per VM, link and subnet, so each walk stays local.
     pub fn reduce(&mut self) -> Result<(), PlanError> {
-        let g = self.graph();
-        let topo = petgraph::algo::toposort(&g, None)
-            .map_err(|c| self.cycle_error(c.node_id().index()))?;
-        let (list, _) = dag_to_toposorted_adjacency_list::<_, u32>(&g, &topo);
-        let (reduced, _closure) = dag_transitive_reduction_closure(&list);
-        let mut edges = Vec::with_capacity(reduced.edge_count());
-        for (rank, &node) in topo.iter().enumerate() {
-            for next in petgraph::visit::IntoNeighbors::neighbors(&reduced, rank as u32) {
-                edges.push((node.index(), topo[next as usize].index()));
+        let n = self.steps.len();
+        // Outgoing edges, grouped by source (edges are sorted by dedupe).
+        self.edges.sort_unstable();
+        let mut start = vec![0u32; n + 1];
+        for &(a, _) in &self.edges {
+            start[a + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let out = |u: usize| &self.edges[start[u] as usize..start[u + 1] as usize];
+        // Topological rank (Kahn).
+        let mut indegree = vec![0u32; n];
+        for &(_, b) in &self.edges {
+            indegree[b] += 1;
+        }
+        let mut order: Vec<u32> = (0..n as u32)
+            .filter(|&i| indegree[i as usize] == 0)
+            .collect();
+        order.reserve(n - order.len());
+        let mut head = 0;
+        while head < order.len() {
+            let u = order[head] as usize;
+            head += 1;
+            for &(_, b) in out(u) {
+                indegree[b] -= 1;
+                if indegree[b] == 0 {
+                    order.push(b as u32);
+                }
             }
         }
-        edges.sort_unstable();
-        self.edges = edges;
+        if order.len() != n {
+            let at = (0..n).find(|&i| indegree[i] > 0).unwrap_or(0);
+            return Err(self.cycle_error(at));
+        }
+        let mut rank = vec![0u32; n];
+        for (r, &u) in order.iter().enumerate() {
+            rank[u as usize] = r as u32;
+        }
+        let mut keep = vec![true; self.edges.len()];
+        let mut stamp = vec![u32::MAX; n];
+        let mut stack: Vec<usize> = Vec::new();
+        let mut succ: Vec<(u32, usize)> = Vec::new();
+        for &u in order.iter().rev() {
+            let u = u as usize;
+            let (lo, hi) = (start[u] as usize, start[u + 1] as usize);
+            if hi - lo < 2 {
+                continue; // a single successor is never implied
+            }
+            succ.clear();
+            succ.extend((lo..hi).map(|e| (rank[self.edges[e].1], e)));
+            succ.sort_unstable();
+            let mark = u as u32;
+            for &(_, e) in &succ {
+                let v = self.edges[e].1;
+                if stamp[v] == mark {
+                    keep[e] = false;
+                    continue;
+                }
+                stamp[v] = mark;
+                stack.push(v);
+                while let Some(w) = stack.pop() {
+                    for &(_, x) in out(w) {
+                        if stamp[x] != mark {
+                            stamp[x] = mark;
+                            stack.push(x);
+                        }
+                    }
+                }
+            }
+        }
+        let mut k = keep.iter();
+        self.edges.retain(|_| k.next().copied().unwrap_or(true));
         Ok(())
     }
 
@@ -208,18 +260,14 @@ impl Draft {
             .map(|&(a, b)| (number[a], number[b]))
             .collect();
         edges.sort_unstable();
-        // Put each step at its number in place (cycle-following swaps: no second copy).
-        let mut steps = self.steps;
-        for i in 0..n {
-            while number[i] != i {
-                let j = number[i];
-                steps.swap(i, j);
-                number.swap(i, j);
-            }
-        }
+        // Move each step into the graph in numbering order (one move per step; the slots
+        // reuse the steps' buffer).
+        let mut slots: Vec<Option<Step>> = self.steps.into_iter().map(Some).collect();
         let mut g = DiGraph::with_capacity(n, edges.len());
-        for step in steps {
-            g.add_node(step);
+        for &i in &order {
+            if let Some(step) = slots[i].take() {
+                g.add_node(step);
+            }
         }
         for (a, b) in edges {
             g.add_edge(NodeIndex::new(a), NodeIndex::new(b), ());
@@ -252,7 +300,7 @@ mod tests {
         }
     }
 
-    fn draft(keys: &[&str], edges: &[(usize, usize)]) -> Draft {
+    fn draft(keys: &[&str], edges: &[(usize, usize)]) -> Draft<'static> {
         let mut d = Draft::default();
         for k in keys {
             d.add(step(k));
@@ -279,6 +327,59 @@ mod tests {
         let mut d = draft(&["a", "b", "c"], &[(0, 1), (1, 2), (0, 2)]);
         d.reduce().unwrap();
         assert_eq!(d.edges, [(0, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn reduction_matches_petgraph_on_random_dags() {
+        use petgraph::algo::tred::{
+            dag_to_toposorted_adjacency_list, dag_transitive_reduction_closure,
+        };
+        let mut seed = 0x5eed_u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        for round in 0..200 {
+            let n = 2 + (round % 30) as usize;
+            // Edges go from a lower to a higher rank of a random permutation: a DAG whose
+            // positions are not in topological order.
+            let mut perm: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                perm.swap(i, next(i as u64 + 1) as usize);
+            }
+            let mut edges = Vec::new();
+            for _ in 0..next(3 * n as u64) {
+                let (x, y) = (next(n as u64) as usize, next(n as u64) as usize);
+                if x < y {
+                    edges.push((perm[x], perm[y]));
+                }
+            }
+            edges.sort_unstable();
+            edges.dedup();
+            let keys: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+            let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let mut d = draft(&key_refs, &edges);
+            d.reduce().unwrap();
+
+            let mut g = DiGraph::<(), ()>::new();
+            let nodes: Vec<_> = (0..n).map(|_| g.add_node(())).collect();
+            for &(a, b) in &edges {
+                g.add_edge(nodes[a], nodes[b], ());
+            }
+            let topo = petgraph::algo::toposort(&g, None).unwrap();
+            let (list, _) = dag_to_toposorted_adjacency_list::<_, u32>(&g, &topo);
+            let (reduced, _) = dag_transitive_reduction_closure(&list);
+            let mut want = Vec::new();
+            for (rank, &node) in topo.iter().enumerate() {
+                for next in petgraph::visit::IntoNeighbors::neighbors(&reduced, rank as u32) {
+                    want.push((node.index(), topo[next as usize].index()));
+                }
+            }
+            want.sort_unstable();
+            assert_eq!(d.edges, want, "edges {edges:?}");
+        }
     }
 
     #[test]

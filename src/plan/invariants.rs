@@ -6,10 +6,9 @@
 //! link and subnet, so each walk stays local and the whole check is near linear in the plan.
 
 use super::{Action, Plan, SaPair, StepKind};
-use crate::model::{HostId, Landscape, SecureLink};
+use crate::model::{Host, HostId, Landscape, SecureLink};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use petgraph::graph::NodeIndex;
-use petgraph::Direction;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -86,38 +85,106 @@ pub const STATEMENTS: [(u8, &str); 4] = [
     (7, "no migration stream or libvirt control connection crosses an untrusted network in cleartext"),
 ];
 
-/// Collects ancestors with a reusable visit stamp (no allocation per walk).
+/// Collects ancestors with a reusable visit stamp (no allocation per walk), over a compact
+/// copy of the incoming edges (the graph's nodes hold whole steps: walking them would read
+/// one step per visit).
 struct Ancestry {
     stamp: Vec<u32>,
     generation: u32,
-    stack: Vec<NodeIndex>,
+    stack: Vec<u32>,
+    /// The predecessors of node `i` are `preds[start[i]..start[i + 1]]`.
+    start: Vec<u32>,
+    preds: Vec<u32>,
 }
 
 impl Ancestry {
-    fn new(n: usize) -> Self {
+    fn new(plan: &Plan) -> Self {
+        let n = plan.graph.node_count();
+        let mut start = vec![0u32; n + 1];
+        for e in plan.graph.raw_edges() {
+            start[e.target().index() + 1] += 1;
+        }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut preds = vec![0u32; plan.graph.edge_count()];
+        for e in plan.graph.raw_edges() {
+            let t = e.target().index();
+            preds[fill[t] as usize] = e.source().index() as u32;
+            fill[t] += 1;
+        }
         Ancestry {
             stamp: vec![0; n],
             generation: 0,
             stack: Vec::new(),
+            start,
+            preds,
         }
     }
 
+    /// Whether the graph has a cycle (Kahn's algorithm on the reversed edges).
+    fn is_cyclic(&self) -> bool {
+        let n = self.stamp.len();
+        let mut out_degree = vec![0u32; n];
+        for &p in &self.preds {
+            out_degree[p as usize] += 1;
+        }
+        let mut ready: Vec<u32> = (0..n as u32)
+            .filter(|&i| out_degree[i as usize] == 0)
+            .collect();
+        let mut done = 0;
+        while let Some(v) = ready.pop() {
+            done += 1;
+            let v = v as usize;
+            for &p in &self.preds[self.start[v] as usize..self.start[v + 1] as usize] {
+                out_degree[p as usize] -= 1;
+                if out_degree[p as usize] == 0 {
+                    ready.push(p);
+                }
+            }
+        }
+        done != n
+    }
+
     /// Every step from which `start` is reachable (excluding `start` unless on a cycle).
-    fn of(&mut self, plan: &Plan, start: NodeIndex, out: &mut Vec<NodeIndex>) {
+    fn of(&mut self, start: NodeIndex, out: &mut Vec<NodeIndex>) {
         out.clear();
         self.generation += 1;
         let g = self.generation;
         self.stack.clear();
-        self.stack.push(start);
+        self.stack.push(start.index() as u32);
         while let Some(n) = self.stack.pop() {
-            for p in plan.graph.neighbors_directed(n, Direction::Incoming) {
-                if self.stamp[p.index()] != g {
-                    self.stamp[p.index()] = g;
-                    out.push(p);
+            let n = n as usize;
+            let (lo, hi) = (self.start[n] as usize, self.start[n + 1] as usize);
+            for &p in &self.preds[lo..hi] {
+                if self.stamp[p as usize] != g {
+                    self.stamp[p as usize] = g;
+                    out.push(NodeIndex::new(p as usize));
                     self.stack.push(p);
                 }
             }
         }
+    }
+}
+
+/// What the checks look for among a step's ancestors, one byte per step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Block,
+    Initiate,
+    Secure,
+    RouteCheck,
+    Other,
+}
+
+fn tag(action: &Action) -> Tag {
+    match action {
+        Action::Block { .. } => Tag::Block,
+        Action::IpsecInstall { initiate: true, .. } => Tag::Initiate,
+        Action::SecureConnections { .. } => Tag::Secure,
+        Action::RouteCheck { .. } => Tag::RouteCheck,
+        _ => Tag::Other,
     }
 }
 
@@ -172,11 +239,13 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<Pair<'_>> {
     }
 }
 
-/// Where VMs run after the plan, and which links each takes part in.
+/// Where VMs run after the plan, which links the VMs with restart or enable steps take part
+/// in, and the declared hosts.
 struct Index<'p> {
     placements: HashMap<&'p str, &'p HostId>,
     links: HashMap<&'p str, Vec<&'p SecureLink>>,
     established: HashSet<Pair<'p>>,
+    hosts: HashMap<&'p HostId, &'p Host>,
 }
 
 impl<'p> Index<'p> {
@@ -186,11 +255,24 @@ impl<'p> Index<'p> {
             placements.insert(vm.as_str(), h);
         }
         let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
-        for link in desired.secure_links.values() {
-            for m in &link.between {
-                links.entry(m.as_str()).or_default().push(link);
+        for n in plan.graph.node_indices() {
+            let s = &plan.graph[n];
+            if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
+                links.entry(vm).or_default();
             }
         }
+        for link in desired.secure_links.values() {
+            for m in &link.between {
+                if let Some(l) = links.get_mut(m.as_str()) {
+                    l.push(link);
+                }
+            }
+        }
+        let hosts = desired
+            .hosts()
+            .filter(|h| desired.host(&h.id).is_some_and(|x| std::ptr::eq(x, *h)))
+            .map(|h| (&h.id, h))
+            .collect();
         let established = plan
             .context
             .established
@@ -201,6 +283,7 @@ impl<'p> Index<'p> {
             placements,
             links,
             established,
+            hosts,
         }
     }
 
@@ -230,7 +313,8 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
     let mut v7 = Vec::new();
     let mut waived = Vec::new();
 
-    if petgraph::algo::is_cyclic_directed(&plan.graph) {
+    let mut walk = Ancestry::new(plan);
+    if walk.is_cyclic() {
         let msg = "the step graph has a cycle, so no order satisfies it".to_string();
         for v in [&mut v1, &mut v2, &mut v3, &mut v7] {
             v.push(msg.clone());
@@ -260,7 +344,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
         }
     }
 
-    let mut walk = Ancestry::new(plan.graph.node_count());
+    let tags: Vec<Tag> = plan.graph.node_weights().map(|s| tag(&s.action)).collect();
     let mut anc = Vec::new();
     let mut installed: Vec<Pair> = Vec::new();
     let mut needed: Vec<Pair> = Vec::new();
@@ -271,9 +355,13 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 let (Some(vm), Some(host)) = (vm_of(&s.action), step_host(plan, n)) else {
                     continue;
                 };
-                walk.of(plan, n, &mut anc);
+                walk.of(n, &mut anc);
                 installed.clear();
-                installed.extend(anc.iter().filter_map(|&a| initiates(plan, a)));
+                installed.extend(
+                    anc.iter()
+                        .filter(|a| tags[a.index()] == Tag::Initiate)
+                        .filter_map(|&a| initiates(plan, a)),
+                );
                 index.needs(desired, vm, host, &mut needed);
                 for &p in &needed {
                     if index.established.contains(&p) || installed.contains(&p) {
@@ -295,7 +383,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 let must = secured_vms.contains(vm) || plan.context.must_secure.contains(vm);
                 if s.kind == StepKind::Enable && must {
                     let secured = anc.iter().any(|&a| {
-                        matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
+                        tags[a.index()] == Tag::Secure && matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
                     });
                     if !secured {
                         v2.push(format!(
@@ -312,10 +400,11 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 else {
                     continue;
                 };
-                walk.of(plan, n, &mut anc);
-                let blocked = anc.iter().any(
-                    |&a| matches!(&plan.graph[a].action, Action::Block { vm: w, .. } if w == vm),
-                );
+                walk.of(n, &mut anc);
+                let blocked = anc.iter().any(|&a| {
+                    tags[a.index()] == Tag::Block
+                        && matches!(&plan.graph[a].action, Action::Block { vm: w, .. } if w == vm)
+                });
                 if !blocked {
                     v2.push(format!(
                         "{} is not preceded by a block of vm.{vm}",
@@ -325,7 +414,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 let crosses = !desired.is_trusted(from) || !desired.is_trusted(to);
                 if crosses {
                     let uri_tls =
-                        |h: &HostId| desired.host(h).is_some_and(|h| h.libvirt_uses_tls());
+                        |h: &HostId| index.hosts.get(h).is_some_and(|h| h.libvirt_uses_tls());
                     let mut why = Vec::new();
                     if !tls {
                         why.push("the migration stream is not TLS".to_string());
@@ -358,7 +447,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 let Some(resp) = responders.get(&p) else {
                     continue;
                 };
-                walk.of(plan, n, &mut anc);
+                walk.of(n, &mut anc);
                 if !resp.iter().any(|r| anc.contains(r)) {
                     v1.push(format!(
                         "{} brings the SA of {} up before the other end has loaded it",
@@ -371,9 +460,9 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 let Action::TunnelRemove { subnet, core, .. } = &s.action else {
                     continue;
                 };
-                walk.of(plan, n, &mut anc);
+                walk.of(n, &mut anc);
                 let checked = anc.iter().any(|&a| {
-                    matches!(&plan.graph[a].action,
+                    tags[a.index()] == Tag::RouteCheck && matches!(&plan.graph[a].action,
                         Action::RouteCheck { subnet: s2, core: c2, .. } if s2 == subnet && c2 == core)
                 });
                 if !checked {
