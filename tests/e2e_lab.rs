@@ -595,7 +595,12 @@ fn assert_rolled_back(run: &Applied, what: &str) {
         !domains_on(&c, "c1").contains(&"db".to_string()),
         "{what}: db is left on c1"
     );
-    must(lab("up", &[]), "lab/up (daemons back)");
+    // The stopped or killed daemon comes back with lab/up. A libvirtd killed during an
+    // incoming migration has once failed to come back within lab/up's 60 s (its log showed
+    // no start at all) and came back at the next start: a second try, then a failure.
+    if !lab("up", &[]).status.success() {
+        must(lab("up", &[]), "lab/up (daemons back), second try");
+    }
     assert_initial(what);
 }
 
