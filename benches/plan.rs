@@ -5,25 +5,42 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine while lab VMs (TCG) shared the cores (load average
-//! 2-5), with mimalloc as in the binary; medians of three runs of `SMIG_BENCH_REPS=5` (1k: of
-//! five); "build CPU" is this thread's own CPU time:
+//! Measured on the 2-core build machine while lab VMs (TCG) and a CI run shared the cores
+//! (load average 2.1-5.3), with mimalloc as in the binary; medians of nine runs of
+//! `SMIG_BENCH_REPS=5` (1k: five runs of the default 21). "build CPU" is this thread's own
+//! CPU time; "first build" is the first timed build (median of six runs), which faults in
+//! the plan's memory as the one build of a `smig plan` does:
 //!
-//! | VMs | hosts | steps | build median | build min | build CPU median | peak RSS |
-//! |---:|---:|---:|---:|---:|---:|---:|
-//! | 1,000 | 50 | 1,539 | 2.3 ms | 2.1 ms | 2.3 ms | 19 MiB |
-//! | 10,000 | 500 | 14,199 | 31.7 ms | 29.1 ms | 28.0 ms | 93 MiB |
-//! | 100,000 | 5,000 | 141,731 | 473 ms | 461 ms | 471 ms | 381 MiB |
+//! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
+//! |---:|---:|---:|---:|---:|---:|---:|---:|
+//! | 1,000 | 50 | 1,539 | 3.6 ms | 2.0 ms | 3.6 ms | 4.7 ms | 17 MiB |
+//! | 10,000 | 500 | 14,199 | 36.3 ms | 26.3 ms | 31.4 ms | 170 ms | 95 MiB |
+//! | 100,000 | 5,000 | 141,731 | 491 ms | 419 ms | 453 ms | 1,150 ms | 379 MiB |
 //!
-//! The same runs of the code before hash lookups replaced tree walks and the hosts' shared ids
-//! replaced per-VM copies: 10k 50 ms, 100k 756 ms. The 100k/10k ratio is 15x and still misses
-//! the 12x target. Instructions for one build (callgrind): 167 M at 10k VMs, 1,731 M at 100k
-//! (10.3x; before: 414 M and 4,270 M): the passes are linear; the rest is memory. At 10k the
-//! landscape and the plan fit in the 32 MiB L3; at 100k (110 MiB of landscape, 275 MiB of
-//! plan) each lookup by name and each first touch of a VM's strings goes to DRAM. Between
-//! timed builds mimalloc returns freed pages after its 1 s purge delay, which only 100k reps
-//! outlast: re-faulting them adds up to ~100 ms to a 100k build on a busy machine
-//! (`MIMALLOC_PURGE_DELAY=-1` shows it). Peak RSS varies by ~20 MiB with huge pages.
+//! The 100k/10k ratio is 13.5x (CPU: 14.4x) and still misses the 12x target. The diff now
+//! resolves each moving VM's secure_link peers to positions once and answers "peers" and
+//! "needed SAs" (asked several times per move by the passes) by indexing where-now and
+//! where-after lists instead of hashing names, and no longer keeps a map of where all VMs run
+//! now. Interleaved with the previous code on the same machine (six runs each, load 3.7-4.4):
+//! 10k 35.3 -> 34.8 ms CPU, 100k 550 -> 495 ms CPU (-10%), ratio 15.6x -> 14.2x; plan RSS
+//! 274 -> 270 MiB at 100k. (The table before this change, 10k 32 ms and 100k 473 ms, was
+//! measured at a lighter load than the one above.)
+//!
+//! Where the rest goes (perf, per build, 100k vs 10k): diff 16x, invariant check 15x,
+//! numbering 15x, passes 12-20x, resource changes 10x: no phase stands out; every phase
+//! slows about 1.4x per step at 100k because its data no longer fits in the 32 MiB L3 (110
+//! MiB of landscape, 270 MiB of plan with ~15 heap strings per step) and each lookup by name
+//! and each first touch of a VM's strings goes to DRAM. Callgrind counted 10.3x the instructions
+//! before this change (167 M vs 1,731 M). Closing the gap needs the steps themselves to
+//! shrink: names interned or shared instead of owned by each step, facts and inverses off the
+//! step, so a build touches less memory.
+//!
+//! The allocator is left as the binary configures it. The first build of a process pays the
+//! page faults of a fresh heap (on this busy VM 1.0-1.4 s at 100k, 40-220 ms at 10k); the
+//! median of the later builds does not, at either size: they reuse the freed pages. mimalloc
+//! purges freed pages after 1 s, which the 100k builds outlast: with `MIMALLOC_PURGE_DELAY=-1`
+//! the repeats fault 30x less, but their medians moved by less than the noise (±20 ms), so
+//! the bench does not disable purging. Peak RSS varies by ~30 MiB with huge pages.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
@@ -55,9 +72,9 @@ fn main() {
         }
     };
     println!(
-        "| VMs | hosts | moving | steps | edges | build median | build min | build CPU median | invariant check alone | peak RSS | RSS of the plan |"
+        "| VMs | hosts | moving | steps | edges | build median | build min | build CPU median | first build | invariant check alone | peak RSS | RSS of the plan |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for n in sizes {
         match Command::new(&exe)
             .arg("--child")
@@ -156,16 +173,19 @@ fn child(n: usize) {
         drop(plan);
     }
     let peak = status_kib("VmHWM:");
+    // The first build faults in the plan's memory, as the one build of a `smig plan` does.
+    let first = times[0];
     times.sort();
     cpu.sort();
     println!(
-        "| {n} | {} | {moving} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {n} | {} | {moving} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         desired.hosts().count(),
         shape.0,
         shape.1,
         ms(times[times.len() / 2]),
         ms(times[0]),
         ms(cpu[cpu.len() / 2]),
+        ms(first),
         ms(check),
         mib(peak),
         mib(peak.saturating_sub(before)),

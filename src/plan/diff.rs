@@ -201,13 +201,15 @@ pub(crate) struct StaleTunnel<'a> {
 pub(crate) struct Diff<'a> {
     pub desired: &'a Landscape,
     pub observed: &'a Observed,
-    pub current: HashMap<&'a str, Current<'a>>,
+    /// Where each VM runs now, in `desired.vms` order.
+    pub current: Vec<Option<Current<'a>>>,
     pub moves: Vec<Move<'a>>,
-    pub final_host: HashMap<&'a str, &'a HostId>,
     /// Where each VM runs afterwards, in `desired.vms` order.
     pub final_list: Vec<&'a HostId>,
-    /// The links of each moving VM.
-    pub vm_links: HashMap<&'a str, Vec<&'a SecureLink>>,
+    /// The secure_link peers of each moving VM, link by link: (link, the peer's position in
+    /// `desired.vms`), so asking for peers and SAs indexes the lists above instead of hashing
+    /// names.
+    pub vm_links: HashMap<&'a str, Vec<(&'a str, u32)>>,
     /// The declared hosts by id (see [`Diff::host`]).
     hosts: HashMap<&'a HostId, &'a Host>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
@@ -286,7 +288,6 @@ impl<'a> Diff<'a> {
             .map(|h| (&h.id, h))
             .collect();
         let discovered: HashSet<&HostId> = observed.hosts.keys().collect();
-        let mut current: HashMap<&str, Current> = HashMap::with_capacity(desired.vms.len());
         // Where each VM runs now, in `desired.vms` order.
         let mut current_list: Vec<Option<Current>> = Vec::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
@@ -374,7 +375,6 @@ impl<'a> Diff<'a> {
                     state,
                     want: want.unwrap_or(&vm.host),
                 };
-                current.insert(name.as_str(), here);
                 current_list.push(Some(here));
             } else {
                 current_list.push(None);
@@ -405,12 +405,15 @@ impl<'a> Diff<'a> {
         // 310/315: the VMs whose desired host differs from the discovered one.
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
-        let mut final_host: HashMap<&str, &HostId> = HashMap::with_capacity(desired.vms.len());
+        // Each VM's position in `desired.vms` (= in `current_list` and `final_list`).
+        let mut position: HashMap<&str, u32> = HashMap::with_capacity(desired.vms.len());
+        let mut is_moving: Vec<bool> = Vec::with_capacity(desired.vms.len());
         let mut final_list: Vec<&HostId> = Vec::with_capacity(desired.vms.len());
         for ((name, vm), cur) in desired.vms.iter().zip(&current_list) {
             let Some(cur) = *cur else {
                 continue; // reported above
             };
+            position.insert(name.as_str(), final_list.len() as u32);
             if cur.host != cur.want && selection.vm(name) {
                 if !discovered.contains(cur.want) && missing.insert(cur.want.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
@@ -430,11 +433,11 @@ impl<'a> Diff<'a> {
                     needs: Vec::new(),
                     peers: Vec::new(),
                 });
-                final_host.insert(name.as_str(), cur.want);
                 final_list.push(cur.want);
+                is_moving.push(true);
             } else {
-                final_host.insert(name.as_str(), cur.host);
                 final_list.push(cur.host);
+                is_moving.push(false);
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
@@ -442,23 +445,35 @@ impl<'a> Diff<'a> {
         // the links of each moving VM (only moving VMs are asked for their peers and SAs),
         // and the SAs the landscape needs once the plan is applied, by reference until sorted.
         let mut unknown = Vec::new();
-        let mut vm_links: HashMap<&str, Vec<&SecureLink>> = HashMap::with_capacity(moves.len());
+        let mut vm_links: HashMap<&str, Vec<(&str, u32)>> = HashMap::with_capacity(moves.len());
         let mut needed: HashSet<PairRef> = HashSet::new();
         let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
         let mut members: Vec<&HostId> = Vec::new();
+        let mut member_pos: Vec<u32> = Vec::new();
         for link in desired.secure_links.values() {
             members.clear();
+            member_pos.clear();
             for m in &link.between {
-                match final_host.get(m.as_str()) {
-                    Some(h) => members.push(h),
+                match position.get(m.as_str()) {
+                    Some(&i) => {
+                        members.push(final_list[i as usize]);
+                        member_pos.push(i);
+                    }
                     None => unknown.push(unknown_vm(link, m)),
-                }
-                if let Some((name, _)) = moving.get_key_value(m.as_str()) {
-                    vm_links.entry(*name).or_default().push(link);
                 }
             }
             if !unknown.is_empty() {
                 continue;
+            }
+            for (m, &i) in link.between.iter().zip(&member_pos) {
+                if is_moving[i as usize] {
+                    vm_links.entry(m.as_str()).or_default().extend(
+                        member_pos
+                            .iter()
+                            .filter(|&&k| k != i)
+                            .map(|&k| (link.name.as_str(), k)),
+                    );
+                }
             }
             for (i, &hx) in members.iter().enumerate() {
                 for &hy in &members[i + 1..] {
@@ -719,9 +734,8 @@ impl<'a> Diff<'a> {
         let mut diff = Diff {
             desired,
             observed,
-            current,
+            current: current_list,
             moves,
-            final_host,
             final_list,
             vm_links,
             hosts,
@@ -756,9 +770,7 @@ impl<'a> Diff<'a> {
             .get(vm)
             .into_iter()
             .flatten()
-            .flat_map(|l| l.between.iter())
-            .filter(|m| m.as_str() != vm)
-            .filter_map(|m| self.current.get(m.as_str()).map(|c| c.vm.address))
+            .filter_map(|&(_, k)| self.current[k as usize].map(|c| c.vm.address))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -785,19 +797,17 @@ impl<'a> Diff<'a> {
         placement: Placement,
         mut f: impl FnMut(&str, &HostId) -> bool,
     ) {
-        for link in self.vm_links.get(vm).into_iter().flatten() {
-            for peer in link.between.iter().filter(|m| m.as_str() != vm) {
-                let p = match placement {
-                    Placement::Final => self.final_host.get(peer.as_str()),
-                    Placement::Current => self.current.get(peer.as_str()).map(|c| &c.host),
-                };
-                let Some(p) = p.copied() else { continue };
-                if p != host
-                    && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p))
-                    && !f(&link.name, p)
-                {
-                    return;
-                }
+        for &(link, k) in self.vm_links.get(vm).into_iter().flatten() {
+            let p = match placement {
+                Placement::Final => Some(self.final_list[k as usize]),
+                Placement::Current => self.current[k as usize].map(|c| c.host),
+            };
+            let Some(p) = p else { continue };
+            if p != host
+                && (!self.desired.is_trusted(host) || !self.desired.is_trusted(p))
+                && !f(link, p)
+            {
+                return;
             }
         }
     }
