@@ -16,6 +16,9 @@
 //! the lab up with `lab/up`, and leaves it as it found it (db on dc.hv2, nothing of smig's). It
 //! never skips: when it cannot run, it fails with the reason.
 
+mod lab_support;
+
+use lab_support::*;
 use serde_json::Value;
 use smig::config::{self, Mode, SourceFile, VarInputs};
 use smig::discover::snapshot::Snapshot;
@@ -26,84 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 const PSK: &str = "e2e-lab-psk-4f1d9a";
-const NAMESPACES: [&str; 4] = ["dc-hv1", "dc-hv2", "cloud-c1", "dc-core"];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Takes the lab lock. A lock file replaced while waiting (removed and created again by
-/// someone) would lock nothing: the lock counts only on the file the path still names.
-fn lab_lock() -> std::fs::File {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::create_dir_all("/run/lock").expect("/run/lock");
-    loop {
-        let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| panic!("{LAB_LOCK}: {e}"));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("locking {LAB_LOCK}: {e}"));
-        let held = lock.metadata().map(|m| m.ino()).ok();
-        let named = std::fs::metadata(LAB_LOCK).map(|m| m.ino()).ok();
-        if held.is_some() && held == named {
-            return lock;
-        }
-    }
-}
-
-fn show(what: &str, out: &Output, started: Instant) {
-    eprintln!(
-        "{what} -> {} in {:.1} s\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `lab/CMD ARGS`.
-fn lab(cmd: &str, args: &[&str]) -> Output {
-    let started = Instant::now();
-    let out = Command::new(root().join("lab").join(cmd))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run lab/{cmd}: {e}"));
-    show(&format!("lab/{cmd} {}", args.join(" ")), &out, started);
-    out
-}
-
-fn must(out: Output, what: &str) -> Output {
-    assert!(out.status.success(), "{what} failed ({})", out.status);
-    out
-}
 
 /// Runs the smig binary with the lab's driver settings.
 fn smig(args: &[&str]) -> Output {
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_smig"))
-        .current_dir(root())
-        .env("SMIG_LAB", "1")
-        .env("SMIG_VAR_web_db_psk", PSK)
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .expect("run smig");
-    show(&format!("smig {}", args.join(" ")), &out, started);
-    out
-}
-
-fn json(out: &Output, what: &str) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    lab_support::smig(PSK, args)
 }
 
 fn landscape(dir: &Path) -> Landscape {
@@ -122,26 +52,9 @@ fn landscape(dir: &Path) -> Landscape {
     config::load(&files, &vars, Mode::Plan).unwrap_or_else(|e| panic!("{}: {e:?}", dir.display()))
 }
 
-/// The lab's state as `lab/check --json` sees it.
-fn check(wait: bool) -> Value {
-    let out = if wait {
-        lab("check", &["--json", "--wait", "30"])
-    } else {
-        lab("check", &["--json"])
-    };
-    json(&out, "lab/check --json")
-}
-
-fn domains_on(check: &Value, host: &str) -> Vec<String> {
-    check["hosts"][host]["domains"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
 /// Fails unless the lab is in its initial placement with nothing of smig's on it.
 fn assert_initial(what: &str) {
-    let c = check(true);
+    let c = check(30);
     assert!(
         domains_on(&c, "hv2").contains(&"db".to_string())
             && !domains_on(&c, "c1").contains(&"db".to_string()),
@@ -169,6 +82,14 @@ fn assert_initial(what: &str) {
             "{what}: a smig link is left in {ns}:\n{links}"
         );
     }
+}
+
+/// The lab up, in its initial state, locked for this test (until the file drops), and a
+/// scratch directory.
+fn prepared() -> (std::fs::File, tempfile::TempDir) {
+    let lock = lab_ready("e2e_lab");
+    assert_initial("before");
+    (lock, tempfile::tempdir().expect("temp dir"))
 }
 
 /// Replaces the ephemeral ports of connections by 0, keeping service ports (below 1024).
@@ -204,12 +125,7 @@ fn step_kinds(plan: &Value) -> Vec<String> {
 
 #[test]
 fn e2e_live_discovery_is_the_lab_and_plans_the_reference_move() {
-    assert!(
-        is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
-    );
-    let _lock = lab_lock();
-    must(lab("up", &[]), "lab/up");
+    let _lock = lab_ready("e2e_lab");
     assert_initial("before");
 
     let lab_config = landscape(&root().join("examples/lab"));
@@ -334,12 +250,7 @@ impl Applied {
 fn apply_watching(args: &[&str], mut on_event: impl FnMut(&Value, &str, u32)) -> Applied {
     use std::io::BufRead;
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_smig"))
-        .current_dir(root())
-        .env("SMIG_LAB", "1")
-        .env("SMIG_VAR_web_db_psk", PSK)
-        .env("NO_COLOR", "1")
-        .arg("apply")
+    let mut child = smig_command(PSK, &["apply"])
         .arg("--json")
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -426,7 +337,7 @@ fn web_echo_connections() -> Vec<smig::model::Connection> {
 /// connection was re-established (more connects than `connects_before`) and runs through the
 /// SA, and a second plan of `dir` has nothing to do.
 fn assert_in_the_cloud(dir: &Path, connects_before: u64) {
-    let c = check(true);
+    let c = check(30);
     assert_eq!(domains_on(&c, "c1"), ["db"], "db on c1");
     assert!(
         !domains_on(&c, "hv2").contains(&"db".to_string()),
@@ -439,7 +350,7 @@ fn assert_in_the_cloud(dir: &Path, connects_before: u64) {
     );
     let first = (sa_counters(&c, "hv1"), sa_counters(&c, "c1"));
     std::thread::sleep(Duration::from_secs(2));
-    let c2 = check(false);
+    let c2 = check(0);
     let second = (sa_counters(&c2, "hv1"), sa_counters(&c2, "c1"));
     let (Some(a1), Some(c1)) = first else {
         panic!("no installed web_db SA on hv1 and c1: {first:?}");
@@ -454,7 +365,7 @@ fn assert_in_the_cloud(dir: &Path, connects_before: u64) {
     // The reset connection comes back when the guest's client retries (every second).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let c = check(false);
+        let c = check(0);
         let conns = web_echo_connections();
         let reconnected = web_connects(&c) > connects_before;
         if reconnected && !conns.is_empty() && conns.iter().all(|c| c.ipsec) {
@@ -501,14 +412,7 @@ fn move_back(dir: &Path) -> Applied {
 /// One move of db to the cloud with `strategy` under a WAN capture, its checks, and the way
 /// back.
 fn move_to_the_cloud_and_back(strategy: &str) {
-    assert!(
-        is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
-    );
-    let _lock = lab_lock();
-    must(lab("up", &[]), "lab/up");
-    assert_initial("before");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_lock, dir) = prepared();
     let config = variant(
         dir.path(),
         strategy,
@@ -516,7 +420,7 @@ fn move_to_the_cloud_and_back(strategy: &str) {
         Some(strategy),
     );
     let state = dir.path().join("state");
-    let before = web_connects(&check(false));
+    let before = web_connects(&check(0));
 
     must(lab("capture", &["start"]), "lab/capture start");
     let result = std::panic::catch_unwind(|| {
@@ -585,7 +489,7 @@ fn assert_rolled_back(run: &Applied, what: &str) {
         "{what}: the rollback stopped at {}",
         done["stopped_at"]
     );
-    let c = check(true);
+    let c = check(30);
     assert_eq!(
         domains_on(&c, "hv2"),
         ["batch2", "db"],
@@ -606,14 +510,7 @@ fn assert_rolled_back(run: &Applied, what: &str) {
 
 #[test]
 fn e2e_charon_stopped_on_the_target_before_ipsec_install_rolls_back() {
-    assert!(
-        is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
-    );
-    let _lock = lab_lock();
-    must(lab("up", &[]), "lab/up");
-    assert_initial("before");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_lock, dir) = prepared();
     let state = dir.path().join("state");
     let mut stopped = false;
     let run = apply_watching(
@@ -645,14 +542,7 @@ fn e2e_charon_stopped_on_the_target_before_ipsec_install_rolls_back() {
 
 #[test]
 fn e2e_target_libvirtd_killed_during_migration_rolls_back() {
-    assert!(
-        is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
-    );
-    let _lock = lab_lock();
-    must(lab("up", &[]), "lab/up");
-    assert_initial("before");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_lock, dir) = prepared();
     let state = dir.path().join("state");
     let pidfile = "/run/smig-lab/hosts/c1/libvirtd.pid";
     let mut killer = None;
@@ -696,16 +586,9 @@ fn e2e_target_libvirtd_killed_during_migration_rolls_back() {
 
 #[test]
 fn e2e_smig_killed_mid_apply_resumes() {
-    assert!(
-        is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab`"
-    );
-    let _lock = lab_lock();
-    must(lab("up", &[]), "lab/up");
-    assert_initial("before");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_lock, dir) = prepared();
     let state = dir.path().join("state");
-    let before = web_connects(&check(false));
+    let before = web_connects(&check(0));
     must(lab("capture", &["start"]), "lab/capture start");
     let result = std::panic::catch_unwind(|| {
         let mut killed = false;

@@ -16,6 +16,9 @@
 //! the lab up with `lab/up`, and leaves it as it found it. It never skips: when it cannot run,
 //! it fails with the reason.
 
+mod lab_support;
+
+use lab_support::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -23,9 +26,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 const PSK: &str = "e2e-lab-subnet-psk-7c2e";
-const NAMESPACES: [&str; 4] = ["dc-hv1", "dc-hv2", "cloud-c1", "dc-core"];
 const CORE_NS: &str = "dc-core";
 /// The route a routing protocol would install once the subnet lives in the cloud.
 const LEARNED: [&str; 5] = ["192.168.20.0/24", "via", "10.77.254.1", "metric", "100"];
@@ -33,101 +34,9 @@ const LEARNED: [&str; 5] = ["192.168.20.0/24", "via", "10.77.254.1", "metric", "
 const ROUTE_DELAY: Duration = Duration::from_secs(10);
 const TUNNEL_CONN: &str = "smig-tunnel.batch.dc.cloud.c1";
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Takes the lab lock. A lock file replaced while waiting (removed and created again by
-/// someone) would lock nothing: the lock counts only on the file the path still names.
-fn lab_lock() -> std::fs::File {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::create_dir_all("/run/lock").expect("/run/lock");
-    loop {
-        let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| panic!("{LAB_LOCK}: {e}"));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("locking {LAB_LOCK}: {e}"));
-        let held = lock.metadata().map(|m| m.ino()).ok();
-        let named = std::fs::metadata(LAB_LOCK).map(|m| m.ino()).ok();
-        if held.is_some() && held == named {
-            return lock;
-        }
-    }
-}
-
-fn show(what: &str, out: &Output, started: Instant) {
-    eprintln!(
-        "{what} -> {} in {:.1} s\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs `lab/CMD ARGS`.
-fn lab(cmd: &str, args: &[&str]) -> Output {
-    let started = Instant::now();
-    let out = Command::new(root().join("lab").join(cmd))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run lab/{cmd}: {e}"));
-    show(&format!("lab/{cmd} {}", args.join(" ")), &out, started);
-    out
-}
-
-fn must(out: Output, what: &str) -> Output {
-    assert!(out.status.success(), "{what} failed ({})", out.status);
-    out
-}
-
-fn smig_command(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_smig"));
-    c.current_dir(root())
-        .env("SMIG_LAB", "1")
-        .env("SMIG_VAR_web_db_psk", PSK)
-        .env("NO_COLOR", "1")
-        .args(args);
-    c
-}
-
 /// Runs the smig binary with the lab's driver settings.
 fn smig(args: &[&str]) -> Output {
-    let started = Instant::now();
-    let out = smig_command(args).output().expect("run smig");
-    show(&format!("smig {}", args.join(" ")), &out, started);
-    out
-}
-
-fn json(out: &Output, what: &str) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-/// The lab's state as `lab/check --json` sees it, once every guest answers its peers or after
-/// `wait_s` seconds (0: at once).
-fn check(wait_s: u32) -> Value {
-    let out = if wait_s > 0 {
-        lab("check", &["--json", "--wait", &wait_s.to_string()])
-    } else {
-        lab("check", &["--json"])
-    };
-    json(&out, "lab/check --json")
-}
-
-fn domains_on(check: &Value, host: &str) -> Vec<String> {
-    check["hosts"][host]["domains"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
+    lab_support::smig(PSK, args)
 }
 
 fn answers(check: &Value, guest: &str, peer: &str) -> bool {
@@ -329,7 +238,7 @@ impl Apply {
         ];
         eprintln!("starting smig {}", args.join(" "));
         let started = Instant::now();
-        let mut child = smig_command(&args)
+        let mut child = smig_command(PSK, &args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("start smig apply");
@@ -426,12 +335,7 @@ fn tunnel_link_up() -> bool {
 }
 
 fn start_with_a_clean_lab() -> std::fs::File {
-    assert!(
-        is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test e2e_lab_subnet`"
-    );
-    let lock = lab_lock();
-    must(lab("up", &[]), "lab/up");
+    let lock = lab_ready("e2e_lab_subnet");
     remove_learned_route();
     assert_initial("before");
     lock
