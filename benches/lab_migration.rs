@@ -23,73 +23,26 @@
 //! The targets (overhead ≤ max(5%, 200 ms), prestaged blackout ≤ 2x bare) are missed; README.md
 //! ("Measured") says where the time goes.
 
+#[path = "../tests/lab_support/mod.rs"]
+mod lab_support;
+
+use lab_support::{json, lab, lab_ready, must, smig_command, variant};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 const PSK: &str = "lab-bench-psk-7c21";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn fail(msg: impl std::fmt::Display) -> ! {
     eprintln!("lab_migration: {msg}");
     std::process::exit(1)
 }
 
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| fail(format!("cannot run {what}: {e}")));
-    if !out.status.success() {
-        fail(format!(
-            "{what} failed ({}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    out
-}
-
-fn lab(cmd: &str, args: &[&str]) -> Output {
-    run(
-        Command::new(root().join("lab").join(cmd)).args(args),
-        &format!("lab/{cmd} {}", args.join(" ")),
-    )
-}
-
-fn json(out: &Output, what: &str) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| fail(format!("{what}: not JSON ({e})")))
-}
-
-/// A copy of examples/lab with db on `db_host` and, when given, its strategy.
-fn variant(dir: &Path, name: &str, db_host: &str, strategy: Option<&str>) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("examples/lab/main.smig.hcl"))
-        .unwrap_or_else(|e| fail(format!("examples/lab: {e}")));
-    let Some((head, tail)) = text.split_once("vm \"db\" {") else {
-        fail("no vm db in examples/lab")
-    };
-    let mut tail = tail.replacen("environment.cloud.host.c1", db_host, 1);
-    if let Some(s) = strategy {
-        tail = tail.replacen(
-            "max_downtime_ms = 300",
-            &format!("max_downtime_ms = 300\n    strategy        = \"{s}\""),
-            1,
-        );
-    }
-    let out = dir.join(name);
-    std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(e));
-    std::fs::write(
-        out.join("main.smig.hcl"),
-        format!("{head}vm \"db\" {{{tail}"),
-    )
-    .unwrap_or_else(|e| fail(e));
-    out
+/// Runs `lab/CMD ARGS`, which must succeed.
+fn lab_ok(cmd: &str, args: &[&str]) -> Output {
+    must(lab(cmd, args), &format!("lab/{cmd} {}", args.join(" ")))
 }
 
 /// One `smig apply --json`: its wall time and each step kind's summed duration.
@@ -100,17 +53,12 @@ struct Applied {
 
 fn apply(dir: &Path, state: &Path) -> Applied {
     let t = Instant::now();
-    let out = run(
-        Command::new(env!("CARGO_BIN_EXE_smig"))
-            .current_dir(root())
-            .env("SMIG_LAB", "1")
-            .env("SMIG_VAR_web_db_psk", PSK)
-            .env("NO_COLOR", "1")
-            .args(["apply", "--json", "--auto-approve", "--state"])
-            .arg(state)
-            .arg(dir),
-        &format!("smig apply {}", dir.display()),
-    );
+    let out = smig_command(PSK, &["apply", "--json", "--auto-approve", "--state"])
+        .arg(state)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| fail(format!("cannot run smig: {e}")));
+    let out = must(out, &format!("smig apply {}", dir.display()));
     let wall = t.elapsed();
     let mut kinds: BTreeMap<u64, String> = BTreeMap::new();
     let mut steps: BTreeMap<String, f64> = BTreeMap::new();
@@ -140,7 +88,7 @@ fn apply(dir: &Path, state: &Path) -> Applied {
 
 /// Waits until every guest answers its peers.
 fn traffic_ok() {
-    let c = json(&lab("check", &["--json", "--wait", "60"]), "lab/check");
+    let c = json(&lab_ok("check", &["--json", "--wait", "60"]), "lab/check");
     if c["all_answer"] != Value::Bool(true) {
         fail("the guests do not all answer their peers");
     }
@@ -150,7 +98,7 @@ fn traffic_ok() {
 fn blackout_since(mark: &Path) -> f64 {
     let m = mark.to_str().unwrap_or_else(|| fail("mark path"));
     let b = json(
-        &lab("blackout", &["--json", "--since", m, "web", "db"]),
+        &lab_ok("blackout", &["--json", "--since", m, "web", "db"]),
         "lab/blackout",
     );
     b["web"]["peers"]["192.168.10.12"]["longest_gap_s"]
@@ -180,10 +128,6 @@ struct Series {
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        fail("needs root (it drives the lab)");
-    }
     if std::env::args().any(|a| a == "--list") {
         return;
     }
@@ -191,11 +135,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    std::fs::create_dir_all("/run/lock").unwrap_or_else(|e| fail(e));
-    let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| fail(format!("{LAB_LOCK}: {e}")));
-    lock.lock()
-        .unwrap_or_else(|e| fail(format!("locking {LAB_LOCK}: {e}")));
-    lab("up", &[]);
+    let _lock = lab_ready("cargo bench --bench lab_migration");
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail(e));
     let back = variant(dir.path(), "back", "environment.dc.host.hv2", None);
     let strategies = ["block-first", "prestaged"];
@@ -206,7 +146,7 @@ fn main() {
     let mut series: BTreeMap<&str, Series> = BTreeMap::new();
     for round in 1..=rounds {
         traffic_ok();
-        let base = json(&lab("baseline", &["--json"]), "lab/baseline");
+        let base = json(&lab_ok("baseline", &["--json"]), "lab/baseline");
         let leg = &base["legs"][0];
         let bare_wall = leg["wall_ms"].as_f64().unwrap_or(f64::NAN);
         let bare = series.entry("bare virsh migrate").or_default();
@@ -224,7 +164,7 @@ fn main() {
         for (s, config) in strategies.iter().zip(&configs) {
             traffic_ok();
             let mark = dir.path().join(format!("mark-{round}-{s}"));
-            lab("blackout", &["--mark", mark.to_str().unwrap_or_default()]);
+            lab_ok("blackout", &["--mark", mark.to_str().unwrap_or_default()]);
             std::thread::sleep(Duration::from_secs(1));
             let state = dir.path().join(format!("state-{round}-{s}"));
             let a = apply(config, &state);

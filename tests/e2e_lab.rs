@@ -25,7 +25,7 @@ use smig::discover::snapshot::Snapshot;
 use smig::discover::Discover;
 use smig::drivers::real::{self, RealOptions};
 use smig::model::{Landscape, Observed};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ fn assert_initial(what: &str) {
 /// The lab up, in its initial state, locked for this test (until the file drops), and a
 /// scratch directory.
 fn prepared() -> (std::fs::File, tempfile::TempDir) {
-    let lock = lab_ready("e2e_lab");
+    let lock = lab_ready("cargo test --test e2e_lab");
     assert_initial("before");
     (lock, tempfile::tempdir().expect("temp dir"))
 }
@@ -125,7 +125,7 @@ fn step_kinds(plan: &Value) -> Vec<String> {
 
 #[test]
 fn e2e_live_discovery_is_the_lab_and_plans_the_reference_move() {
-    let _lock = lab_ready("e2e_lab");
+    let _lock = lab_ready("cargo test --test e2e_lab");
     assert_initial("before");
 
     let lab_config = landscape(&root().join("examples/lab"));
@@ -178,31 +178,6 @@ fn e2e_live_discovery_is_the_lab_and_plans_the_reference_move() {
     let out = smig(&["plan", "--detailed-exitcode", "examples/lab"]);
     assert_eq!(out.status.code(), Some(2), "the move is a change");
     assert_initial("after");
-}
-
-/// A copy of examples/lab in `dir/name` with db placed on `db_host` (an HCL reference such as
-/// `environment.cloud.host.c1`) and, when given, its migration strategy.
-fn variant(dir: &Path, name: &str, db_host: &str, strategy: Option<&str>) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("examples/lab/main.smig.hcl")).expect("config");
-    let (head, tail) = text
-        .split_once("vm \"db\" {")
-        .expect("vm db in examples/lab");
-    let mut tail = tail.replacen("environment.cloud.host.c1", db_host, 1);
-    if let Some(s) = strategy {
-        tail = tail.replacen(
-            "max_downtime_ms = 300",
-            &format!("max_downtime_ms = 300\n    strategy        = \"{s}\""),
-            1,
-        );
-    }
-    let out = dir.join(name);
-    std::fs::create_dir_all(&out).expect("variant dir");
-    std::fs::write(
-        out.join("main.smig.hcl"),
-        format!("{head}vm \"db\" {{{tail}"),
-    )
-    .expect("write variant config");
-    out
 }
 
 fn path_str(p: &Path) -> &str {

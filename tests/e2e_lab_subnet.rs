@@ -335,7 +335,7 @@ fn tunnel_link_up() -> bool {
 }
 
 fn start_with_a_clean_lab() -> std::fs::File {
-    let lock = lab_ready("e2e_lab_subnet");
+    let lock = lab_ready("cargo test --test e2e_lab_subnet");
     remove_learned_route();
     assert_initial("before");
     lock

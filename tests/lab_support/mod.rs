@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
@@ -38,11 +38,11 @@ pub fn lab_lock() -> std::fs::File {
 }
 
 /// Fails unless run as root, takes the lab lock and brings the lab up; the lock is held
-/// until the returned file drops. `test` names the test binary for the message.
-pub fn lab_ready(test: &str) -> std::fs::File {
+/// until the returned file drops. `command` is how to run the caller, for the message.
+pub fn lab_ready(command: &str) -> std::fs::File {
     assert!(
         is_root(),
-        "the end-to-end tests need root (they drive the lab); run `sudo cargo test --test {test}`"
+        "this drives the lab and needs root: run `sudo {command}`"
     );
     let lock = lab_lock();
     must(lab("up", &[]), "lab/up");
@@ -119,4 +119,29 @@ pub fn domains_on(check: &Value, host: &str) -> Vec<String> {
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// A copy of examples/lab in `dir/name` with db placed on `db_host` (an HCL reference such as
+/// `environment.cloud.host.c1`) and, when given, its migration strategy.
+pub fn variant(dir: &Path, name: &str, db_host: &str, strategy: Option<&str>) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("examples/lab/main.smig.hcl")).expect("config");
+    let (head, tail) = text
+        .split_once("vm \"db\" {")
+        .expect("vm db in examples/lab");
+    let mut tail = tail.replacen("environment.cloud.host.c1", db_host, 1);
+    if let Some(s) = strategy {
+        tail = tail.replacen(
+            "max_downtime_ms = 300",
+            &format!("max_downtime_ms = 300\n    strategy        = \"{s}\""),
+            1,
+        );
+    }
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).expect("variant dir");
+    std::fs::write(
+        out.join("main.smig.hcl"),
+        format!("{head}vm \"db\" {{{tail}"),
+    )
+    .expect("write variant config");
+    out
 }
