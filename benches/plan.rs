@@ -6,7 +6,7 @@
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
 //! Measured on the 2-core build machine while lab VMs (TCG) and a CI run shared the cores
-//! (load average 2.1-5.3), with mimalloc as in the binary; medians of nine runs of
+//! (load average 2.1-5.3), with mimalloc as in the binary (v3 then; the binary now uses v2, which measured 10k 32.9 ms / 46 MiB, 100k 479 ms / 358 MiB, 14.5x); medians of nine runs of
 //! `SMIG_BENCH_REPS=5` (1k: five runs of the default 21). "build CPU" is this thread's own
 //! CPU time; "first build" is the first timed build (median of six runs), which faults in
 //! the plan's memory as the one build of a `smig plan` does:
