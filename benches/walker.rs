@@ -57,6 +57,7 @@ fn landscape_and_plan(vms: usize) -> (Landscape, Observed, Plan) {
             host: h.clone(),
             address: addr,
             peers: vec![],
+            allow_ipsec: false,
         };
         let unblk = |h: &HostId| Action::Unblock {
             vm: name.clone(),

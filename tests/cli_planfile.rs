@@ -285,6 +285,7 @@ fn observed_fingerprint_follows_the_landscape() {
         vm: vm.into(),
         address: "192.168.10.11".parse().unwrap(),
         peers: vec![],
+        allow_ipsec: false,
     };
     let mut x = o.clone();
     x.hosts.get_mut(&host("dc.hv1")).unwrap().block_rules = vec![rule("web"), rule("db")];

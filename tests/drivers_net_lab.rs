@@ -181,6 +181,7 @@ async fn host_network_driver_on_the_lab() {
         vm: "db".into(),
         address: db,
         peers: vec![WEB.parse().unwrap()],
+        allow_ipsec: false,
     };
 
     // --- block: web <-> db stop answering, db still reaches its gateway ---

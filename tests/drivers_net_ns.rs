@@ -120,6 +120,7 @@ async fn driver_in_private_namespaces() {
         vm: "db".into(),
         address: "192.168.77.12".parse().unwrap(),
         peers: vec!["192.168.77.11".parse().unwrap()],
+        allow_ipsec: false,
     };
     drv.block(&h, &rule).await.expect("block");
     drv.block(&h, &rule).await.expect("block again");
@@ -137,6 +138,7 @@ async fn driver_in_private_namespaces() {
         vm: "web".into(),
         address: "192.168.77.11".parse().unwrap(),
         peers: vec![],
+        allow_ipsec: false,
     };
     drv.block(&h, &other).await.expect("second vm");
     assert_eq!(drv.block_rules(&h).await.unwrap().len(), 2);

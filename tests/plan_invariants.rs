@@ -60,7 +60,22 @@ fn dropping_the_initiating_install_breaks_invariant_1() {
         Action::IpsecInstall { initiate: true, .. }
     ));
     p.graph.remove_node(init);
-    rejected(&p, &f, 1, "restart vm.db @ cloud.c1");
+    // Pre-staged: the VM arrives running, so the migration is what must follow the SA.
+    rejected(&p, &f, 1, "migrate vm.db @ dc.hv2");
+}
+
+#[test]
+fn a_prestaged_migration_not_after_the_sa_breaks_invariant_1() {
+    let f = case("02-live-prestaged");
+    let mut p = good(&f);
+    let migrate = find(&p, StepKind::Migrate, "vm.db");
+    assert!(matches!(
+        p.graph[migrate].action,
+        Action::Migrate { paused: false, .. }
+    ));
+    let init = NodeIndex::new(2);
+    remove_edge(&mut p, init, migrate);
+    rejected(&p, &f, 1, "migrate vm.db @ dc.hv2");
 }
 
 #[test]

@@ -33,11 +33,13 @@ pub async fn perform(
             host,
             address,
             peers,
+            allow_ipsec,
         } => {
             let rule = BlockRule {
                 vm: vm.clone(),
                 address: *address,
                 peers: peers.clone(),
+                allow_ipsec: *allow_ipsec,
             };
             d.network.block(host, &rule).await
         }

@@ -648,6 +648,7 @@ impl Walker {
                     vm: vm.clone(),
                     address: desired.address,
                     peers,
+                    allow_ipsec: false,
                 };
                 d.network
                     .block(host, &rule)

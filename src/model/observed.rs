@@ -71,6 +71,10 @@ pub struct BlockRule {
     pub address: Ipv4Addr,
     #[serde(default)]
     pub peers: Vec<Ipv4Addr>,
+    /// Flows carried by smig's IPsec data path from their first packet pass; everything else
+    /// between `vm` and `peers` is dropped (the pre-staged target filter).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_ipsec: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

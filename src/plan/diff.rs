@@ -149,6 +149,12 @@ impl Move<'_> {
     pub fn restarts(&self) -> bool {
         self.state != DomainState::ShutOff
     }
+    /// Pre-staged live move of a running VM: its SAs are up before it moves, so it arrives
+    /// running (libvirt resumes it at the switchover) behind the target's filter, which lets
+    /// through only flows carried by the SA; no separate `restart`.
+    pub fn arrives_running(&self) -> bool {
+        self.strategy == Strategy::Prestaged && !self.offline && self.state == DomainState::Running
+    }
 }
 
 /// An SA the plan installs: one step per end, the responder loading first.

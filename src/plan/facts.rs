@@ -91,6 +91,7 @@ mod tests {
             vm: "db".into(),
             address: "192.168.10.12".parse().unwrap(),
             peers: vec![],
+            allow_ipsec: false,
         });
         o.hosts.insert(hv2, host);
         o.connections.insert(

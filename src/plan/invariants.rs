@@ -6,7 +6,7 @@
 //! link and subnet, so each walk stays local and the whole check is near linear in the plan.
 
 use super::{Action, Plan, SaPair, StepKind};
-use crate::model::{Host, HostId, Landscape, SecureLink};
+use crate::model::{Host, HostId, Landscape, MigrationMode, SecureLink};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -210,6 +210,21 @@ fn step_host(plan: &Plan, n: NodeIndex) -> Option<&HostId> {
     }
 }
 
+/// A live migration whose VM arrives running (not paused): it starts the VM on `to` as a
+/// `restart` would.
+fn arrives_running(action: &Action) -> Option<(&str, &HostId)> {
+    match action {
+        Action::Migrate {
+            vm,
+            to,
+            mode: MigrationMode::Live,
+            paused: false,
+            ..
+        } => Some((vm, to)),
+        _ => None,
+    }
+}
+
 /// An SA by reference: (link, lower host, higher host).
 type Pair<'p> = (&'p str, &'p HostId, &'p HostId);
 
@@ -258,6 +273,9 @@ impl<'p> Index<'p> {
         for n in plan.graph.node_indices() {
             let s = &plan.graph[n];
             if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
+                links.entry(vm).or_default();
+            }
+            if let Some((vm, _)) = arrives_running(&s.action) {
                 links.entry(vm).or_default();
             }
         }
@@ -350,49 +368,53 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
     let mut needed: Vec<Pair> = Vec::new();
     for n in plan.graph.node_indices() {
         let s = &plan.graph[n];
-        match s.kind {
-            StepKind::Restart | StepKind::Enable => {
-                let (Some(vm), Some(host)) = (vm_of(&s.action), step_host(plan, n)) else {
+        // The steps after which the VM runs (and talks) on its new host: restart, enable and
+        // a live migration arriving unpaused.
+        let starts = match s.kind {
+            StepKind::Restart | StepKind::Enable => vm_of(&s.action).zip(step_host(plan, n)),
+            StepKind::Migrate => arrives_running(&s.action),
+            _ => None,
+        };
+        if let Some((vm, host)) = starts {
+            walk.of(n, &mut anc);
+            installed.clear();
+            installed.extend(
+                anc.iter()
+                    .filter(|a| tags[a.index()] == Tag::Initiate)
+                    .filter_map(|&a| initiates(plan, a)),
+            );
+            index.needs(desired, vm, host, &mut needed);
+            for &p in &needed {
+                if index.established.contains(&p) || installed.contains(&p) {
                     continue;
-                };
-                walk.of(n, &mut anc);
-                installed.clear();
-                installed.extend(
-                    anc.iter()
-                        .filter(|a| tags[a.index()] == Tag::Initiate)
-                        .filter_map(|&a| initiates(plan, a)),
-                );
-                index.needs(desired, vm, host, &mut needed);
-                for &p in &needed {
-                    if index.established.contains(&p) || installed.contains(&p) {
-                        continue;
-                    }
-                    let sa = show(p);
-                    let msg = format!(
-                        "{} can run before the SA of {sa} is up: no ipsec.install of that pair precedes it",
-                        plan.label(n)
-                    );
-                    if s.kind == StepKind::Enable {
-                        v2.push(format!(
-                            "{} is not preceded by the ipsec.install of {sa}",
-                            plan.label(n)
-                        ));
-                    }
-                    v1.push(msg);
                 }
-                let must = secured_vms.contains(vm) || plan.context.must_secure.contains(vm);
-                if s.kind == StepKind::Enable && must {
-                    let secured = anc.iter().any(|&a| {
-                        tags[a.index()] == Tag::Secure && matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
-                    });
-                    if !secured {
-                        v2.push(format!(
-                            "{} is not preceded by connections.secure of vm.{vm}, which has unsecured non-managed connections",
-                            plan.label(n)
-                        ));
-                    }
+                let sa = show(p);
+                let msg = format!(
+                    "{} can run before the SA of {sa} is up: no ipsec.install of that pair precedes it",
+                    plan.label(n)
+                );
+                if s.kind == StepKind::Enable {
+                    v2.push(format!(
+                        "{} is not preceded by the ipsec.install of {sa}",
+                        plan.label(n)
+                    ));
+                }
+                v1.push(msg);
+            }
+            let must = secured_vms.contains(vm) || plan.context.must_secure.contains(vm);
+            if s.kind == StepKind::Enable && must {
+                let secured = anc.iter().any(|&a| {
+                    tags[a.index()] == Tag::Secure && matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
+                });
+                if !secured {
+                    v2.push(format!(
+                        "{} is not preceded by connections.secure of vm.{vm}, which has unsecured non-managed connections",
+                        plan.label(n)
+                    ));
                 }
             }
+        }
+        match s.kind {
             StepKind::Migrate => {
                 let Action::Migrate {
                     vm, from, to, tls, ..

@@ -126,6 +126,7 @@ impl Pass for BlockPass {
                     host: host.clone(),
                     address: m.vm.address,
                     peers: peers.clone(),
+                    allow_ipsec: m.arrives_running(),
                 },
                 vec![pre],
                 vec![Fact::Blocked {
@@ -154,6 +155,7 @@ impl Pass for BlockPass {
                         host: m.to.clone(),
                         address: m.vm.address,
                         peers: m.peers.clone(),
+                        allow_ipsec: false,
                     },
                     vec![Fact::DomainAbsent {
                         domain: m.vm.domain.clone(),
@@ -223,7 +225,8 @@ impl Pass for ShutdownPass {
     }
 }
 
-/// 330: the libvirt migration: live arriving paused, or the definition of a shut-off VM.
+/// 330: the libvirt migration: live arriving paused (arriving running when pre-staged, its SAs
+/// up), or the definition of a shut-off VM.
 pub(crate) struct MigratePass;
 impl Pass for MigratePass {
     fn name(&self) -> &'static str {
@@ -243,6 +246,8 @@ impl Pass for MigratePass {
             };
             let (before, arrive) = if m.offline {
                 (DomainState::ShutOff, DomainState::ShutOff)
+            } else if m.arrives_running() {
+                (m.state, DomainState::Running)
             } else {
                 (m.state, DomainState::Paused)
             };
@@ -254,7 +259,7 @@ impl Pass for MigratePass {
                 to_uri: to_host.libvirt.clone(),
                 mode,
                 tls: to_host.libvirt_uses_tls(),
-                paused: !m.offline,
+                paused: !m.offline && !m.arrives_running(),
                 max_downtime_ms: m.vm.migration.max_downtime_ms,
                 bandwidth_mibps: m.vm.migration.bandwidth_mibps,
             };
@@ -275,17 +280,23 @@ impl Pass for MigratePass {
                 vm_subject(m),
                 Target::Host(m.from.clone()),
                 forth,
-                vec![
-                    Fact::Blocked {
-                        vm: vm.clone(),
-                        host: m.block_host().clone(),
-                    },
-                    state_fact(&domain, m.from, before),
-                    Fact::DomainAbsent {
-                        domain: domain.clone(),
-                        host: m.to.clone(),
-                    },
-                ],
+                {
+                    let mut pre = vec![
+                        Fact::Blocked {
+                            vm: vm.clone(),
+                            host: m.block_host().clone(),
+                        },
+                        state_fact(&domain, m.from, before),
+                        Fact::DomainAbsent {
+                            domain: domain.clone(),
+                            host: m.to.clone(),
+                        },
+                    ];
+                    if m.arrives_running() {
+                        pre.extend(sa_up_facts(m));
+                    }
+                    pre
+                },
                 vec![
                     state_fact(&domain, m.to, arrive),
                     Fact::DomainAbsent {
@@ -354,14 +365,19 @@ impl Pass for SubnetTunnelPass {
     }
 }
 
-/// 345: resume (live) or start (cold) the VM on the target, after its tunnel.
+/// 345: resume (live) or start (cold) the VM on the target, after its tunnel. A pre-staged
+/// live move has none: the VM arrives running.
 pub(crate) struct RestartPass;
 impl Pass for RestartPass {
     fn name(&self) -> &'static str {
         "restart"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in diff.moves.iter().filter(|m| m.restarts()) {
+        for m in diff
+            .moves
+            .iter()
+            .filter(|m| m.restarts() && !m.arrives_running())
+        {
             let vm = &m.vm.name;
             let (domain, host) = (m.vm.domain.clone(), m.to.clone());
             let (action, arrived, inverse) = if m.offline {
@@ -614,6 +630,7 @@ impl Pass for EnablePass {
                     host,
                     address: m.vm.address,
                     peers,
+                    allow_ipsec: false,
                 }),
             );
             let ix = draft.add(s);

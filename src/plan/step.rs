@@ -141,12 +141,16 @@ impl fmt::Display for Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Action {
-    /// Drop traffic between `vm` (at `address`) and `peers` on `host`.
+    /// Drop traffic between `vm` (at `address`) and `peers` on `host`. With `allow_ipsec`,
+    /// flows that cross smig's IPsec data path from their first packet pass (pre-staged: the
+    /// VM arrives running behind this filter once its SAs are up).
     Block {
         vm: String,
         host: HostId,
         address: Ipv4Addr,
         peers: Vec<Ipv4Addr>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_ipsec: bool,
     },
     /// Remove the block rule of `vm` on `host`. With `secure_only`, traffic to peers across an
     /// untrusted network stays allowed through the IPsec SA only (the fail-closed guard stays).
@@ -187,7 +191,8 @@ pub enum Action {
         mode: MigrationMode,
         /// Use libvirt's native TLS for the migration stream (VIR_MIGRATE_TLS).
         tls: bool,
-        /// Arrive paused on the target (prestaged strategy).
+        /// Arrive paused on the target (to be resumed by `restart`); unpaused, libvirt resumes
+        /// the VM on the target at the switchover.
         paused: bool,
         max_downtime_ms: Option<u64>,
         bandwidth_mibps: Option<u64>,

@@ -198,6 +198,7 @@ fn block(vm: &str, host: &str, addr: &str, peers: &[&str]) -> Action {
         host: h(host),
         address: addr.parse().unwrap(),
         peers: peers.iter().map(|p| p.parse().unwrap()).collect(),
+        allow_ipsec: false,
     }
 }
 

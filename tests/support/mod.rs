@@ -46,6 +46,7 @@ pub fn reference_plan() -> Plan {
             host: hv2.clone(),
             address: db_addr,
             peers: vec![web_addr],
+            allow_ipsec: false,
         },
     );
     block.precondition = vec![Fact::DomainRunning {
@@ -191,6 +192,7 @@ pub fn reference_plan() -> Plan {
             host: c1.clone(),
             address: db_addr,
             peers: vec![web_addr],
+            allow_ipsec: false,
         },
     };
     let e = g.add_node(enable);
@@ -319,6 +321,7 @@ pub fn every_action() -> Vec<Action> {
             host: h.clone(),
             address: a,
             peers: vec![a],
+            allow_ipsec: false,
         },
         Action::Unblock {
             vm: vm(),

@@ -20,14 +20,20 @@ pub fn action(a: &Action) -> String {
             host,
             address,
             peers,
+            allow_ipsec,
         } => {
-            if peers.is_empty() {
-                format!("drop all traffic of VM {vm} ({address}) on {host} (fail closed)")
+            let whom = if peers.is_empty() {
+                format!("drop all traffic of VM {vm} ({address}) on {host}")
             } else {
                 format!(
-                    "drop traffic between VM {vm} ({address}) and its peers {} on {host} (fail closed)",
+                    "drop traffic between VM {vm} ({address}) and its peers {} on {host}",
                     list(peers)
                 )
+            };
+            if *allow_ipsec {
+                format!("{whom} except flows carried by the IPsec SA from their first packet (fail closed)")
+            } else {
+                format!("{whom} (fail closed)")
             }
         }
         Action::Unblock {

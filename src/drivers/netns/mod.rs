@@ -664,7 +664,7 @@ impl HostNetwork for NetnsHostNetwork {
             .await
             .map_err(|e| DriverError::failed(op, host, e))?;
         if p.block_rules().iter().any(|r| {
-            r.vm == rule.vm && r.address == rule.address && {
+            r.vm == rule.vm && r.address == rule.address && r.allow_ipsec == rule.allow_ipsec && {
                 let mut want = rule.peers.clone();
                 want.sort();
                 want.dedup();

@@ -35,9 +35,12 @@ fn block_chain(vm: &str) -> String {
 fn peers_set(vm: &str) -> String {
     format!("peers-{vm}")
 }
-fn block_comment(vm: &str, address: Ipv4Addr) -> String {
-    format!("smig block vm={vm} addr={address}")
+fn block_comment(vm: &str, address: Ipv4Addr, allow_ipsec: bool) -> String {
+    let allow = if allow_ipsec { ALLOW_IPSEC } else { "" };
+    format!("smig block vm={vm} addr={address}{allow}")
 }
+/// Suffix of the block comment of a filter that lets flows carried by the SA through.
+const ALLOW_IPSEC: &str = " allow=ipsec";
 fn secure_comment(vm: &str) -> String {
     format!("smig secure vm={vm}")
 }
@@ -77,12 +80,16 @@ pub fn batch(commands: Vec<Value>) -> Value {
 pub fn block_commands(rule_: &BlockRule, present: &Present) -> Vec<Value> {
     let chain = block_chain(&rule_.vm);
     let set = peers_set(&rule_.vm);
-    let comment = block_comment(&rule_.vm, rule_.address);
-    let mut cmds = vec![
-        json!({"add": table_obj()}),
+    let comment = block_comment(&rule_.vm, rule_.address, rule_.allow_ipsec);
+    let mut cmds = vec![json!({"add": table_obj()})];
+    if rule_.allow_ipsec {
+        // The marks it tests come from the guard's bridge table.
+        cmds.extend(guard_commands(present));
+    }
+    cmds.extend([
         json!({"add": base_chain(&chain, "forward", -10)}),
         json!({"add": {"set": {"family": "inet", "table": TABLE, "name": set, "type": "ipv4_addr"}}}),
-    ];
+    ]);
     if present.chains.contains(&chain) {
         cmds.push(json!({"flush": {"chain": {"family": "inet", "table": TABLE, "name": chain}}}));
     }
@@ -95,27 +102,50 @@ pub fn block_commands(rule_: &BlockRule, present: &Present) -> Vec<Value> {
     }
     let addr = json!(rule_.address.to_string());
     let peers = json!(format!("@{set}"));
-    cmds.push(rule(
-        &chain,
-        &comment,
-        vec![
-            eq(payload("ip", "saddr"), addr.clone()),
-            eq(payload("ip", "daddr"), peers.clone()),
-            json!({"counter": null}),
-            json!({"drop": null}),
-        ],
-    ));
-    cmds.push(rule(
-        &chain,
-        &comment,
-        vec![
-            eq(payload("ip", "saddr"), peers),
-            eq(payload("ip", "daddr"), addr),
-            json!({"counter": null}),
-            json!({"drop": null}),
-        ],
-    ));
+    for (from, to) in [(addr.clone(), peers.clone()), (peers, addr)] {
+        let between = [
+            eq(payload("ip", "saddr"), from),
+            eq(payload("ip", "daddr"), to),
+        ];
+        let mut add = |mut expr: Vec<Value>, verdict: &str| {
+            expr.splice(0..0, between.iter().cloned());
+            expr.push(json!({ verdict: null }));
+            cmds.push(rule(&chain, &comment, expr));
+        };
+        if rule_.allow_ipsec {
+            for expr in allow_ipsec_exprs() {
+                add(expr, "accept");
+            }
+        }
+        add(vec![json!({"counter": null})], "drop");
+    }
     cmds
+}
+
+/// The matches of a pre-staged filter's accept rules (each rule one list, the rules tried in
+/// turn): a packet that crossed an overlay port (marked by the guard's bridge table) and
+/// belongs to a flow that began there (conntrack mark, set by `guard-forward` from the first
+/// packet: a TCP SYN, or the first of another flow). A flow picked up mid-stream, e.g. a
+/// connection set up in cleartext before the move, matches none and is dropped.
+fn allow_ipsec_exprs() -> Vec<Vec<Value>> {
+    let through_sa = eq(meta("mark"), json!(IPSEC_MARK));
+    let new_flow = eq(json!({"ct": {"key": "state"}}), json!("new"));
+    vec![
+        vec![
+            through_sa.clone(),
+            eq(json!({"ct": {"key": "mark"}}), json!(IPSEC_MARK)),
+        ],
+        vec![
+            through_sa.clone(),
+            new_flow.clone(),
+            eq(meta("l4proto"), json!("tcp")),
+            eq(
+                json!({"&": [payload("tcp", "flags"), {"|": ["syn", "ack"]}]}),
+                json!("syn"),
+            ),
+        ],
+        vec![through_sa, new_flow, ne(meta("l4proto"), json!("tcp"))],
+    ]
 }
 
 /// Commands that remove the VM's block (nothing when it has none).
@@ -292,8 +322,8 @@ pub struct Present {
     pub chains: std::collections::BTreeSet<String>,
     /// Set name → elements.
     pub sets: BTreeMap<String, Vec<Ipv4Addr>>,
-    /// VM → address, from block rule comments.
-    pub blocks: BTreeMap<String, Ipv4Addr>,
+    /// VM → (address, whether flows carried by the SA pass), from block rule comments.
+    pub blocks: BTreeMap<String, (Ipv4Addr, bool)>,
     /// VM → handle of its secure-only mark rule.
     pub secure: BTreeMap<String, u64>,
 }
@@ -325,10 +355,11 @@ impl Present {
     pub fn block_rules(&self) -> Vec<BlockRule> {
         self.blocks
             .iter()
-            .map(|(vm, address)| BlockRule {
+            .map(|(vm, &(address, allow_ipsec))| BlockRule {
                 vm: vm.clone(),
-                address: *address,
+                address,
                 peers: self.sets.get(&peers_set(vm)).cloned().unwrap_or_default(),
+                allow_ipsec,
             })
             .collect()
     }
@@ -382,8 +413,8 @@ pub fn parse_table(json: &Value) -> Result<Present, String> {
         }
         if let Some(r) = item.get("rule") {
             let comment = r.get("comment").and_then(Value::as_str).unwrap_or("");
-            if let Some((vm, addr)) = parse_block_comment(comment) {
-                p.blocks.insert(vm, addr);
+            if let Some((vm, addr, allow_ipsec)) = parse_block_comment(comment) {
+                p.blocks.insert(vm, (addr, allow_ipsec));
             } else if let Some(vm) = comment.strip_prefix("smig secure vm=") {
                 let handle = r.get("handle").and_then(Value::as_u64).unwrap_or(0);
                 p.secure.insert(vm.to_string(), handle);
@@ -393,10 +424,14 @@ pub fn parse_table(json: &Value) -> Result<Present, String> {
     Ok(p)
 }
 
-fn parse_block_comment(c: &str) -> Option<(String, Ipv4Addr)> {
+fn parse_block_comment(c: &str) -> Option<(String, Ipv4Addr, bool)> {
     let rest = c.strip_prefix("smig block vm=")?;
+    let (rest, allow_ipsec) = match rest.strip_suffix(ALLOW_IPSEC) {
+        Some(r) => (r, true),
+        None => (rest, false),
+    };
     let (vm, addr) = rest.rsplit_once(" addr=")?;
-    Some((vm.to_string(), addr.parse().ok()?))
+    Some((vm.to_string(), addr.parse().ok()?, allow_ipsec))
 }
 
 /// One TCP flow to reset, as both directions' 4-tuples see it.
@@ -492,6 +527,7 @@ mod tests {
             vm: "db".into(),
             address: "192.168.10.12".parse().unwrap(),
             peers: vec!["192.168.10.11".parse().unwrap()],
+            allow_ipsec: false,
         }
     }
 
@@ -516,6 +552,63 @@ mod tests {
         p.sets.insert("peers-db".into(), vec![]);
         let s = serde_json::to_string(&block_commands(&rule_db(), &p)).unwrap();
         assert_eq!(s.matches("flush").count(), 2, "{s}");
+    }
+
+    #[test]
+    fn a_prestaged_filter_lets_only_flows_begun_through_the_sa_pass() {
+        let rule = BlockRule {
+            allow_ipsec: true,
+            ..rule_db()
+        };
+        let cmds = block_commands(&rule, &Present::default());
+        let rules: Vec<&Value> = cmds
+            .iter()
+            .filter_map(|c| c["add"].get("rule"))
+            .filter(|r| r["chain"] == "block-db")
+            .collect();
+        // Per direction: three accepts for flows through the SA, then the drop.
+        assert_eq!(rules.len(), 8);
+        let verdicts: Vec<bool> = rules
+            .iter()
+            .map(|r| {
+                r["expr"]
+                    .as_array()
+                    .unwrap()
+                    .last()
+                    .unwrap()
+                    .get("drop")
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [false, false, false, true, false, false, false, true]
+        );
+        let comment = rules[0]["comment"].as_str().unwrap();
+        assert_eq!(
+            parse_block_comment(comment),
+            Some(("db".into(), rule.address, true))
+        );
+        // Every accept needs the packet to have crossed an overlay port.
+        for r in rules
+            .iter()
+            .filter(|r| r["expr"].to_string().contains(r#"{"accept":null}"#))
+        {
+            assert!(
+                r["expr"].to_string().contains(&IPSEC_MARK.to_string()),
+                "{r}"
+            );
+        }
+        // The guard that marks those packets comes with it.
+        assert!(cmds
+            .iter()
+            .any(|c| c["add"]["chain"]["name"] == "guard-forward"));
+        let plain =
+            serde_json::to_string(&block_commands(&rule_db(), &Present::default())).unwrap();
+        assert!(
+            !plain.contains(r#"{"accept":null}"#) && !plain.contains("guard"),
+            "{plain}"
+        );
     }
 
     #[test]
@@ -554,7 +647,11 @@ mod tests {
     fn vm_names_with_spaces_survive_the_comment() {
         assert_eq!(
             parse_block_comment("smig block vm=a b addr=10.0.0.1"),
-            Some(("a b".into(), "10.0.0.1".parse().unwrap()))
+            Some(("a b".into(), "10.0.0.1".parse().unwrap(), false))
+        );
+        assert_eq!(
+            parse_block_comment("smig block vm=a b addr=10.0.0.1 allow=ipsec"),
+            Some(("a b".into(), "10.0.0.1".parse().unwrap(), true))
         );
         assert_eq!(parse_block_comment("lab rule"), None);
     }
