@@ -489,6 +489,13 @@ mod tests {
         async fn routes(&self) -> Result<Vec<links::RouteEntry>, String> {
             Ok(vec![])
         }
+        async fn nudge(
+            &self,
+            _: Vec<u32>,
+            _: Vec<(std::net::SocketAddrV4, std::net::SocketAddrV4)>,
+        ) -> Result<usize, String> {
+            Ok(0)
+        }
         async fn overlay_address(&self) -> Result<Option<Ipv4Addr>, String> {
             Ok(Some(self.overlay))
         }
@@ -507,6 +514,7 @@ mod tests {
                 alias: Some(spec.alias),
                 controller: Some(1),
                 vxlan: None,
+                tap: false,
             });
             Ok(())
         }

@@ -6,7 +6,9 @@ use futures_util::stream::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -20,6 +22,8 @@ pub struct LinkEntry {
     pub alias: Option<String>,
     pub controller: Option<u32>,
     pub vxlan: Option<VxlanInfo>,
+    /// A tun/tap device: on a bridge, a guest's NIC.
+    pub tap: bool,
 }
 
 /// VXLAN parameters of a link.
@@ -62,6 +66,7 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkEntry>, String> {
             alias: None,
             controller: None,
             vxlan: None,
+            tap: false,
         };
         for a in &m.attributes {
             match a {
@@ -69,6 +74,9 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkEntry>, String> {
                 LinkAttribute::IfAlias(n) => l.alias = Some(n.clone()),
                 LinkAttribute::Controller(c) => l.controller = Some(*c),
                 LinkAttribute::LinkInfo(infos) => {
+                    l.tap = infos
+                        .iter()
+                        .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun)));
                     let is_vxlan = infos
                         .iter()
                         .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vxlan)));
@@ -95,6 +103,32 @@ pub async fn links(h: &Handle) -> Result<Vec<LinkEntry>, String> {
         }
         out.push(l);
     }
+    Ok(out)
+}
+
+/// The MAC addresses a bridge learned on each of `ports` (link indices), from the bridge
+/// forwarding database; the ports' own (permanent) entries are left out.
+pub async fn learned_macs(h: &Handle, ports: &[u32]) -> Result<Vec<(u32, [u8; 6])>, String> {
+    let mut out = Vec::new();
+    let mut s = h
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute();
+    while let Some(m) = s.try_next().await.map_err(|e| nl_err("fdb dump", e))? {
+        if !ports.contains(&m.header.ifindex) || m.header.state == NeighbourState::Permanent {
+            continue;
+        }
+        for a in &m.attributes {
+            if let NeighbourAttribute::LinkLayerAddress(mac) = a {
+                if let Ok(mac) = <[u8; 6]>::try_from(mac.as_slice()) {
+                    out.push((m.header.ifindex, mac));
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
     Ok(out)
 }
 

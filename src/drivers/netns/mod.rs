@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod links;
 pub mod namespace;
 pub mod nft;
+pub mod nudge;
 
 use super::{DriverError, DriverResult, HostNetwork, RoutingCore, TunnelSpec};
 use crate::model::{BlockRule, Connection, HostId, Landscape, Protocol, Route, Tunnel};
@@ -50,6 +51,14 @@ pub trait HostOps: Send + Sync {
     async fn delete_link(&self, name: String) -> Result<(), String>;
     async fn conntrack(&self) -> Result<Vec<Entry>, String>;
     async fn conntrack_delete(&self, tuple: Tuple) -> Result<(), String>;
+    /// Sends each of `flows` (`from` → `to`) a TCP segment out of each of `ports` (link
+    /// indices of guest-facing bridge ports), to every MAC address learned there, which the
+    /// guest at `to` answers at once ([`nudge`]). Returns the number of segments sent.
+    async fn nudge(
+        &self,
+        ports: Vec<u32>,
+        flows: Vec<(SocketAddrV4, SocketAddrV4)>,
+    ) -> Result<usize, String>;
 }
 
 /// [`HostOps`] inside a named network namespace of this machine.
@@ -192,6 +201,35 @@ impl HostOps for NetnsOps {
     async fn conntrack_delete(&self, tuple: Tuple) -> Result<(), String> {
         self.run(move |_| conntrack::delete(&tuple).map_err(|e| format!("conntrack delete: {e}")))
             .await
+    }
+    async fn nudge(
+        &self,
+        ports: Vec<u32>,
+        flows: Vec<(SocketAddrV4, SocketAddrV4)>,
+    ) -> Result<usize, String> {
+        let mut numbers = [0u8; 8];
+        getrandom::fill(&mut numbers).map_err(|e| format!("random numbers: {e}"))?;
+        let seq = u32::from_be_bytes([numbers[0], numbers[1], numbers[2], numbers[3]]);
+        let ack = u32::from_be_bytes([numbers[4], numbers[5], numbers[6], numbers[7]]);
+        self.netlink(move |h| async move {
+            let macs = links::learned_macs(&h, &ports).await?;
+            let mut sent = 0;
+            for port in ports {
+                let frames: Vec<_> = macs
+                    .iter()
+                    .filter(|(p, _)| *p == port)
+                    .flat_map(|&(_, mac)| {
+                        flows
+                            .iter()
+                            .map(move |&(from, to)| nudge::ack_frame(mac, from, to, seq, ack))
+                    })
+                    .collect();
+                nudge::send(port, &frames).map_err(|e| format!("sending on link {port}: {e}"))?;
+                sent += frames.len();
+            }
+            Ok(sent)
+        })
+        .await
     }
 }
 
@@ -491,7 +529,7 @@ impl NetnsHostNetwork {
         op: &str,
         host: &HostId,
         o: &Arc<dyn HostOps>,
-    ) -> DriverResult<Vec<String>> {
+    ) -> DriverResult<Vec<LinkEntry>> {
         let all = o
             .links()
             .await
@@ -505,9 +543,8 @@ impl NetnsHostNetwork {
             return Err(DriverError::failed(op, host, "no subnet bridge"));
         }
         Ok(all
-            .iter()
+            .into_iter()
             .filter(|l| l.controller.is_some_and(|c| bridges.contains(&c)))
-            .map(|l| l.name.clone())
             .collect())
     }
 
@@ -832,7 +869,12 @@ impl HostNetwork for NetnsHostNetwork {
             let mut armed = Vec::new();
             for h in tracked.keys() {
                 let o = self.ops(op, &h.0)?;
-                let ports = self.bridge_ports(op, h, &o).await?;
+                let ports: Vec<String> = self
+                    .bridge_ports(op, h, &o)
+                    .await?
+                    .into_iter()
+                    .map(|l| l.name)
+                    .collect();
                 let r = o
                     .nft_apply(nft::reset_commands(&tcp, &ports))
                     .await
@@ -873,6 +915,34 @@ impl HostNetwork for NetnsHostNetwork {
             let o = self.ops(op, &h.0)?;
             for t in tuples {
                 o.conntrack_delete(*t)
+                    .await
+                    .map_err(|e| DriverError::failed(op, h, e))?;
+            }
+        }
+        if !tcp.is_empty() {
+            // Each guest of a flow on these hosts answers a nudge at once, and its answer
+            // meets the RST: no waiting for its next packet of its own.
+            let flows: Vec<(SocketAddrV4, SocketAddrV4)> = tcp
+                .iter()
+                .flat_map(|f| {
+                    let (a, b) = (
+                        SocketAddrV4::new(f.src, f.sport),
+                        SocketAddrV4::new(f.dst, f.dport),
+                    );
+                    [(a, b), (b, a)]
+                })
+                .collect();
+            for h in tracked.keys() {
+                let o = self.ops(op, &h.0)?;
+                // Guests' NICs only: never a link towards another host.
+                let guests: Vec<u32> = self
+                    .bridge_ports(op, h, &o)
+                    .await?
+                    .into_iter()
+                    .filter(|l| l.tap)
+                    .map(|l| l.index)
+                    .collect();
+                o.nudge(guests, flows.clone())
                     .await
                     .map_err(|e| DriverError::failed(op, h, e))?;
             }
@@ -1041,6 +1111,7 @@ mod tests {
                 alias: None,
                 controller: None,
                 vxlan: None,
+                tap: false,
             },
             LinkEntry {
                 index: 9,
@@ -1048,6 +1119,7 @@ mod tests {
                 alias: Some("smig tunnel subnet=app remote=cloud.c1".into()),
                 controller: Some(5),
                 vxlan: None,
+                tap: false,
             },
             LinkEntry {
                 index: 6,
@@ -1055,6 +1127,7 @@ mod tests {
                 alias: None,
                 controller: None,
                 vxlan: None,
+                tap: false,
             },
         ];
         let r = |p: &str, dev: &str, kind: &str| RouteEntry {
