@@ -310,3 +310,25 @@ async fn a_crash_after_each_step_then_resume_or_rollback() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_report_shows_a_block_to_enable_blackout_only_where_traffic_was_cut() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/plans");
+    for (name, switchover_only) in [("01-live-block-first", false), ("02-live-prestaged", true)] {
+        let case = load(&dir.join(name));
+        let double = Arc::new(LandscapeDouble::new(case.before.clone()));
+        let run = engine(&case, &double, opts())
+            .apply(&case.plan, Box::new(MemoryJournal::new()), &meta())
+            .await
+            .unwrap();
+        let b = &run.report.blackouts[0];
+        assert_eq!(b.switchover_only, switchover_only, "{name}: {b:?}");
+        assert_eq!(b.duration_ms.is_some(), !switchover_only, "{name}: {b:?}");
+        let text = run.report.to_string();
+        assert_eq!(
+            text.contains("Blackout of db: libvirt's switchover only"),
+            switchover_only,
+            "{name}: {text}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! traffic blackout as smig sees it (from its block to its enable).
 
 use super::walker::{StepStatus, StepTiming};
-use crate::plan::{Plan, ResourceChange, StepKind};
+use crate::model::MigrationMode;
+use crate::plan::{Action, Plan, ResourceChange, StepKind};
 use crate::state::journal::Outcome;
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
@@ -44,6 +45,9 @@ pub struct Blackout {
     /// When its traffic was enabled again; `None` when it was not in this run.
     pub enabled_at_ms: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// Pre-staged: every block let the SA's flows through and the VM arrived running, so
+    /// its traffic stopped only for libvirt's switchover (inside `migrate`).
+    pub switchover_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,7 +136,37 @@ impl ApplyReport {
                     .filter_map(|n| fin.get(&n.index()).copied())
                     .reduce(pick)
             };
-            let blocked = at(StepKind::Block, u64::min);
+            // A filter letting the SA's flows through (pre-staged) does not cut the traffic.
+            let full_blocks: Vec<usize> = g
+                .node_indices()
+                .filter(|n| g[*n].kind == StepKind::Block && g[*n].subject == subject)
+                .filter(|n| {
+                    !matches!(
+                        g[*n].action,
+                        Action::Block {
+                            allow_ipsec: true,
+                            ..
+                        }
+                    )
+                })
+                .map(|n| n.index())
+                .collect();
+            let switchover_only = full_blocks.is_empty()
+                && g.node_weights().any(|s| {
+                    s.subject == subject
+                        && matches!(
+                            s.action,
+                            Action::Migrate {
+                                paused: false,
+                                mode: MigrationMode::Live,
+                                ..
+                            }
+                        )
+                });
+            let blocked = full_blocks
+                .iter()
+                .filter_map(|i| fin.get(i).copied())
+                .reduce(u64::min);
             let enabled = at(StepKind::Enable, u64::max);
             if blocked.is_none() && enabled.is_none() {
                 continue;
@@ -142,6 +176,7 @@ impl ApplyReport {
                 blocked_at_ms: blocked,
                 enabled_at_ms: enabled,
                 duration_ms: blocked.zip(enabled).map(|(b, e)| e.saturating_sub(b)),
+                switchover_only,
             });
         }
         ApplyReport {
@@ -202,6 +237,11 @@ impl fmt::Display for ApplyReport {
         }
         for b in &self.blackouts {
             match b.duration_ms {
+                _ if b.switchover_only => writeln!(
+                    f,
+                    "Blackout of {}: libvirt's switchover only (arrived running, traffic through the SA)",
+                    b.vm
+                )?,
                 Some(ms) => writeln!(f, "Blackout of {} (block to enable): {ms} ms", b.vm)?,
                 None => writeln!(f, "Blackout of {}: not complete in this run", b.vm)?,
             }

@@ -123,8 +123,9 @@ pub enum MigrationMode {
 }
 
 /// How a move is ordered. `BlockFirst` is the patent's FIG. 3 order: block on the source, move,
-/// restart, secure, enable. `Prestaged` blocks on the target and installs IPsec before the VM
-/// arrives paused, then resumes it once the SA is up: the blackout shrinks to the switchover.
+/// restart, secure, enable. `Prestaged` filters on the target and installs IPsec before the
+/// move; the VM arrives running (its SAs already up) behind that filter, which admits only
+/// flows carried by the SA: the blackout shrinks to the switchover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
