@@ -1,7 +1,7 @@
 //! The host network driver for hosts and routing cores reached as `netns:NAME` (a network
 //! namespace on this machine, as in the lab). It implements [`HostNetwork`] and
-//! [`RoutingCore`] over a per-endpoint [`HostOps`] layer — nftables JSON, rtnetlink and
-//! ctnetlink run inside the namespace — which a remote host agent can implement later.
+//! [`RoutingCore`] over a per-endpoint [`HostOps`] layer — nftables JSON (libnftables), rtnetlink
+//! and ctnetlink run inside the namespace — which a remote host agent can implement later.
 //!
 //! - Block / unblock: table `inet smig`, one base chain and one peer set per VM ([`nft`]).
 //! - Secure data path: a VXLAN between two endpoints' overlay addresses (the /32 on `lo`, which
@@ -13,6 +13,7 @@
 //!   then the conntrack entry is deleted.
 
 pub mod conntrack;
+pub mod libnft;
 pub mod links;
 pub mod namespace;
 pub mod nft;
@@ -97,38 +98,6 @@ impl NetnsOps {
     }
 }
 
-fn nft_run(args: &[&str], input: Option<&str>) -> Result<String, String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("nft")
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run nft: {e}"))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| format!("writing to nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for nft: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 #[async_trait::async_trait]
 impl HostOps for NetnsOps {
     fn describe(&self) -> String {
@@ -136,7 +105,7 @@ impl HostOps for NetnsOps {
     }
     async fn nft_table(&self) -> Result<nft::Present, String> {
         self.run(|_| {
-            let tables: Value = serde_json::from_str(&nft_run(&["-j", "list", "tables"], None)?)
+            let tables: Value = serde_json::from_str(&libnft::run("list tables")?)
                 .map_err(|e| format!("nft JSON: {e}"))?;
             let exists = tables
                 .get("nftables")
@@ -152,7 +121,7 @@ impl HostOps for NetnsOps {
             if !exists {
                 return Ok(nft::Present::default());
             }
-            let out = nft_run(&["-j", "list", "table", "inet", nft::TABLE], None)?;
+            let out = libnft::run(&format!("list table inet {}", nft::TABLE))?;
             let v: Value = serde_json::from_str(&out).map_err(|e| format!("nft JSON: {e}"))?;
             nft::parse_table(&v)
         })
@@ -163,13 +132,12 @@ impl HostOps for NetnsOps {
             return Ok(());
         }
         let text = nft::batch(commands).to_string();
-        self.run(move |_| nft_run(&["-j", "-f", "-"], Some(&text)).map(|_| ()))
-            .await
+        self.run(move |_| libnft::run(&text).map(|_| ())).await
     }
     async fn nft_list(&self, family: &str) -> Result<Value, String> {
         let family = family.to_string();
         self.run(move |_| {
-            let out = nft_run(&["-j", "list", "table", &family, nft::TABLE], None)?;
+            let out = libnft::run(&format!("list table {family} {}", nft::TABLE))?;
             serde_json::from_str(&out).map_err(|e| format!("nft JSON: {e}"))
         })
         .await

@@ -1,0 +1,118 @@
+//! nftables through libnftables (the library behind the `nft` command), in process: its JSON
+//! API, without starting an `nft` process for each read and each change. The library is
+//! loaded at first use (`libnftables.so.1`, shipped with nftables); the commands act on the
+//! network namespace of the calling thread, like `nft` started there.
+
+use libloading::{Library, Symbol};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::sync::OnceLock;
+
+/// `NFT_CTX_OUTPUT_JSON` of `<nftables/libnftables.h>`.
+const OUTPUT_JSON: c_uint = 1 << 4;
+const LIBRARY: &str = "libnftables.so.1";
+
+type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
+type CtxFree = unsafe extern "C" fn(*mut c_void);
+type SetFlags = unsafe extern "C" fn(*mut c_void, c_uint);
+type Buffer = unsafe extern "C" fn(*mut c_void) -> c_int;
+type GetBuffer = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
+struct Api {
+    ctx_new: CtxNew,
+    ctx_free: CtxFree,
+    output_set_flags: SetFlags,
+    buffer_output: Buffer,
+    buffer_error: Buffer,
+    output_buffer: GetBuffer,
+    error_buffer: GetBuffer,
+    run_cmd: RunCmd,
+    /// Keeps the functions above loaded.
+    _lib: Library,
+}
+
+fn api() -> Result<&'static Api, String> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(|| {
+        // SAFETY: loading the system's libnftables runs no initialisation with preconditions.
+        let lib = unsafe { Library::new(LIBRARY) }
+            .map_err(|e| format!("cannot load {LIBRARY} (install nftables): {e}"))?;
+        // Each symbol has the C signature of libnftables' public API (stable since nftables
+        // 0.9) that its type states.
+        {
+            fn get<T: Copy>(lib: &Library, name: &[u8]) -> Result<T, String> {
+                // SAFETY: the caller names a symbol of the type `T`.
+                let s: Symbol<T> = unsafe { lib.get(name) }.map_err(|e| {
+                    format!(
+                        "{LIBRARY}: no {}: {e}",
+                        String::from_utf8_lossy(&name[..name.len().saturating_sub(1)])
+                    )
+                })?;
+                Ok(*s)
+            }
+            Ok(Api {
+                ctx_new: get(&lib, b"nft_ctx_new\0")?,
+                ctx_free: get(&lib, b"nft_ctx_free\0")?,
+                output_set_flags: get(&lib, b"nft_ctx_output_set_flags\0")?,
+                buffer_output: get(&lib, b"nft_ctx_buffer_output\0")?,
+                buffer_error: get(&lib, b"nft_ctx_buffer_error\0")?,
+                output_buffer: get(&lib, b"nft_ctx_get_output_buffer\0")?,
+                error_buffer: get(&lib, b"nft_ctx_get_error_buffer\0")?,
+                run_cmd: get(&lib, b"nft_run_cmd_from_buffer\0")?,
+                _lib: lib,
+            })
+        }
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Runs `commands` (nft syntax or a JSON batch) with JSON output, as `nft -j -f -` would, in
+/// the calling thread's network namespace. Returns the output.
+pub fn run(commands: &str) -> Result<String, String> {
+    let api = api()?;
+    let text = CString::new(commands).map_err(|_| "nft commands contain a NUL byte")?;
+    // SAFETY: the context is created, used and freed here only; the buffers it returns are
+    // copied before it is freed.
+    unsafe {
+        let ctx = (api.ctx_new)(0);
+        if ctx.is_null() {
+            return Err("nft_ctx_new failed".into());
+        }
+        (api.output_set_flags)(ctx, OUTPUT_JSON);
+        (api.buffer_output)(ctx);
+        (api.buffer_error)(ctx);
+        let rc = (api.run_cmd)(ctx, text.as_ptr());
+        let read = |p: *const c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        };
+        let out = read((api.output_buffer)(ctx));
+        let err = read((api.error_buffer)(ctx));
+        (api.ctx_free)(ctx);
+        if rc != 0 {
+            let first = commands.lines().next().unwrap_or("").chars().take(80);
+            return Err(format!("nft {}: {}", first.collect::<String>(), err.trim()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_the_library_and_reports_bad_commands_with_nfts_message() {
+        // Parsing fails before anything touches the kernel, so this needs no privileges.
+        let err = run("this is not nft").unwrap_err();
+        assert!(
+            err.contains("syntax error") || err.contains("Error"),
+            "{err}"
+        );
+        assert!(run("a\0b").is_err());
+    }
+}
