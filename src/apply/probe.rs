@@ -143,43 +143,67 @@ pub fn action_queries(action: &Action, out: &mut BTreeSet<Query>) {
     }
 }
 
-/// Runs the reads and assembles the partial landscape they describe.
+/// What one read returned.
+enum Reading {
+    Domain(Option<crate::model::Domain>),
+    BlockRules(Vec<crate::model::BlockRule>),
+    Ipsec(Vec<crate::model::IpsecConnection>),
+    CoreTunnels(Vec<crate::model::Tunnel>),
+    CoreRoutes(Vec<crate::model::Route>),
+    Connections(Vec<crate::model::Connection>),
+}
+
+async fn read(drivers: &Drivers, q: &Query) -> DriverResult<Reading> {
+    Ok(match q {
+        Query::Domain { host, domain } => {
+            Reading::Domain(drivers.hypervisor.domain(host, domain).await?)
+        }
+        Query::BlockRules(host) => Reading::BlockRules(drivers.network.block_rules(host).await?),
+        Query::Ipsec(host) => Reading::Ipsec(drivers.ipsec.connections(host).await?),
+        Query::CoreTunnels(core) => Reading::CoreTunnels(
+            drivers
+                .network
+                .tunnels(&Target::RoutingCore(core.clone()))
+                .await?,
+        ),
+        Query::CoreRoutes(core) => Reading::CoreRoutes(drivers.routing.routes(core).await?),
+        Query::Connections { host, address, .. } => {
+            Reading::Connections(drivers.network.connections(host, *address).await?)
+        }
+    })
+}
+
+/// Runs the reads (all at once: they are independent) and assembles the partial landscape
+/// they describe.
 pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResult<Observed> {
+    let readings =
+        futures_util::future::try_join_all(queries.iter().map(|q| read(drivers, q))).await?;
     let mut o = Observed::empty();
-    for q in queries {
-        match q {
-            Query::Domain { host, domain } => {
-                let d = drivers.hypervisor.domain(host, domain).await?;
+    for (q, reading) in queries.iter().zip(readings) {
+        match (q, reading) {
+            (Query::Domain { host, domain }, Reading::Domain(d)) => {
                 let h = o.hosts.entry(host.clone()).or_default();
                 if let Some(d) = d {
                     h.domains.insert(domain.clone(), d);
                 }
             }
-            Query::BlockRules(host) => {
-                let rules = drivers.network.block_rules(host).await?;
+            (Query::BlockRules(host), Reading::BlockRules(rules)) => {
                 o.hosts.entry(host.clone()).or_default().block_rules = rules;
             }
-            Query::Ipsec(host) => {
-                let conns = drivers.ipsec.connections(host).await?;
+            (Query::Ipsec(host), Reading::Ipsec(conns)) => {
                 o.hosts.entry(host.clone()).or_default().ipsec = conns;
             }
-            Query::CoreTunnels(core) => {
-                let t = drivers
-                    .network
-                    .tunnels(&Target::RoutingCore(core.clone()))
-                    .await?;
+            (Query::CoreTunnels(core), Reading::CoreTunnels(t)) => {
                 o.routing_cores.entry(core.clone()).or_default().tunnels = t;
             }
-            Query::CoreRoutes(core) => {
-                let r = drivers.routing.routes(core).await?;
+            (Query::CoreRoutes(core), Reading::CoreRoutes(r)) => {
                 o.routing_cores.entry(core.clone()).or_default().routes = r;
             }
-            Query::Connections { vm, host, address } => {
-                let c = drivers.network.connections(host, *address).await?;
-                if !c.is_empty() {
-                    o.connections.insert(vm.clone(), c);
-                }
+            (Query::Connections { vm, .. }, Reading::Connections(c)) if !c.is_empty() => {
+                o.connections.insert(vm.clone(), c);
             }
+            // `read` answers each query with its own kind of reading.
+            _ => {}
         }
     }
     Ok(o)

@@ -516,6 +516,23 @@ impl NetnsHostNetwork {
             .collect())
     }
 
+    /// The conntrack entries of each of `hosts`, read on all of them at once.
+    async fn conntrack_of<'h>(
+        &self,
+        op: &str,
+        hosts: impl Iterator<Item = &'h HostId>,
+    ) -> DriverResult<Vec<(HostId, Vec<Entry>)>> {
+        let reads = hosts.map(|h| async move {
+            let o = self.ops(op, &h.0)?;
+            let entries = o
+                .conntrack()
+                .await
+                .map_err(|e| DriverError::failed(op, h, e))?;
+            Ok::<_, DriverError>((h.clone(), entries))
+        });
+        futures_util::future::try_join_all(reads).await
+    }
+
     /// Forgets, at an endpoint that no smig path for the subnet reaches any more, that the
     /// subnet's flows crossed one: their conntrack entries carrying [`nft::IPSEC_MARK`] go
     /// (conntrack picks a live flow up again, unmarked, on its next packet). Otherwise a flow
@@ -769,12 +786,8 @@ impl HostNetwork for NetnsHostNetwork {
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
         let op = "network.connections";
         let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> = BTreeMap::new();
-        for h in std::iter::once(host).chain(self.hosts.keys().filter(|h| *h != host)) {
-            let o = self.ops(op, &h.0)?;
-            let entries = o
-                .conntrack()
-                .await
-                .map_err(|e| DriverError::failed(op, h, e))?;
+        let hosts = std::iter::once(host).chain(self.hosts.keys().filter(|h| *h != host));
+        for (_, entries) in self.conntrack_of(op, hosts).await? {
             for c in entries.iter().filter_map(|e| connection_of(e, address)) {
                 let key = (c.local, c.remote, c.protocol as u8);
                 seen.entry(key)
@@ -799,20 +812,15 @@ impl HostNetwork for NetnsHostNetwork {
         // Where the flows are tracked: the VM's host and its peers' hosts. A VM just moved
         // and still blocked sends nothing yet; its peers keep sending from theirs.
         let mut tracked: BTreeMap<HostId, Vec<Tuple>> = BTreeMap::new();
-        for h in self.hosts.keys() {
-            let o = self.ops(op, &h.0)?;
-            let entries = o
-                .conntrack()
-                .await
-                .map_err(|e| DriverError::failed(op, h, e))?;
+        for (h, entries) in self.conntrack_of(op, self.hosts.keys()).await? {
             let mine: Vec<Tuple> = entries
                 .iter()
                 .filter(|e| connection_of(e, address).is_some())
                 .filter(|e| connections.iter().any(|c| same_flow(c, e)))
                 .map(|e| e.orig)
                 .collect();
-            if !mine.is_empty() || h == host {
-                tracked.insert(h.clone(), mine);
+            if !mine.is_empty() || &h == host {
+                tracked.insert(h, mine);
             }
         }
         let tcp: Vec<nft::Flow> = connections
@@ -834,24 +842,41 @@ impl HostNetwork for NetnsHostNetwork {
             let keys: Vec<String> = tracked.keys().map(|h| format!("reset {}", h.0)).collect();
             let names: Vec<&str> = keys.iter().map(String::as_str).collect();
             let turn = self.exclusive(op, &names).await?;
-            let mut armed = Vec::new();
-            for h in tracked.keys() {
-                let o = self.ops(op, &h.0)?;
-                let ports: Vec<String> = self
-                    .bridge_ports(op, h, &o)
-                    .await?
-                    .into_iter()
-                    .map(|l| l.name)
-                    .collect();
-                let r = o
-                    .nft_apply(nft::reset_commands(&tcp, &ports))
-                    .await
-                    .map_err(|e| DriverError::failed(op, h, e));
-                armed.push((h.clone(), o));
-                if let Err(e) = r {
-                    disarm(op, &armed).await?;
-                    return Err(e);
+            let arming = tracked.keys().map(|h| {
+                let tcp = &tcp;
+                async move {
+                    let o = self.ops(op, &h.0)?;
+                    let ports: Vec<String> = self
+                        .bridge_ports(op, h, &o)
+                        .await?
+                        .into_iter()
+                        .map(|l| l.name)
+                        .collect();
+                    let r = o
+                        .nft_apply(nft::reset_commands(tcp, &ports))
+                        .await
+                        .map_err(|e| DriverError::failed(op, h, e));
+                    Ok::<_, DriverError>(((h.clone(), o), r))
                 }
+            });
+            let mut armed = Vec::new();
+            let mut failed = None;
+            for r in futures_util::future::join_all(arming).await {
+                match r {
+                    Ok((at, Ok(()))) => armed.push(at),
+                    // A failed transaction changed nothing, but disarm anyway: it is harmless.
+                    Ok((at, Err(e))) => {
+                        armed.push(at);
+                        failed.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                disarm(op, &armed).await?;
+                return Err(e);
             }
             let window = self.reset_window;
             let flows = tcp.len();
@@ -879,14 +904,16 @@ impl HostNetwork for NetnsHostNetwork {
                 p.push(task);
             }
         }
-        for (h, tuples) in &tracked {
+        let forgetting = tracked.iter().map(|(h, tuples)| async move {
             let o = self.ops(op, &h.0)?;
             for t in tuples {
                 o.conntrack_delete(*t)
                     .await
                     .map_err(|e| DriverError::failed(op, h, e))?;
             }
-        }
+            Ok::<_, DriverError>(())
+        });
+        futures_util::future::try_join_all(forgetting).await?;
         if !tcp.is_empty() {
             // Each guest of a flow on these hosts answers a nudge at once, and its answer
             // meets the RST: no waiting for its next packet of its own.
@@ -900,20 +927,24 @@ impl HostNetwork for NetnsHostNetwork {
                     [(a, b), (b, a)]
                 })
                 .collect();
-            for h in tracked.keys() {
-                let o = self.ops(op, &h.0)?;
-                // Guests' NICs only: never a link towards another host.
-                let guests: Vec<u32> = self
-                    .bridge_ports(op, h, &o)
-                    .await?
-                    .into_iter()
-                    .filter(|l| l.tap)
-                    .map(|l| l.index)
-                    .collect();
-                o.nudge(guests, flows.clone())
-                    .await
-                    .map_err(|e| DriverError::failed(op, h, e))?;
-            }
+            let nudging = tracked.keys().map(|h| {
+                let flows = flows.clone();
+                async move {
+                    let o = self.ops(op, &h.0)?;
+                    // Guests' NICs only: never a link towards another host.
+                    let guests: Vec<u32> = self
+                        .bridge_ports(op, h, &o)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.tap)
+                        .map(|l| l.index)
+                        .collect();
+                    o.nudge(guests, flows)
+                        .await
+                        .map_err(|e| DriverError::failed(op, h, e))
+                }
+            });
+            futures_util::future::try_join_all(nudging).await?;
         }
         Ok(())
     }
