@@ -122,13 +122,36 @@ pub async fn apply_checked(
     meta: &ApplyMeta,
     recheck: Option<(&dyn Discover, &Landscape)>,
 ) -> Result<Run, ApplyError> {
-    let mut guard = take_lock(backend, "apply")?;
+    let lock = lock_for_apply(backend)?;
     if let (Some((discover, landscape)), Some(planned)) = (recheck, &meta.observed_fingerprint) {
         let now = discover.discover(landscape).await?;
         if &crate::planfile::observed_fingerprint(&now) != planned {
             return Err(ApplyError::LandscapeChanged);
         }
     }
+    apply_locked(lock, engine, plan, meta).await
+}
+
+/// The state lock of an apply, taken before its discovery so that no other apply changes the
+/// landscape between the discovery a plan is checked against (or made from) and the run.
+/// Released when dropped.
+pub struct ApplyLock<'a>(LockGuard<'a>);
+
+/// Takes the state lock for `smig apply`.
+pub fn lock_for_apply(backend: &dyn StateBackend) -> Result<ApplyLock<'_>, StateError> {
+    Ok(ApplyLock(take_lock(backend, "apply")?))
+}
+
+/// Runs `plan` under a lock taken with [`lock_for_apply`] before the discovery the plan was
+/// made from or checked against: no second discovery is needed.
+pub async fn apply_locked(
+    lock: ApplyLock<'_>,
+    engine: &Engine,
+    plan: &Plan,
+    meta: &ApplyMeta,
+) -> Result<Run, ApplyError> {
+    let mut guard = lock.0;
+    let backend = guard.backend;
     // A state file smig cannot read stops everything before any change.
     backend.read_state()?;
     if let Some(entries) = unfinished(backend)? {

@@ -320,6 +320,9 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         let run = rt.block_on(session::resume(&backend, &engine, Some(&fingerprint)))?;
         return finish(&run, args.run.json);
     }
+    // Locked before discovering: no other apply can change the landscape between this
+    // discovery and the run, so the plan (made or checked here) stays current.
+    let lock = session::lock_for_apply(&backend).map_err(crate::apply::ApplyError::from)?;
     let observed = rt.block_on(double.discover().discover(&loaded.landscape))?;
     let current = Fingerprints {
         config: loaded.fingerprint.clone(),
@@ -361,15 +364,7 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         observed_fingerprint: Some(current.observed),
     };
     let engine = engine(loaded.landscape, &double, args.run.json, options);
-    let recheck: (&dyn crate::discover::Discover, &crate::model::Landscape) =
-        (double.discover(), &engine.ctx.landscape);
-    let run = rt.block_on(session::apply_checked(
-        &backend,
-        &engine,
-        &plan,
-        &meta,
-        Some(recheck),
-    ))?;
+    let run = rt.block_on(session::apply_locked(lock, &engine, &plan, &meta))?;
     finish(&run, args.run.json)
 }
 
