@@ -129,7 +129,7 @@ fn child(n: usize) {
             observed
                 .hosts
                 .get(&vm.host)
-                .is_none_or(|h| !h.domains.contains_key(&vm.domain))
+                .is_none_or(|h| !h.domains.contains_key(vm.domain.as_str()))
         })
         .count();
     let before = status_kib("VmRSS:");

@@ -5,7 +5,8 @@
 
 use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair};
 use crate::model::{
-    DomainState, Host, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
+    DomainState, Host, HostId, Landscape, MigrationMode, Name, Observed, SecureLink, Strategy,
+    Subnet, Vm,
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde_json::json;
@@ -64,7 +65,7 @@ impl Selection {
                     }
                     ("target", "secure_link") => {
                         if let Some(link) = desired.secure_links.get(&name) {
-                            sel.vms.extend(link.between.iter().cloned());
+                            sel.vms.extend(link.between.iter().map(|m| m.to_string()));
                         }
                         sel.links.insert(name);
                     }
@@ -97,10 +98,10 @@ impl Selection {
 
     /// Whether link-level changes (a new link, a repair, a removed link) are in the plan.
     /// Excluding a VM excludes the links that depend on it.
-    pub fn link(&self, name: &str, members: &[String]) -> bool {
+    pub fn link(&self, name: &str, members: &[Name]) -> bool {
         (self.all || self.links.contains(name))
             && !self.ex_links.contains(name)
-            && !members.iter().any(|m| self.ex_vms.contains(m))
+            && !members.iter().any(|m| self.ex_vms.contains(m.as_str()))
     }
 
     /// Whether subnet-level steps (tunnels) may be planned. VM moves pull their subnet in.
@@ -124,6 +125,8 @@ pub(crate) struct Current<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Move<'a> {
     pub vm: &'a Vm,
+    /// `vm.<name>`, the subject of the VM's steps.
+    pub subject: Name,
     pub from: &'a HostId,
     pub to: &'a HostId,
     pub state: DomainState,
@@ -155,6 +158,8 @@ impl Move<'_> {
 #[derive(Debug, Clone)]
 pub(crate) struct SaInstall<'a> {
     pub pair: SaPair,
+    /// `secure_link.<name>`, the subject of its steps.
+    pub subject: Name,
     pub link: &'a SecureLink,
     pub initiator: HostId,
     pub responder: HostId,
@@ -165,7 +170,7 @@ pub(crate) struct SaInstall<'a> {
 /// One end of an SA that is no longer needed.
 #[derive(Debug, Clone)]
 pub(crate) struct StaleEnd<'a> {
-    pub link: String,
+    pub link: Name,
     pub host: HostId,
     pub remote: HostId,
     /// The link as configured, or `None` when it was removed from the configuration.
@@ -179,8 +184,10 @@ pub(crate) struct StaleEnd<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct SubnetMove<'a> {
     pub subnet: &'a Subnet,
+    /// `subnet.<name>`, the subject of its steps.
+    pub subject: Name,
     /// Environment whose routing core is the local end of the tunnel.
-    pub core: String,
+    pub core: Name,
     pub remote: HostId,
     pub remote_address: Ipv4Addr,
     /// Moving VMs of the subnet.
@@ -192,7 +199,8 @@ pub(crate) struct SubnetMove<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct StaleTunnel<'a> {
     pub subnet: &'a Subnet,
-    pub core: String,
+    pub subject: Name,
+    pub core: Name,
     pub remote: HostId,
     pub remote_address: Ipv4Addr,
 }
@@ -209,7 +217,7 @@ pub(crate) struct Diff<'a> {
     /// The secure_link peers of each moving VM, link by link: (link, the peer's position in
     /// `desired.vms`), so asking for peers and SAs indexes the lists above instead of hashing
     /// names.
-    pub vm_links: HashMap<&'a str, Vec<(&'a str, u32)>>,
+    pub vm_links: HashMap<&'a str, Vec<(&'a Name, u32)>>,
     /// The declared hosts by id (see [`Diff::host`]).
     hosts: HashMap<&'a HostId, &'a Host>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
@@ -218,7 +226,7 @@ pub(crate) struct Diff<'a> {
     pub installs: Vec<SaInstall<'a>>,
     pub stale: Vec<StaleEnd<'a>>,
     /// Links whose stale IPsec on the VM's source host the VM's cleanup removes.
-    pub cleanup_links: HashMap<&'a str, Vec<String>>,
+    pub cleanup_links: HashMap<&'a str, Vec<Name>>,
     pub subnet_moves: Vec<SubnetMove<'a>>,
     pub stale_tunnels: Vec<StaleTunnel<'a>>,
     pub warnings: Vec<String>,
@@ -332,14 +340,14 @@ impl<'a> Diff<'a> {
                 ([], []) => {
                     errors.push(PlanError::VmNotDiscovered {
                         vm: name.clone(),
-                        domain: vm.domain.clone(),
+                        domain: vm.domain.to_string(),
                     });
                     None
                 }
                 ([], many) => {
                     errors.push(PlanError::VmOnTwoHosts {
                         vm: name.clone(),
-                        domain: vm.domain.clone(),
+                        domain: vm.domain.to_string(),
                         how: "defined (shut off)",
                         hosts: list(&many.iter().collect::<Vec<_>>()),
                     });
@@ -348,7 +356,7 @@ impl<'a> Diff<'a> {
                 (many, _) => {
                     errors.push(PlanError::VmOnTwoHosts {
                         vm: name.clone(),
-                        domain: vm.domain.clone(),
+                        domain: vm.domain.to_string(),
                         how: "running",
                         hosts: list(many),
                     });
@@ -381,9 +389,9 @@ impl<'a> Diff<'a> {
             }
         }
 
-        let unknown_vm = |link: &SecureLink, m: &String| PlanError::UnknownVm {
-            link: link.name.clone(),
-            vm: m.clone(),
+        let unknown_vm = |link: &SecureLink, m: &Name| PlanError::UnknownVm {
+            link: link.name.to_string(),
+            vm: m.to_string(),
         };
         if !errors.is_empty() {
             // Report links naming something that is not a VM with these; without other errors
@@ -392,7 +400,7 @@ impl<'a> Diff<'a> {
                 for m in link
                     .between
                     .iter()
-                    .filter(|m| !desired.vms.contains_key(*m))
+                    .filter(|m| !desired.vms.contains_key(m.as_str()))
                 {
                     errors.push(unknown_vm(link, m));
                 }
@@ -425,6 +433,7 @@ impl<'a> Diff<'a> {
                     vm.migration.mode == MigrationMode::Cold || cur.state == DomainState::ShutOff;
                 moves.push(Move {
                     vm,
+                    subject: Name::from(format!("vm.{name}")),
                     from: cur.host,
                     to: cur.want,
                     state: cur.state,
@@ -445,7 +454,7 @@ impl<'a> Diff<'a> {
         // the links of each moving VM (only moving VMs are asked for their peers and SAs),
         // and the SAs the landscape needs once the plan is applied, by reference until sorted.
         let mut unknown = Vec::new();
-        let mut vm_links: HashMap<&str, Vec<(&str, u32)>> = HashMap::with_capacity(moves.len());
+        let mut vm_links: HashMap<&str, Vec<(&Name, u32)>> = HashMap::with_capacity(moves.len());
         let mut needed: HashSet<PairRef> = HashSet::new();
         let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
         let mut members: Vec<&HostId> = Vec::new();
@@ -471,7 +480,7 @@ impl<'a> Diff<'a> {
                         member_pos
                             .iter()
                             .filter(|&&k| k != i)
-                            .map(|&k| (link.name.as_str(), k)),
+                            .map(|&k| (&link.name, k)),
                     );
                 }
             }
@@ -505,8 +514,8 @@ impl<'a> Diff<'a> {
             .collect();
         let needed_list: Vec<SaPair> = needed_refs
             .iter()
-            .map(|((link, a, b), _)| SaPair {
-                link: link.to_string(),
+            .map(|((_, a, b), link)| SaPair {
+                link: link.name.clone(),
                 a: (*a).clone(),
                 b: (*b).clone(),
             })
@@ -563,6 +572,7 @@ impl<'a> Diff<'a> {
                 pair.a.clone()
             };
             installs.push(SaInstall {
+                subject: Name::from(format!("secure_link.{}", link.name)),
                 pair: pair.clone(),
                 link,
                 initiator,
@@ -573,7 +583,7 @@ impl<'a> Diff<'a> {
 
         // IPsec ends discovered that the landscape no longer needs.
         let mut stale = Vec::new();
-        let mut cleanup_links: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut cleanup_links: HashMap<&str, Vec<Name>> = HashMap::new();
         let mut covered: HashSet<(&str, &HostId)> = HashSet::new();
         let mut stale_links: Vec<&str> = observed_sas.keys().copied().collect();
         stale_links.sort_unstable();
@@ -593,11 +603,11 @@ impl<'a> Diff<'a> {
             if configured.is_some() && needed.contains(&pair_ref(link_name, host, remote)) {
                 continue;
             }
-            let members: &[String] = configured.map_or(&[], |l| l.between.as_slice());
+            let members: &[Name] = configured.map_or(&[], |l| l.between.as_slice());
             let wait_for: Vec<&str> = members
                 .iter()
                 .filter(|m| moving.contains_key(m.as_str()))
-                .map(String::as_str)
+                .map(Name::as_str)
                 .collect();
             let related = wait_for
                 .iter()
@@ -623,12 +633,12 @@ impl<'a> Diff<'a> {
                     cleanup_links
                         .entry(vm)
                         .or_default()
-                        .push(link_name.to_string());
+                        .push(configured.map_or_else(|| Name::from(link_name), |l| l.name.clone()));
                 }
                 continue;
             }
             stale.push(StaleEnd {
-                link: link_name.to_string(),
+                link: configured.map_or_else(|| Name::from(link_name), |l| l.name.clone()),
                 host: host.clone(),
                 remote: remote.clone(),
                 configured,
@@ -672,28 +682,30 @@ impl<'a> Diff<'a> {
             if !selection.subnet(sname, true) {
                 continue;
             }
-            let core = moving[first].from.environment().to_string();
-            let has_core = desired
+            let core_env = moving[first].from.environment();
+            let Some(core) = desired
                 .environments
-                .get(&core)
-                .is_some_and(|e| e.routing_core.is_some());
-            if !has_core {
+                .get(core_env)
+                .filter(|e| e.routing_core.is_some())
+                .map(|e| e.name.clone())
+            else {
                 warnings.push(format!(
-                    "subnet.{sname} moves whole to environment {env_new}, but environment {core} has no routing_core: no tunnel is planned"
+                    "subnet.{sname} moves whole to environment {env_new}, but environment {core_env} has no routing_core: no tunnel is planned"
                 ));
                 continue;
-            }
+            };
             let remote = vms[0].1;
             let Some(remote_host) = hosts.get(remote) else {
                 continue;
             };
             let tunnel_present = observed
                 .routing_cores
-                .get(&core)
+                .get(core_env)
                 .is_some_and(|c| c.tunnels.iter().any(|t| &t.subnet == sname));
-            moving_subnets.insert((sname.as_str(), core.clone()));
+            moving_subnets.insert((sname.as_str(), core_env));
             subnet_moves.push(SubnetMove {
                 subnet,
+                subject: Name::from(format!("subnet.{sname}")),
                 core,
                 remote: remote.clone(),
                 remote_address: remote_host.address,
@@ -706,17 +718,18 @@ impl<'a> Diff<'a> {
         let mut stale_tunnels = Vec::new();
         for (core, rc) in &observed.routing_cores {
             for t in &rc.tunnels {
-                if moving_subnets.contains(&(t.subnet.as_str(), core.clone())) {
+                if moving_subnets.contains(&(t.subnet.as_str(), core.as_str())) {
                     continue;
                 }
                 if !selection.subnet(&t.subnet, false) {
                     continue;
                 }
-                let remote = HostId(t.remote.clone());
+                let remote = HostId(Name::from(t.remote.as_str()));
                 match (desired.subnets.get(&t.subnet), desired.host(&remote)) {
                     (Some(subnet), Some(h)) => stale_tunnels.push(StaleTunnel {
                         subnet,
-                        core: core.clone(),
+                        subject: Name::from(format!("subnet.{}", subnet.name)),
+                        core: Name::from(core.as_str()),
                         remote,
                         remote_address: h.address,
                     }),
@@ -795,7 +808,7 @@ impl<'a> Diff<'a> {
         vm: &str,
         host: &HostId,
         placement: Placement,
-        mut f: impl FnMut(&str, &HostId) -> bool,
+        mut f: impl FnMut(&Name, &HostId) -> bool,
     ) {
         for &(link, k) in self.vm_links.get(vm).into_iter().flatten() {
             let p = match placement {
@@ -843,17 +856,17 @@ impl<'a> Diff<'a> {
             placements: self
                 .desired
                 .vms
-                .keys()
+                .values()
                 .zip(&self.final_list)
-                .map(|(v, h)| (v.clone(), (*h).clone()))
+                .map(|(v, h)| (v.name.clone(), (*h).clone()))
                 .collect(),
             established: self.established.clone(),
             must_secure: self
                 .moves
                 .iter()
-                .map(|m| m.vm.name.as_str())
+                .map(|m| &m.vm.name)
                 .filter(|vm| self.has_unsecured_connections(vm))
-                .map(str::to_string)
+                .cloned()
                 .collect(),
         }
     }
@@ -887,7 +900,7 @@ impl<'a> Diff<'a> {
 
         let mut links: Vec<&str> = self.installs.iter().map(|i| i.pair.link.as_str()).collect();
         links.extend(self.stale.iter().map(|s| s.link.as_str()));
-        links.extend(self.cleanup_links.values().flatten().map(String::as_str));
+        links.extend(self.cleanup_links.values().flatten().map(Name::as_str));
         links.sort_unstable();
         links.dedup();
         // The configured links and the needed SAs are sorted by link too: walk them alongside.

@@ -287,10 +287,10 @@ mod tests {
         Step {
             key: key.to_string(),
             kind: StepKind::Cleanup,
-            subject: key.to_string(),
+            subject: key.into(),
             target: Target::Host(host.clone()),
             action: Action::Cleanup {
-                vm: key.to_string(),
+                vm: key.into(),
                 host,
                 ipsec_links: vec![],
             },

@@ -6,7 +6,7 @@
 //! link and subnet, so each walk stays local and the whole check is near linear in the plan.
 
 use super::{Action, Plan, SaPair, StepKind};
-use crate::model::{Host, HostId, Landscape, SecureLink};
+use crate::model::{Host, HostId, Landscape, Name, SecureLink};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,7 @@ fn vm_of(action: &Action) -> Option<&str> {
         | Action::Resume { vm, .. }
         | Action::Migrate { vm, .. }
         | Action::SecureConnections { vm, .. }
-        | Action::Cleanup { vm, .. } => Some(vm),
+        | Action::Cleanup { vm, .. } => Some(vm.as_str()),
         _ => None,
     }
 }
@@ -222,7 +222,7 @@ fn pair<'p>(link: &'p str, x: &'p HostId, y: &'p HostId) -> Pair<'p> {
 }
 
 fn show(p: Pair) -> String {
-    SaPair::new(p.0, p.1, p.2).to_string()
+    SaPair::new(&Name::from(p.0), p.1, p.2).to_string()
 }
 
 /// The SA that `n` brings up, if it is an initiating install.
@@ -328,7 +328,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
         let s = &plan.graph[n];
         match &s.action {
             Action::SecureConnections { vm, .. } => {
-                secured_vms.insert(vm);
+                secured_vms.insert(vm.as_str());
             }
             Action::IpsecInstall {
                 link,

@@ -5,7 +5,7 @@
 use super::diff::{Diff, Move, Placement, SaInstall};
 use super::draft::Draft;
 use super::{Action, Fact, Inverse, PlanError, Step, StepKind, Target};
-use crate::model::{DomainState, HostId, MigrationMode, Strategy};
+use crate::model::{DomainState, HostId, MigrationMode, Name, Strategy};
 
 /// One transformation of the draft graph.
 pub(crate) trait Pass: Sync {
@@ -16,7 +16,7 @@ pub(crate) trait Pass: Sync {
 
 fn step(
     kind: StepKind,
-    subject: String,
+    subject: Name,
     target: Target,
     action: Action,
     precondition: Vec<Fact>,
@@ -47,7 +47,7 @@ fn concat(parts: &[&str]) -> String {
 /// `<kind>:<subject>@<target>`, as `Step::key` documents.
 fn step_key(kind: StepKind, subject: &str, target: &Target) -> String {
     match target {
-        Target::Host(h) => concat(&[kind.as_str(), ":", subject, "@", &h.0]),
+        Target::Host(h) => concat(&[kind.as_str(), ":", subject, "@", h.as_str()]),
         Target::RoutingCore(env) => {
             concat(&[kind.as_str(), ":", subject, "@", env, ".routing_core"])
         }
@@ -58,8 +58,8 @@ fn undo(action: Action) -> Inverse {
     Inverse::Action { action }
 }
 
-fn state_fact(domain: &str, host: &HostId, state: DomainState) -> Fact {
-    let (domain, host) = (domain.to_string(), host.clone());
+fn state_fact(domain: &Name, host: &HostId, state: DomainState) -> Fact {
+    let (domain, host) = (domain.clone(), host.clone());
     match state {
         DomainState::Running => Fact::DomainRunning { domain, host },
         DomainState::Paused => Fact::DomainPaused { domain, host },
@@ -88,8 +88,8 @@ fn sa_up_facts(m: &Move) -> Vec<Fact> {
         .collect()
 }
 
-fn vm_subject(m: &Move) -> String {
-    concat(&["vm.", &m.vm.name])
+fn vm_subject(m: &Move) -> Name {
+    m.subject.clone()
 }
 
 /// 320: fail-closed block of the VM's traffic with its peers, on the source (block-first) or
@@ -319,7 +319,7 @@ impl Pass for SubnetTunnelPass {
             for vm in &sm.movers {
                 let s = step(
                     StepKind::TunnelAdd,
-                    concat(&["subnet.", name]),
+                    sm.subject.clone(),
                     Target::RoutingCore(sm.core.clone()),
                     Action::TunnelAdd {
                         subnet: name.clone(),
@@ -441,16 +441,16 @@ fn install_step(diff: &Diff, sa: &SaInstall, local: &HostId, initiate: bool) -> 
     } else {
         Vec::new()
     };
-    let subject = concat(&["secure_link.", &link]);
+    let subject = sa.subject.clone();
     Step {
         key: concat(&[
             StepKind::IpsecInstall.as_str(),
             ":",
             &subject,
             "@",
-            &local.0,
+            local.as_str(),
             "->",
-            &remote.0,
+            remote.as_str(),
         ]),
         kind: StepKind::IpsecInstall,
         subject,
@@ -650,6 +650,7 @@ impl Pass for RouteCheckPass {
                 .collect();
             pairs.push((
                 sm.subnet,
+                &sm.subject,
                 sm.core.clone(),
                 sm.remote.clone(),
                 sm.remote_address,
@@ -659,17 +660,18 @@ impl Pass for RouteCheckPass {
         for st in &diff.stale_tunnels {
             pairs.push((
                 st.subnet,
+                &st.subject,
                 st.core.clone(),
                 st.remote.clone(),
                 st.remote_address,
                 Vec::new(),
             ));
         }
-        for (subnet, core, remote, remote_address, waits) in pairs {
+        for (subnet, subject, core, remote, remote_address, waits) in pairs {
             let name = &subnet.name;
             let check = draft.add(step(
                 StepKind::RouteCheck,
-                concat(&["subnet.", name]),
+                subject.clone(),
                 Target::RoutingCore(core.clone()),
                 Action::RouteCheck {
                     core: core.clone(),
@@ -694,7 +696,7 @@ impl Pass for RouteCheckPass {
             }
             let remove = draft.add(step(
                 StepKind::TunnelRemove,
-                concat(&["subnet.", name]),
+                subject.clone(),
                 Target::RoutingCore(core.clone()),
                 Action::TunnelRemove {
                     subnet: name.clone(),
@@ -810,7 +812,7 @@ impl Pass for CleanupPass {
                     ),
                 },
             };
-            let subject = format!("secure_link.{}", end.link);
+            let subject = Name::from(format!("secure_link.{}", end.link));
             let ix = draft.add(Step {
                 key: format!(
                     "{}:{subject}@{}->{}",
