@@ -2233,7 +2233,17 @@ impl Loader {
                 inst.name.clone(),
                 SecureLink {
                     name: inst.name.as_str().into(),
-                    between: between.into_iter().map(Name::from).collect(),
+                    // The members share the VMs' names (the planner finds a VM by its
+                    // name's address before reading the text).
+                    between: between
+                        .into_iter()
+                        .map(|n| {
+                            self.landscape
+                                .vms
+                                .get(&n)
+                                .map_or_else(|| Name::from(n), |vm| vm.name.clone())
+                        })
+                        .collect(),
                     ipsec: IpsecSpec {
                         proposals: proposals.into_iter().map(Name::from).collect(),
                         auth,

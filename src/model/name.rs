@@ -10,13 +10,32 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 /// A shared, immutable string. Compares, orders and hashes as its text.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Name(Arc<str>);
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+/// Two clones of one name are equal without reading their text.
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
 
 impl Name {
     /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+    /// The address of the shared text: equal for clones of one name, so it can key a map
+    /// that finds a name without reading its text (a miss says nothing: equal texts may live
+    /// at different addresses).
+    pub fn addr(&self) -> usize {
+        Arc::as_ptr(&self.0) as *const u8 as usize
     }
 }
 

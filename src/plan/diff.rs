@@ -190,8 +190,8 @@ pub(crate) struct SubnetMove<'a> {
     pub core: Name,
     pub remote: HostId,
     pub remote_address: Ipv4Addr,
-    /// Moving VMs of the subnet.
-    pub movers: Vec<&'a str>,
+    /// Moving VMs of the subnet, by position in `Diff::moves`.
+    pub movers: Vec<usize>,
     pub tunnel_present: bool,
 }
 
@@ -212,12 +212,14 @@ pub(crate) struct Diff<'a> {
     /// Where each VM runs now, in `desired.vms` order.
     pub current: Vec<Option<Current<'a>>>,
     pub moves: Vec<Move<'a>>,
+    /// Each moving VM's position in `moves`.
+    move_of: HashMap<&'a str, u32>,
     /// Where each VM runs afterwards, in `desired.vms` order.
     pub final_list: Vec<&'a HostId>,
     /// The secure_link peers of each moving VM, link by link: (link, the peer's position in
     /// `desired.vms`), so asking for peers and SAs indexes the lists above instead of hashing
     /// names.
-    pub vm_links: HashMap<&'a str, Vec<(&'a Name, u32)>>,
+    pub vm_links: Vec<Vec<(&'a Name, u32)>>,
     /// The declared hosts by id (see [`Diff::host`]).
     hosts: HashMap<&'a HostId, &'a Host>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
@@ -413,15 +415,19 @@ impl<'a> Diff<'a> {
         // 310/315: the VMs whose desired host differs from the discovered one.
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
-        // Each VM's position in `desired.vms` (= in `current_list` and `final_list`).
-        let mut position: HashMap<&str, u32> = HashMap::with_capacity(desired.vms.len());
-        let mut is_moving: Vec<bool> = Vec::with_capacity(desired.vms.len());
+        // Each VM's position in `desired.vms` (= in `current_list` and `final_list`), by the
+        // address of its name: links name their members with clones of the VMs' names, so
+        // finding them reads no text. Names found elsewhere are looked up by text.
+        let mut position_at: HashMap<usize, u32> = HashMap::with_capacity(desired.vms.len());
+        let mut position_by_text: Option<HashMap<&str, u32>> = None;
+        // Each VM's position in `moves`, `u32::MAX` for a VM that stays.
+        let mut mover_at: Vec<u32> = Vec::with_capacity(desired.vms.len());
         let mut final_list: Vec<&HostId> = Vec::with_capacity(desired.vms.len());
         for ((name, vm), cur) in desired.vms.iter().zip(&current_list) {
             let Some(cur) = *cur else {
                 continue; // reported above
             };
-            position.insert(name.as_str(), final_list.len() as u32);
+            position_at.insert(vm.name.addr(), final_list.len() as u32);
             if cur.host != cur.want && selection.vm(name) {
                 if !discovered.contains(cur.want) && missing.insert(cur.want.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
@@ -443,18 +449,31 @@ impl<'a> Diff<'a> {
                     peers: Vec::new(),
                 });
                 final_list.push(cur.want);
-                is_moving.push(true);
+                mover_at.push(moves.len() as u32 - 1);
             } else {
                 final_list.push(cur.host);
-                is_moving.push(false);
+                mover_at.push(u32::MAX);
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
+        let move_of: HashMap<&str, u32> = moves
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.vm.name.as_str(), i as u32))
+            .collect();
+        // The move of a link member, found by the address of its name when it shares the
+        // VM's name (see `position_at`), else by text.
+        let member_move = |m: &Name| -> Option<&Move> {
+            match position_at.get(&m.addr()) {
+                Some(&p) => moves.get(mover_at[p as usize] as usize),
+                None => moving.get(m.as_str()).copied(),
+            }
+        };
         // One pass over the links: members that are not VMs (every VM has a final host now),
         // the links of each moving VM (only moving VMs are asked for their peers and SAs),
         // and the SAs the landscape needs once the plan is applied, by reference until sorted.
         let mut unknown = Vec::new();
-        let mut vm_links: HashMap<&str, Vec<(&Name, u32)>> = HashMap::with_capacity(moves.len());
+        let mut vm_links: Vec<Vec<(&Name, u32)>> = vec![Vec::new(); moves.len()];
         let mut needed: HashSet<PairRef> = HashSet::new();
         let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
         let mut members: Vec<&HostId> = Vec::new();
@@ -463,8 +482,24 @@ impl<'a> Diff<'a> {
             members.clear();
             member_pos.clear();
             for m in &link.between {
-                match position.get(m.as_str()) {
-                    Some(&i) => {
+                let found = match position_at.get(&m.addr()) {
+                    Some(&i) => Some(i),
+                    None => position_by_text
+                        .get_or_insert_with(|| {
+                            desired
+                                .vms
+                                .keys()
+                                .zip(&current_list)
+                                .filter(|(_, cur)| cur.is_some())
+                                .enumerate()
+                                .map(|(i, (name, _))| (name.as_str(), i as u32))
+                                .collect()
+                        })
+                        .get(m.as_str())
+                        .copied(),
+                };
+                match found {
+                    Some(i) => {
                         members.push(final_list[i as usize]);
                         member_pos.push(i);
                     }
@@ -474,9 +509,10 @@ impl<'a> Diff<'a> {
             if !unknown.is_empty() {
                 continue;
             }
-            for (m, &i) in link.between.iter().zip(&member_pos) {
-                if is_moving[i as usize] {
-                    vm_links.entry(m.as_str()).or_default().extend(
+            for &i in &member_pos {
+                let mover = mover_at[i as usize];
+                if let Some(links) = vm_links.get_mut(mover as usize) {
+                    links.extend(
                         member_pos
                             .iter()
                             .filter(|&&k| k != i)
@@ -533,13 +569,13 @@ impl<'a> Diff<'a> {
                 continue;
             }
             let link: &SecureLink = link;
-            let movers: Vec<&str> = link
+            let mover_moves: Vec<&Move> = link
                 .between
                 .iter()
-                .filter_map(|m| moving.get(m.as_str()))
+                .filter_map(&member_move)
                 .filter(|m| pair.has(m.to))
-                .map(|m| m.vm.name.as_str())
                 .collect();
+            let movers: Vec<&str> = mover_moves.iter().map(|m| m.vm.name.as_str()).collect();
             if movers.is_empty() && !selection.link(&link.name, &link.between) {
                 continue;
             }
@@ -553,7 +589,7 @@ impl<'a> Diff<'a> {
             }
             // The movers' new host when they all go to one host, else the one untrusted end,
             // else `b`.
-            let mut mover_hosts = movers.iter().map(|m| moving[m].to);
+            let mut mover_hosts = mover_moves.iter().map(|m| m.to);
             let one_mover_host = mover_hosts
                 .next()
                 .filter(|first| mover_hosts.all(|h| h == *first));
@@ -604,14 +640,11 @@ impl<'a> Diff<'a> {
                 continue;
             }
             let members: &[Name] = configured.map_or(&[], |l| l.between.as_slice());
-            let wait_for: Vec<&str> = members
+            let wait_moves: Vec<&Move> = members.iter().filter_map(&member_move).collect();
+            let wait_for: Vec<&str> = wait_moves.iter().map(|m| m.vm.name.as_str()).collect();
+            let related = wait_moves
                 .iter()
-                .filter(|m| moving.contains_key(m.as_str()))
-                .map(Name::as_str)
-                .collect();
-            let related = wait_for
-                .iter()
-                .any(|m| moving[m].from == host || moving[m].from == remote);
+                .any(|m| m.from == host || m.from == remote);
             let selected = match configured {
                 Some(l) => selection.link(link_name, &l.between),
                 None => selection.link(link_name, &[]),
@@ -627,7 +660,10 @@ impl<'a> Diff<'a> {
                 .all(|(h, r, _)| {
                     configured.is_none() || !needed.contains(&pair_ref(link_name, h, r))
                 });
-            let leaver = wait_for.iter().find(|m| moving[*m].from == host);
+            let leaver = wait_moves
+                .iter()
+                .find(|m| m.from == host)
+                .map(|m| m.vm.name.as_str());
             if let (Some(vm), true) = (leaver, whole_link_stale_here) {
                 if covered.insert((link_name, host)) {
                     cleanup_links
@@ -648,13 +684,14 @@ impl<'a> Diff<'a> {
 
         // 335: subnets whose VMs all end up in another environment, one of them leaving a trusted
         // environment now.
-        let mut by_subnet: HashMap<&str, Vec<(&str, &HostId)>> =
+        // The VMs of each subnet: (position, host afterwards).
+        let mut by_subnet: HashMap<&str, Vec<(u32, &HostId)>> =
             HashMap::with_capacity(desired.subnets.len());
-        for ((name, vm), h) in desired.vms.iter().zip(&final_list) {
+        for (i, (vm, h)) in desired.vms.values().zip(&final_list).enumerate() {
             by_subnet
                 .entry(vm.subnet.as_str())
                 .or_default()
-                .push((name.as_str(), h));
+                .push((i as u32, h));
         }
         let mut subnet_moves = Vec::new();
         let mut moving_subnets = HashSet::new();
@@ -666,23 +703,23 @@ impl<'a> Diff<'a> {
             if vms.iter().any(|(_, h)| h.environment() != env_new) {
                 continue;
             }
-            let movers: Vec<&str> = vms
+            let movers: Vec<usize> = vms
                 .iter()
-                .map(|(v, _)| *v)
-                .filter(|v| {
-                    moving
-                        .get(v)
+                .map(|&(p, _)| mover_at[p as usize] as usize)
+                .filter(|&i| {
+                    moves
+                        .get(i)
                         .is_some_and(|m| m.from.environment() != env_new)
                 })
                 .collect();
             // The tunnel starts at the trusted environment the subnet leaves (FIG. 3).
-            let Some(first) = movers.iter().find(|v| desired.is_trusted(moving[*v].from)) else {
+            let Some(&first) = movers.iter().find(|&&i| desired.is_trusted(moves[i].from)) else {
                 continue;
             };
             if !selection.subnet(sname, true) {
                 continue;
             }
-            let core_env = moving[first].from.environment();
+            let core_env = moves[first].from.environment();
             let Some(core) = desired
                 .environments
                 .get(core_env)
@@ -749,6 +786,7 @@ impl<'a> Diff<'a> {
             observed,
             current: current_list,
             moves,
+            move_of,
             final_list,
             vm_links,
             hosts,
@@ -763,12 +801,17 @@ impl<'a> Diff<'a> {
             observed_sas,
         };
         let mut moves = std::mem::take(&mut diff.moves);
-        for m in &mut moves {
-            m.needs = diff.needs_at(&m.vm.name, m.to, Placement::Final);
-            m.peers = diff.peers(&m.vm.name);
+        for (i, m) in moves.iter_mut().enumerate() {
+            m.needs = diff.needs_at(i, m.to, Placement::Final);
+            m.peers = diff.peers(i);
         }
         diff.moves = moves;
         Ok(diff)
+    }
+
+    /// The position in `moves` of the VM's move, if it moves.
+    pub fn mover(&self, vm: &str) -> Option<usize> {
+        self.move_of.get(vm).map(|&i| i as usize)
     }
 
     /// A declared host, like `Landscape::host` but by hash.
@@ -776,11 +819,11 @@ impl<'a> Diff<'a> {
         self.hosts.get(id).copied()
     }
 
-    /// Addresses of the VM's secure_link peers, sorted.
-    pub fn peers(&self, vm: &str) -> Vec<Ipv4Addr> {
+    /// Addresses of the secure_link peers of the move at `mover`, sorted.
+    pub fn peers(&self, mover: usize) -> Vec<Ipv4Addr> {
         let mut out: Vec<Ipv4Addr> = self
             .vm_links
-            .get(vm)
+            .get(mover)
             .into_iter()
             .flatten()
             .filter_map(|&(_, k)| self.current[k as usize].map(|c| c.vm.address))
@@ -790,10 +833,11 @@ impl<'a> Diff<'a> {
         out
     }
 
-    /// The SAs the VM needs at `host`, given where its peers run (`placement`).
-    pub fn needs_at(&self, vm: &str, host: &HostId, placement: Placement) -> Vec<SaPair> {
+    /// The SAs the VM of the move at `mover` needs at `host`, given where its peers run
+    /// (`placement`).
+    pub fn needs_at(&self, mover: usize, host: &HostId, placement: Placement) -> Vec<SaPair> {
         let mut out = Vec::new();
-        self.each_need(vm, host, placement, |link, peer| {
+        self.each_need(mover, host, placement, |link, peer| {
             out.push(SaPair::new(link, host, peer));
             true
         });
@@ -805,12 +849,12 @@ impl<'a> Diff<'a> {
     /// Calls `f` with (link, peer host) for each SA the VM needs at `host`, while `f` says go on.
     fn each_need(
         &self,
-        vm: &str,
+        mover: usize,
         host: &HostId,
         placement: Placement,
         mut f: impl FnMut(&Name, &HostId) -> bool,
     ) {
-        for &(link, k) in self.vm_links.get(vm).into_iter().flatten() {
+        for &(link, k) in self.vm_links.get(mover).into_iter().flatten() {
             let p = match placement {
                 Placement::Final => Some(self.final_list[k as usize]),
                 Placement::Current => self.current[k as usize].map(|c| c.host),
@@ -825,14 +869,14 @@ impl<'a> Diff<'a> {
         }
     }
 
-    /// Whether traffic of the VM at `host` must stay restricted to IPsec: the host is
-    /// untrusted, or a peer sits across an untrusted environment.
-    pub fn secure_only(&self, vm: &str, host: &HostId, placement: Placement) -> bool {
+    /// Whether traffic of the VM of the move at `mover` at `host` must stay restricted to
+    /// IPsec: the host is untrusted, or a peer sits across an untrusted environment.
+    pub fn secure_only(&self, mover: usize, host: &HostId, placement: Placement) -> bool {
         if !self.desired.is_trusted(host) {
             return true;
         }
         let mut any = false;
-        self.each_need(vm, host, placement, |_, _| {
+        self.each_need(mover, host, placement, |_, _| {
             any = true;
             false
         });

@@ -100,14 +100,14 @@ impl Pass for BlockPass {
         "block"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let host = m.block_host().clone();
             let peers = m.peers.clone();
             let (pre, secure_only) = match m.strategy {
                 Strategy::BlockFirst => (
                     state_fact(&m.vm.domain, m.from, m.state),
-                    diff.secure_only(vm, m.from, Placement::Current),
+                    diff.secure_only(i, m.from, Placement::Current),
                 ),
                 Strategy::Prestaged => (
                     Fact::DomainAbsent {
@@ -140,38 +140,41 @@ impl Pass for BlockPass {
                     secure_only,
                 }),
             );
-            let ix = draft.add(s);
-            draft.vm.entry(vm.as_str()).or_default().block = Some(ix);
+            let ix = draft.add_for(i, s);
+            draft.vm_mut(i).block = Some(ix);
             // Block-first: the block on the source does not travel with the VM, so the target
             // holds one too before the VM arrives; `enable` lifts it there.
             if m.strategy == Strategy::BlockFirst {
-                let target = draft.add(step(
-                    StepKind::Block,
-                    vm_subject(m),
-                    Target::Host(m.to.clone()),
-                    Action::Block {
-                        vm: vm.clone(),
-                        host: m.to.clone(),
-                        address: m.vm.address,
-                        peers: m.peers.clone(),
-                    },
-                    vec![Fact::DomainAbsent {
-                        domain: m.vm.domain.clone(),
-                        host: m.to.clone(),
-                    }],
-                    vec![Fact::Blocked {
-                        vm: vm.clone(),
-                        host: m.to.clone(),
-                    }],
-                    undo(Action::Unblock {
-                        vm: vm.clone(),
-                        host: m.to.clone(),
-                        address: m.vm.address,
-                        peers: m.peers.clone(),
-                        secure_only: false,
-                    }),
-                ));
-                draft.vm.entry(vm.as_str()).or_default().block_target = Some(target);
+                let target = draft.add_for(
+                    i,
+                    step(
+                        StepKind::Block,
+                        vm_subject(m),
+                        Target::Host(m.to.clone()),
+                        Action::Block {
+                            vm: vm.clone(),
+                            host: m.to.clone(),
+                            address: m.vm.address,
+                            peers: m.peers.clone(),
+                        },
+                        vec![Fact::DomainAbsent {
+                            domain: m.vm.domain.clone(),
+                            host: m.to.clone(),
+                        }],
+                        vec![Fact::Blocked {
+                            vm: vm.clone(),
+                            host: m.to.clone(),
+                        }],
+                        undo(Action::Unblock {
+                            vm: vm.clone(),
+                            host: m.to.clone(),
+                            address: m.vm.address,
+                            peers: m.peers.clone(),
+                            secure_only: false,
+                        }),
+                    ),
+                );
+                draft.vm_mut(i).block_target = Some(target);
             }
         }
         Ok(())
@@ -185,7 +188,12 @@ impl Pass for ShutdownPass {
         "shutdown"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in diff.moves.iter().filter(|m| m.offline && m.restarts()) {
+        for (i, m) in diff
+            .moves
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.offline && m.restarts())
+        {
             let vm = &m.vm.name;
             let (domain, host) = (m.vm.domain.clone(), m.from.clone());
             let s = step(
@@ -214,10 +222,10 @@ impl Pass for ShutdownPass {
                     host,
                 }),
             );
-            let ix = draft.add(s);
-            let block = draft.vm(vm).block;
+            let ix = draft.add_for(i, s);
+            let block = draft.vm(i).block;
             draft.edge(block, ix);
-            draft.vm.entry(vm.as_str()).or_default().shutdown = Some(ix);
+            draft.vm_mut(i).shutdown = Some(ix);
         }
         Ok(())
     }
@@ -230,7 +238,7 @@ impl Pass for MigratePass {
         "migrate"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let domain = m.vm.domain.clone();
             let (Some(from_host), Some(to_host)) = (diff.host(m.from), diff.host(m.to)) else {
@@ -295,12 +303,12 @@ impl Pass for MigratePass {
                 ],
                 undo(back),
             );
-            let ix = draft.add(s);
-            let steps = draft.vm(vm);
+            let ix = draft.add_for(i, s);
+            let steps = draft.vm(i);
             draft.edge(steps.block, ix);
             draft.edge(steps.block_target, ix);
             draft.edge(steps.shutdown, ix);
-            draft.vm.entry(vm.as_str()).or_default().migrate = Some(ix);
+            draft.vm_mut(i).migrate = Some(ix);
         }
         Ok(())
     }
@@ -316,7 +324,7 @@ impl Pass for SubnetTunnelPass {
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
         for sm in diff.subnet_moves.iter().filter(|sm| !sm.tunnel_present) {
             let name = &sm.subnet.name;
-            for vm in &sm.movers {
+            for &mover in &sm.movers {
                 let s = step(
                     StepKind::TunnelAdd,
                     sm.subject.clone(),
@@ -345,9 +353,9 @@ impl Pass for SubnetTunnelPass {
                     }),
                 );
                 let ix = draft.add(s);
-                let migrate = draft.vm(vm).migrate;
+                let migrate = draft.vm(mover).migrate;
                 draft.edge(migrate, ix);
-                draft.vm.entry(*vm).or_default().tunnel_add = Some(ix);
+                draft.vm_mut(mover).tunnel_add = Some(ix);
             }
         }
         Ok(())
@@ -361,7 +369,7 @@ impl Pass for RestartPass {
         "restart"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in diff.moves.iter().filter(|m| m.restarts()) {
+        for (i, m) in diff.moves.iter().enumerate().filter(|(_, m)| m.restarts()) {
             let vm = &m.vm.name;
             let (domain, host) = (m.vm.domain.clone(), m.to.clone());
             let (action, arrived, inverse) = if m.offline {
@@ -404,11 +412,11 @@ impl Pass for RestartPass {
                 vec![Fact::DomainRunning { domain, host }],
                 undo(inverse),
             );
-            let ix = draft.add(s);
-            let steps = draft.vm(vm);
+            let ix = draft.add_for(i, s);
+            let steps = draft.vm(i);
             draft.edge(steps.migrate, ix);
             draft.edge(steps.tunnel_add, ix);
-            draft.vm.entry(vm.as_str()).or_default().restart = Some(ix);
+            draft.vm_mut(i).restart = Some(ix);
         }
         Ok(())
     }
@@ -483,8 +491,6 @@ impl Pass for IpsecPass {
         "ipsec.install"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        let moving: foldhash::HashMap<&str, &Move> =
-            diff.moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
         for sa in &diff.installs {
             // One copy per VM that needs it; the dedupe pass merges them.
             let owners: Vec<Option<&str>> = if sa.movers.is_empty() {
@@ -497,12 +503,12 @@ impl Pass for IpsecPass {
                 let initiator = draft.add(install_step(diff, sa, &sa.initiator, true));
                 draft.edge(Some(responder), initiator);
                 draft.sa_up.insert(&sa.pair, initiator);
-                let Some(vm) = owner else { continue };
-                let steps = draft.vm(vm);
-                match (moving.get(vm).map(|m| m.strategy), steps.migrate) {
-                    (Some(Strategy::Prestaged), Some(migrate)) => {
-                        draft.edge(Some(initiator), migrate)
-                    }
+                let Some(mover) = owner.and_then(|vm| diff.mover(vm)) else {
+                    continue;
+                };
+                let steps = draft.vm(mover);
+                match (diff.moves[mover].strategy, steps.migrate) {
+                    (Strategy::Prestaged, Some(migrate)) => draft.edge(Some(initiator), migrate),
                     _ => draft.edge(steps.migrate, responder),
                 }
                 if let Some(restart) = steps.restart {
@@ -523,7 +529,7 @@ impl Pass for ConnectionsPass {
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
         let tls_ports = diff.desired.policy.tls_ports.clone();
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             if !diff.has_unsecured_connections(vm) {
                 continue;
@@ -553,14 +559,14 @@ impl Pass for ConnectionsPass {
                 }],
                 Inverse::Nothing,
             );
-            let ix = draft.add(s);
-            let steps = draft.vm(vm);
+            let ix = draft.add_for(i, s);
+            let steps = draft.vm(i);
             draft.edge(steps.restart.or(steps.migrate), ix);
             for pair in &m.needs {
                 let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
-            draft.vm.entry(vm.as_str()).or_default().secure = Some(ix);
+            draft.vm_mut(i).secure = Some(ix);
         }
         Ok(())
     }
@@ -574,7 +580,7 @@ impl Pass for EnablePass {
         "enable"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let host = m.to.clone();
             let peers = m.peers.clone();
@@ -586,7 +592,7 @@ impl Pass for EnablePass {
                 });
             }
             pre.extend(sa_up_facts(m));
-            let steps = draft.vm(vm);
+            let steps = draft.vm(i);
             if steps.secure.is_some() {
                 pre.push(Fact::ConnectionsSecured {
                     vm: vm.clone(),
@@ -616,14 +622,14 @@ impl Pass for EnablePass {
                     peers,
                 }),
             );
-            let ix = draft.add(s);
+            let ix = draft.add_for(i, s);
             draft.edge(steps.restart.or(steps.migrate), ix);
             draft.edge(steps.secure, ix);
             for pair in &m.needs {
                 let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
-            draft.vm.entry(vm.as_str()).or_default().enable = Some(ix);
+            draft.vm_mut(i).enable = Some(ix);
         }
         Ok(())
     }
@@ -643,8 +649,8 @@ impl Pass for RouteCheckPass {
             let waits: Vec<Option<usize>> = sm
                 .movers
                 .iter()
-                .flat_map(|vm| {
-                    let s = draft.vm(vm);
+                .flat_map(|&i| {
+                    let s = draft.vm(i);
                     [s.enable, s.tunnel_add]
                 })
                 .collect();
@@ -749,10 +755,11 @@ impl Pass for CleanupPass {
                 .get(link)
                 .into_iter()
                 .flat_map(|l| l.between.iter())
-                .map(|m| draft.vm(m).enable)
+                .filter_map(|m| diff.mover(m))
+                .map(|i| draft.vm(i).enable)
                 .collect()
         };
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let links = diff
                 .cleanup_links
@@ -767,23 +774,26 @@ impl Pass for CleanupPass {
                 link: l.clone(),
                 host: m.from.clone(),
             }));
-            let ix = draft.add(step(
-                StepKind::Cleanup,
-                vm_subject(m),
-                Target::Host(m.from.clone()),
-                Action::Cleanup {
-                    vm: vm.clone(),
-                    host: m.from.clone(),
-                    ipsec_links: links.clone(),
-                },
-                vec![Fact::DomainAbsent {
-                    domain: m.vm.domain.clone(),
-                    host: m.from.clone(),
-                }],
-                effect,
-                Inverse::Nothing,
-            ));
-            let enable = draft.vm(vm).enable;
+            let ix = draft.add_for(
+                i,
+                step(
+                    StepKind::Cleanup,
+                    vm_subject(m),
+                    Target::Host(m.from.clone()),
+                    Action::Cleanup {
+                        vm: vm.clone(),
+                        host: m.from.clone(),
+                        ipsec_links: links.clone(),
+                    },
+                    vec![Fact::DomainAbsent {
+                        domain: m.vm.domain.clone(),
+                        host: m.from.clone(),
+                    }],
+                    effect,
+                    Inverse::Nothing,
+                ),
+            );
+            let enable = draft.vm(i).enable;
             draft.edge(enable, ix);
             for l in &links {
                 for w in link_waits(draft, l) {
@@ -836,8 +846,8 @@ impl Pass for CleanupPass {
                 }],
                 inverse,
             });
-            for vm in &end.wait_for {
-                let enable = draft.vm(vm).enable;
+            for i in end.wait_for.iter().filter_map(|vm| diff.mover(vm)) {
+                let enable = draft.vm(i).enable;
                 draft.edge(enable, ix);
             }
         }
