@@ -242,7 +242,10 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<Pair<'_>> {
 /// Where VMs run after the plan, which links the VMs with restart or enable steps take part
 /// in, and the declared hosts.
 struct Index<'p> {
-    placements: HashMap<&'p str, &'p HostId>,
+    /// Where VMs run afterwards, by the address of their name (peers named by clones of the
+    /// VMs' names are found without reading the text); `placements_by_name` answers the rest.
+    placements: HashMap<usize, &'p HostId>,
+    placements_by_name: &'p std::collections::BTreeMap<Name, HostId>,
     links: HashMap<&'p str, Vec<&'p SecureLink>>,
     established: HashSet<Pair<'p>>,
     hosts: HashMap<&'p HostId, &'p Host>,
@@ -252,7 +255,7 @@ impl<'p> Index<'p> {
     fn new(plan: &'p Plan, desired: &'p Landscape) -> Self {
         let mut placements = HashMap::with_capacity(plan.context.placements.len());
         for (vm, h) in &plan.context.placements {
-            placements.insert(vm.as_str(), h);
+            placements.insert(vm.addr(), h);
         }
         let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
         for n in plan.graph.node_indices() {
@@ -281,6 +284,7 @@ impl<'p> Index<'p> {
             .collect();
         Index {
             placements,
+            placements_by_name: &plan.context.placements,
             links,
             established,
             hosts,
@@ -292,7 +296,11 @@ impl<'p> Index<'p> {
         out.clear();
         for link in self.links.get(vm).into_iter().flatten() {
             for peer in link.between.iter().filter(|m| m.as_str() != vm) {
-                let Some(p) = self.placements.get(peer.as_str()).copied() else {
+                let found = match self.placements.get(&peer.addr()) {
+                    Some(&p) => Some(p),
+                    None => self.placements_by_name.get(peer.as_str()),
+                };
+                let Some(p) = found else {
                     continue;
                 };
                 if p != host && (!desired.is_trusted(host) || !desired.is_trusted(p)) {
