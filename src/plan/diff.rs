@@ -9,7 +9,7 @@ use crate::model::{
     Subnet, Vm,
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -917,23 +917,31 @@ impl<'a> Diff<'a> {
 
     /// The resource-level changes, in address order, secrets redacted.
     pub fn changes(&self) -> Vec<ResourceChange> {
-        let mut out = Vec::new();
-        let env = |h: &HostId| json!({"environment": h.environment(), "trusted": self.desired.is_trusted(h)});
+        let mut out = Vec::with_capacity(self.moves.len());
+        // Each object built in place, keys in order (the maps sort them anyway).
+        let host_state = |h: &HostId, key: &str, value: Value| {
+            let mut o = Map::new();
+            o.insert("environment".into(), Value::from(h.environment()));
+            o.insert("host".into(), Value::from(h.to_string()));
+            o.insert(key.into(), value);
+            o.insert("trusted".into(), Value::Bool(self.desired.is_trusted(h)));
+            Value::Object(o)
+        };
         for m in &self.moves {
-            let mut before = json!({
-                "host": m.from.to_string(),
-                "state": m.state,
-            });
-            merge(&mut before, env(m.from));
-            let mut after = json!({
-                "host": m.to.to_string(),
-                "migration": {
-                    "mode": if m.offline { MigrationMode::Cold } else { MigrationMode::Live },
-                    "strategy": m.strategy,
-                    "max_downtime_ms": m.vm.migration.max_downtime_ms,
-                },
-            });
-            merge(&mut after, env(m.to));
+            let before = host_state(m.from, "state", to_json(&m.state));
+            let mode = if m.offline {
+                MigrationMode::Cold
+            } else {
+                MigrationMode::Live
+            };
+            let mut migration = Map::new();
+            migration.insert(
+                "max_downtime_ms".into(),
+                to_json(&m.vm.migration.max_downtime_ms),
+            );
+            migration.insert("mode".into(), to_json(&mode));
+            migration.insert("strategy".into(), to_json(&m.strategy));
+            let after = host_state(m.to, "migration", Value::Object(migration));
             out.push(ResourceChange {
                 address: format!("vm.{}", m.vm.name),
                 action: ChangeAction::Move,
@@ -1035,8 +1043,7 @@ pub(crate) enum Placement {
     Final,
 }
 
-fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
-    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
-        a.extend(b);
-    }
+/// A value as JSON (the planner's own types always serialize).
+fn to_json<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
 }
