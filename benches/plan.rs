@@ -24,7 +24,8 @@
 //! (wall -27% at 10k, -23% at 100k; CPU -29% and -20%) and the 100k plan needs 221 instead of
 //! 276 MiB, but the 10k build gained at least as much as the 100k one, so the ratio did not
 //! improve. Under this load single runs say little (per-run ratios 10-30x for both versions);
-//! on a quiet machine the previous code measured 28.3 / 461.5 ms = 16.3x.
+//! on a quiet machine the previous code measured 28.3 / 461.5 ms = 16.3x, and the new code at
+//! load 2.2 (four runs) 20.6 / 407 ms = 19.7x.
 //!
 //! What changed: names are shared (`smig::model::Name`, an `Arc<str>`), so steps, facts and
 //! inverses clone pointers instead of allocating strings, and clones of one name compare equal
@@ -38,20 +39,19 @@
 //! 48 vs 4.4 ms (11x), context 8.8 vs 0.7 ms (13x), invariant check 54 vs 3.8 ms (14x). Each
 //! phase does the same work per VM or step at both sizes, but at 100k the landscape (~110
 //! MiB) and the plan (~220 MiB) are far beyond the 32 MiB L3, so each random access (a VM by
-//! name, a link's members, a step's strings) goes to DRAM. On top of that, every repeated
-//! 100k build faults its memory in again: mimalloc purges freed pages after a short delay,
-//! which a 400 ms build outlasts and a 20 ms build does not. `perf` puts the kernel's page
-//! zeroing (`clear_page_erms`) at 19% of a 100k run and 3% of a 10k run; `perf stat -e
-//! page-faults` counts about 4,300 faults per repeated 100k build, and about 3 with
-//! `MIMALLOC_PURGE_DELAY=-1` (whether that pays off in wall time could not be settled under
-//! this load; the binary's allocator settings are unchanged). What remains to shrink: the
-//! step itself (360 bytes inline: the action and its inverse are 120 bytes each, and numbering
-//! holds every step twice while it moves them into the graph), the resource-change JSON (three
-//! B-tree maps per move) and the name-keyed lookups of the diff and the invariant check.
+//! name, a link's members, a step's strings, an `Arc`'s count) goes to DRAM. Page faults are
+//! not the cause: `perf stat -e page-faults` counts about 4,300 faults per repeated 100k build
+//! (mimalloc purges freed pages after a short delay, which a 400 ms build outlasts) and about
+//! 3 with `MIMALLOC_PURGE_DELAY=-1`, but the medians did not move (four alternating runs,
+//! default vs purging off: 407 vs 413 ms at 100k, 20.6 vs 23.1 ms at 10k), so the kernel's page
+//! zeroing that `perf record` shows (19% of a 10-build 100k run) must come mostly from the
+//! first build and the landscape generation. What remains to shrink: the step itself (360 bytes inline: the action and its
+//! inverse are 120 bytes each, and numbering holds every step twice while it moves them into
+//! the graph), the resource-change JSON (three B-tree maps per move) and the name-keyed
+//! lookups of the diff (each VM's current host, by domain name) and of the invariant check.
 //!
 //! The allocator is left as the binary configures it. The first build of a process pays the
-//! page faults of a fresh heap (here 0.6-1.4 s at 100k, 22-55 ms at 10k); later builds at 10k
-//! reuse the freed pages, later builds at 100k largely do not (see above). Peak RSS varies by
+//! page faults of a fresh heap (here 0.4-1.1 s at 100k, 22-55 ms at 10k). Peak RSS varies by
 //! ~30 MiB with huge pages.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
