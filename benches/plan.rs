@@ -6,7 +6,7 @@
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
 //! Measured on the 2-core build machine while other users' VMs and builds shared the cores
-//! (load average 2.9-4.7), with mimalloc v2 as in the binary. 10k and 100k: medians over 14
+//! (load average 2.0-4.7), with mimalloc v2 as in the binary. 10k and 100k: medians over 19
 //! runs of the default repetitions (7 and 3 timed builds per run), run alternately with a bench
 //! binary of the previous code; 1k: three runs of the default 21. "build CPU" is this thread's
 //! own CPU time; "first build" is the first timed build, which faults in the plan's memory as
@@ -15,15 +15,15 @@
 //! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
 //! | 1,000 | 50 | 1,539 | 1.6 ms | 1.4 ms | 1.2 ms | 4.4 ms | 13 MiB |
-//! | 10,000 | 500 | 14,199 | 30.1 ms | 23.1 ms | 22.6 ms | 34.6 ms | 41 MiB |
-//! | 100,000 | 5,000 | 141,731 | 559 ms | 471 ms | 424 ms | 981 ms | 304 MiB |
+//! | 10,000 | 500 | 14,199 | 30.8 ms | 23.0 ms | 22.6 ms | 35.4 ms | 41 MiB |
+//! | 100,000 | 5,000 | 141,731 | 543 ms | 464 ms | 427 ms | 757 ms | 307 MiB |
 //!
-//! The 100k/10k ratio is 18.6x (CPU: 18.7x): the 12x target is still **missed**, by about
-//! half. The previous code, alternately under the same load: 10k 41.4 ms (31.7 ms CPU), 100k
-//! 725 ms (530 ms CPU), 17.5x (CPU 16.7x), 372 MiB peak (plan 276 MiB). Both sizes got faster
-//! (wall -27% at 10k, -23% at 100k; CPU -29% and -20%) and the 100k plan needs 221 instead of
-//! 276 MiB, but the 10k build gained at least as much as the 100k one, so the ratio did not
-//! improve. Under this load single runs say little (per-run ratios 10-30x for both versions);
+//! The 100k/10k ratio is 17.6x (CPU: 18.9x): the 12x target is still **missed**, by about
+//! half. The previous code, alternately under the same load: 10k 38.4 ms (31.4 ms CPU), 100k
+//! 688 ms (532 ms CPU), 17.9x (CPU 17.0x), 384 MiB peak (plan 288 MiB). Both sizes got faster
+//! (wall -20% at 10k, -21% at 100k; CPU -28% and -20%) and the 100k plan needs 224 instead of
+//! 288 MiB, but the 10k build gained at least as much as the 100k one, so the ratio did not
+//! improve. Under this load single runs say little (per-run ratios 10-32x for both versions);
 //! on a quiet machine the previous code measured 28.3 / 461.5 ms = 16.3x, and the new code at
 //! load 2.2 (four runs) 20.6 / 407 ms = 19.7x.
 //!
