@@ -5,42 +5,54 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine while lab VMs (TCG) and a CI run shared the cores
-//! (load average 2.1-5.3), with mimalloc as in the binary (v3 then; the binary now uses v2, which measured 10k 32.9 ms / 46 MiB, 100k 479 ms / 358 MiB, 14.5x); medians of nine runs of
-//! `SMIG_BENCH_REPS=5` (1k: five runs of the default 21). "build CPU" is this thread's own
-//! CPU time; "first build" is the first timed build (median of six runs), which faults in
-//! the plan's memory as the one build of a `smig plan` does:
+//! Measured on the 2-core build machine while other users' VMs and builds shared the cores
+//! (load average 2.0-4.7), with mimalloc v2 as in the binary. 10k and 100k: medians over 19
+//! runs of the default repetitions (7 and 3 timed builds per run), run alternately with a bench
+//! binary of the previous code; 1k: three runs of the default 21. "build CPU" is this thread's
+//! own CPU time; "first build" is the first timed build, which faults in the plan's memory as
+//! the one build of a `smig plan` does:
 //!
 //! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 1,000 | 50 | 1,539 | 3.6 ms | 2.0 ms | 3.6 ms | 4.7 ms | 17 MiB |
-//! | 10,000 | 500 | 14,199 | 36.3 ms | 26.3 ms | 31.4 ms | 170 ms | 95 MiB |
-//! | 100,000 | 5,000 | 141,731 | 491 ms | 419 ms | 453 ms | 1,150 ms | 379 MiB |
+//! | 1,000 | 50 | 1,539 | 1.6 ms | 1.4 ms | 1.2 ms | 4.4 ms | 13 MiB |
+//! | 10,000 | 500 | 14,199 | 30.8 ms | 23.0 ms | 22.6 ms | 35.4 ms | 41 MiB |
+//! | 100,000 | 5,000 | 141,731 | 543 ms | 464 ms | 427 ms | 757 ms | 307 MiB |
 //!
-//! The 100k/10k ratio is 13.5x (CPU: 14.4x) and still misses the 12x target. The diff now
-//! resolves each moving VM's secure_link peers to positions once and answers "peers" and
-//! "needed SAs" (asked several times per move by the passes) by indexing where-now and
-//! where-after lists instead of hashing names, and no longer keeps a map of where all VMs run
-//! now. Interleaved with the previous code on the same machine (six runs each, load 3.7-4.4):
-//! 10k 35.3 -> 34.8 ms CPU, 100k 550 -> 495 ms CPU (-10%), ratio 15.6x -> 14.2x; plan RSS
-//! 274 -> 270 MiB at 100k. (The table before this change, 10k 32 ms and 100k 473 ms, was
-//! measured at a lighter load than the one above.)
+//! The 100k/10k ratio is 17.6x (CPU: 18.9x): the 12x target is still **missed**, by about
+//! half. The previous code, alternately under the same load: 10k 38.4 ms (31.4 ms CPU), 100k
+//! 688 ms (532 ms CPU), 17.9x (CPU 17.0x), 384 MiB peak (plan 288 MiB). Both sizes got faster
+//! (wall -20% at 10k, -21% at 100k; CPU -28% and -20%) and the 100k plan needs 224 instead of
+//! 288 MiB, but the 10k build gained at least as much as the 100k one, so the ratio did not
+//! improve. Under this load single runs say little (per-run ratios 10-32x for both versions);
+//! on a quiet machine the previous code measured 28.3 / 461.5 ms = 16.3x, and the new code at
+//! load 2.2 (four runs) 20.6 / 407 ms = 19.7x.
 //!
-//! Where the rest goes (perf, per build, 100k vs 10k): diff 16x, invariant check 15x,
-//! numbering 15x, passes 12-20x, resource changes 10x: no phase stands out; every phase
-//! slows about 1.4x per step at 100k because its data no longer fits in the 32 MiB L3 (110
-//! MiB of landscape, 270 MiB of plan with ~15 heap strings per step) and each lookup by name
-//! and each first touch of a VM's strings goes to DRAM. Callgrind counted 10.3x the instructions
-//! before this change (167 M vs 1,731 M). Closing the gap needs the steps themselves to
-//! shrink: names interned or shared instead of owned by each step, facts and inverses off the
-//! step, so a build touches less memory.
+//! What changed: names are shared (`smig::model::Name`, an `Arc<str>`), so steps, facts and
+//! inverses clone pointers instead of allocating strings, and clones of one name compare equal
+//! without reading it; a move's steps, a link member's position and move, and a peer's placement
+//! in the invariant check are found by index or by the address of the member's (shared) name
+//! rather than by hashing names; dedupe hashes only the keys of shared steps; numbering walks a
+//! flat successor array; each move's resource change is built without temporary maps.
+//!
+//! Where the rest goes, per phase at 100k vs 10k (timers around the phases, one run): diff 95
+//! vs 5.2 ms (18x), passes 84 vs 5.0 ms (17x), numbering 37 vs 2.2 ms (16x), resource changes
+//! 48 vs 4.4 ms (11x), context 8.8 vs 0.7 ms (13x), invariant check 54 vs 3.8 ms (14x). Each
+//! phase does the same work per VM or step at both sizes, but at 100k the landscape (~110
+//! MiB) and the plan (~220 MiB) are far beyond the 32 MiB L3, so each random access (a VM by
+//! name, a link's members, a step's strings, an `Arc`'s count) goes to DRAM. Page faults are
+//! not the cause: `perf stat -e page-faults` counts about 4,300 faults per repeated 100k build
+//! (mimalloc purges freed pages after a short delay, which a 400 ms build outlasts) and about
+//! 3 with `MIMALLOC_PURGE_DELAY=-1`, but the medians did not move (four alternating runs,
+//! default vs purging off: 407 vs 413 ms at 100k, 20.6 vs 23.1 ms at 10k), so the kernel's page
+//! zeroing that `perf record` shows (19% of a 10-build 100k run) must come mostly from the
+//! first build and the landscape generation. What remains to shrink: the step itself (360 bytes inline: the action and its
+//! inverse are 120 bytes each, and numbering holds every step twice while it moves them into
+//! the graph), the resource-change JSON (three B-tree maps per move) and the name-keyed
+//! lookups of the diff (each VM's current host, by domain name) and of the invariant check.
 //!
 //! The allocator is left as the binary configures it. The first build of a process pays the
-//! page faults of a fresh heap (on this busy VM 1.0-1.4 s at 100k, 40-220 ms at 10k); the
-//! median of the later builds does not, at either size: they reuse the freed pages. mimalloc
-//! purges freed pages after 1 s, which the 100k builds outlast: with `MIMALLOC_PURGE_DELAY=-1`
-//! the repeats fault 30x less, but their medians moved by less than the noise (±20 ms), so
-//! the bench does not disable purging. Peak RSS varies by ~30 MiB with huge pages.
+//! page faults of a fresh heap (here 0.4-1.1 s at 100k, 22-55 ms at 10k). Peak RSS varies by
+//! ~30 MiB with huge pages.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
@@ -129,7 +141,7 @@ fn child(n: usize) {
             observed
                 .hosts
                 .get(&vm.host)
-                .is_none_or(|h| !h.domains.contains_key(&vm.domain))
+                .is_none_or(|h| !h.domains.contains_key(vm.domain.as_str()))
         })
         .count();
     let before = status_kib("VmRSS:");

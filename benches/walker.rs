@@ -38,20 +38,20 @@ fn landscape_and_plan(vms: usize) -> (Landscape, Observed, Plan) {
     }
     let mut plan = Plan::default();
     for v in 0..vms {
-        let name = format!("vm{v}");
+        let name = smig::model::Name::from(format!("vm{v}"));
         let (src, dst) = (host(v % HOSTS, "dc"), host(v % HOSTS, "cloud"));
         let addr: std::net::Ipv4Addr = format!("10.{}.{}.{}", v / 65536, (v / 256) % 256, v % 256)
             .parse()
             .unwrap();
         o.hosts.get_mut(&src).unwrap().domains.insert(
-            name.clone(),
+            name.to_string(),
             Domain {
                 state: DomainState::Running,
                 persistent: true,
                 nic_link_up: None,
             },
         );
-        let subject = format!("vm.{name}");
+        let subject = smig::model::Name::from(format!("vm.{name}"));
         let blk = |h: &HostId| Action::Block {
             vm: name.clone(),
             host: h.clone(),
@@ -71,7 +71,7 @@ fn landscape_and_plan(vms: usize) -> (Landscape, Observed, Plan) {
             domain: name.clone(),
             from: from.clone(),
             to: to.clone(),
-            to_uri: String::new(),
+            to_uri: Default::default(),
             mode: MigrationMode::Live,
             tls: true,
             paused: false,

@@ -7,7 +7,7 @@
 //! secret: steps carry none, changes are redacted by the planner, and variable values enter
 //! the configuration fingerprint only through a hash.
 
-use crate::model::Observed;
+use crate::model::{Name, Observed};
 use crate::plan::{
     Action, ChangeAction, Fact, InvariantReport, InvariantResult, Inverse, Plan, PlanContext,
     ResourceChange, Step, StepKind, Target,
@@ -133,7 +133,7 @@ pub struct PlannedStep {
     /// FIG. 3 block numbers of US 2010/0071025 A1 that the step implements (informative: read
     /// back as written, never checked).
     pub fig3: String,
-    pub subject: String,
+    pub subject: Name,
     pub target: Target,
     pub action: Action,
     pub precondition: Vec<Fact>,

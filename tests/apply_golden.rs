@@ -150,7 +150,7 @@ async fn apply_then_plan_shows_no_changes_and_a_second_apply_changes_nothing() {
                 after
                     .hosts
                     .get(&vm.host)
-                    .is_some_and(|h| h.domains.contains_key(&vm.domain)),
+                    .is_some_and(|h| h.domains.contains_key(vm.domain.as_str())),
                 "{}: {} is not on its desired host {}",
                 case.name,
                 vm.name,

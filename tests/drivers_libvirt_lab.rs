@@ -101,7 +101,7 @@ fn id(short: &str) -> HostId {
         .iter()
         .find(|(s, _, _)| *s == short)
         .expect("lab host");
-    HostId(full.to_string())
+    HostId((*full).into())
 }
 
 fn addr(short: &str) -> &'static str {
@@ -166,7 +166,7 @@ fn driver(peer_to_peer: bool) -> Libvirt {
         .iter()
         .map(|(_, full, a)| {
             (
-                HostId(full.to_string()),
+                HostId((*full).into()),
                 LibvirtHost {
                     uri: uri(a),
                     pki_path: Some(CLIENT_PKI.into()),

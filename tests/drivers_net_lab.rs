@@ -98,8 +98,8 @@ fn host(env: &str, name: &str, addr: &str, ns: &str) -> (String, Host) {
     (
         name.to_string(),
         Host {
-            id: HostId(format!("{env}.{name}")),
-            libvirt: format!("qemu+tls://{addr}/system"),
+            id: HostId(format!("{env}.{name}").into()),
+            libvirt: format!("qemu+tls://{addr}/system").into(),
             address: addr.parse().unwrap(),
             network: format!("netns:{ns}"),
         },

@@ -93,7 +93,7 @@ fn landscape() -> Landscape {
                             name.to_string(),
                             Host {
                                 id: HostId::new(env, name),
-                                libvirt: format!("qemu+tls://{addr}/system"),
+                                libvirt: format!("qemu+tls://{addr}/system").into(),
                                 address: addr.parse().unwrap(),
                                 network: format!("netns:{env}-{name}"),
                             },

@@ -500,7 +500,11 @@ fn targets_pull_in_dependencies_and_excludes_leave_out() {
                 excludes: excludes.iter().map(|s| s.to_string()).collect(),
             },
         );
-        let mut subjects: Vec<String> = p.graph.node_weights().map(|s| s.subject.clone()).collect();
+        let mut subjects: Vec<String> = p
+            .graph
+            .node_weights()
+            .map(|s| s.subject.to_string())
+            .collect();
         subjects.sort();
         subjects.dedup();
         subjects

@@ -204,7 +204,7 @@ fn check_plan(f: &Fixture) -> Result<(), TestCaseError> {
     for s in p.graph.node_weights() {
         if let Action::Migrate { vm, to, .. } = &s.action {
             prop_assert!(migrated.insert(vm.clone()));
-            prop_assert_eq!(to, &f.desired.vms[vm].host);
+            prop_assert_eq!(to, &f.desired.vms[vm.as_str()].host);
         }
     }
     let moving = f
@@ -215,7 +215,7 @@ fn check_plan(f: &Fixture) -> Result<(), TestCaseError> {
             f.observed
                 .hosts
                 .get(&vm.host)
-                .is_none_or(|h| !h.domains.contains_key(&vm.domain))
+                .is_none_or(|h| !h.domains.contains_key(vm.domain.as_str()))
         })
         .count();
     prop_assert_eq!(migrated.len(), moving);

@@ -36,7 +36,7 @@ pub async fn perform(
             allow_ipsec,
         } => {
             let rule = BlockRule {
-                vm: vm.clone(),
+                vm: vm.to_string(),
                 address: *address,
                 peers: peers.clone(),
                 allow_ipsec: *allow_ipsec,
@@ -66,10 +66,10 @@ pub async fn perform(
             ..
         } => {
             let req = MigrationRequest {
-                domain: domain.clone(),
+                domain: domain.to_string(),
                 from: from.clone(),
                 to: to.clone(),
-                to_uri: to_uri.clone(),
+                to_uri: to_uri.to_string(),
                 mode: *mode,
                 tls: *tls,
                 paused: *paused,
@@ -86,7 +86,7 @@ pub async fn perform(
             remote_address,
         } => {
             let spec = TunnelSpec {
-                subnet: subnet.clone(),
+                subnet: subnet.to_string(),
                 cidr: *cidr,
                 remote: remote.to_string(),
                 remote_address: *remote_address,
@@ -109,13 +109,17 @@ pub async fn perform(
             proposals,
             initiate,
         } => {
-            let spec = ctx.landscape.secure_links.get(link).ok_or_else(|| {
-                DriverError::failed(
-                    "ipsec.install",
-                    local,
-                    format!("secure_link {link} is not in the loaded configuration"),
-                )
-            })?;
+            let spec = ctx
+                .landscape
+                .secure_links
+                .get(link.as_str())
+                .ok_or_else(|| {
+                    DriverError::failed(
+                        "ipsec.install",
+                        local,
+                        format!("secure_link {link} is not in the loaded configuration"),
+                    )
+                })?;
             let credential = match &spec.ipsec.auth {
                 IpsecAuth::Psk(s) => IpsecCredential::Psk(s.clone()),
                 IpsecAuth::Cert { cert, key, ca } => IpsecCredential::Cert {
@@ -127,12 +131,12 @@ pub async fn perform(
             let name = ipsec_connection_name(link, local, remote);
             let config = IpsecConfig {
                 name: name.clone(),
-                link: link.clone(),
+                link: link.to_string(),
                 local: local.clone(),
                 local_address: *local_address,
                 remote: remote.clone(),
                 remote_address: *remote_address,
-                proposals: proposals.clone(),
+                proposals: proposals.iter().map(|p| p.to_string()).collect(),
                 credential,
             };
             // One end per step: the responder loads; the initiator loads and brings the SA up.
@@ -210,7 +214,7 @@ pub async fn perform(
             let target = format!("{core}.routing_core");
             loop {
                 let mut o = crate::model::Observed::empty();
-                o.routing_cores.entry(core.clone()).or_default().routes =
+                o.routing_cores.entry(core.to_string()).or_default().routes =
                     d.routing.routes(core).await?;
                 if learned.holds(&o) {
                     return Ok(());
@@ -245,7 +249,7 @@ pub async fn perform(
             }
             // This host's ends only: the other ends are steps of their own.
             for c in d.ipsec.connections(host).await? {
-                if ipsec_links.contains(&c.link) {
+                if ipsec_links.iter().any(|l| *l == c.link) {
                     d.ipsec.unload(host, &c.name).await?;
                 }
             }

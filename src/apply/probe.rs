@@ -3,7 +3,7 @@
 //! trusts the journal alone: it asks the landscape before each step and each undo.
 
 use crate::drivers::{DriverResult, Drivers};
-use crate::model::{ipsec_connection_name, DomainState, HostId, Observed};
+use crate::model::{ipsec_connection_name, DomainState, HostId, Name, Observed};
 use crate::plan::{Action, Fact, Target};
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -13,14 +13,14 @@ use std::net::Ipv4Addr;
 pub enum Query {
     Domain {
         host: HostId,
-        domain: String,
+        domain: Name,
     },
     BlockRules(HostId),
     Ipsec(HostId),
-    CoreTunnels(String),
-    CoreRoutes(String),
+    CoreTunnels(Name),
+    CoreRoutes(Name),
     Connections {
-        vm: String,
+        vm: Name,
         host: HostId,
         address: Ipv4Addr,
     },
@@ -29,7 +29,7 @@ pub enum Query {
 /// Where each VM's connections are read (from the plan's `connections.secure` actions).
 #[derive(Debug, Clone, Default)]
 pub struct Locator {
-    vms: HashMap<String, (HostId, Ipv4Addr)>,
+    vms: HashMap<Name, (HostId, Ipv4Addr)>,
 }
 
 impl Locator {
@@ -49,9 +49,9 @@ impl Locator {
 
 /// The reads that decide `fact`.
 pub fn fact_queries(fact: &Fact, locator: &Locator, out: &mut BTreeSet<Query>) {
-    let domain = |d: &str, h: &HostId| Query::Domain {
+    let domain = |d: &Name, h: &HostId| Query::Domain {
         host: h.clone(),
-        domain: d.to_string(),
+        domain: d.clone(),
     };
     match fact {
         Fact::DomainRunning { domain: d, host }
@@ -86,9 +86,9 @@ pub fn fact_queries(fact: &Fact, locator: &Locator, out: &mut BTreeSet<Query>) {
 
 /// The reads that decide whether `action`'s effect holds.
 pub fn action_queries(action: &Action, out: &mut BTreeSet<Query>) {
-    let domain = |d: &str, h: &HostId| Query::Domain {
+    let domain = |d: &Name, h: &HostId| Query::Domain {
         host: h.clone(),
-        domain: d.to_string(),
+        domain: d.clone(),
     };
     match action {
         Action::Block { host, .. } | Action::Unblock { host, .. } => {
@@ -184,7 +184,7 @@ pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResu
             (Query::Domain { host, domain }, Reading::Domain(d)) => {
                 let h = o.hosts.entry(host.clone()).or_default();
                 if let Some(d) = d {
-                    h.domains.insert(domain.clone(), d);
+                    h.domains.insert(domain.to_string(), d);
                 }
             }
             (Query::BlockRules(host), Reading::BlockRules(rules)) => {
@@ -194,13 +194,13 @@ pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResu
                 o.hosts.entry(host.clone()).or_default().ipsec = conns;
             }
             (Query::CoreTunnels(core), Reading::CoreTunnels(t)) => {
-                o.routing_cores.entry(core.clone()).or_default().tunnels = t;
+                o.routing_cores.entry(core.to_string()).or_default().tunnels = t;
             }
             (Query::CoreRoutes(core), Reading::CoreRoutes(r)) => {
-                o.routing_cores.entry(core.clone()).or_default().routes = r;
+                o.routing_cores.entry(core.to_string()).or_default().routes = r;
             }
             (Query::Connections { vm, .. }, Reading::Connections(c)) if !c.is_empty() => {
-                o.connections.insert(vm.clone(), c);
+                o.connections.insert(vm.to_string(), c);
             }
             // `read` answers each query with its own kind of reading.
             _ => {}
@@ -289,9 +289,11 @@ pub fn action_holds(action: &Action, o: &Observed) -> bool {
             ipsec_links,
         } => {
             !blocked(vm, host)
-                && o.hosts
-                    .get(host)
-                    .is_none_or(|x| x.ipsec.iter().all(|c| !ipsec_links.contains(&c.link)))
+                && o.hosts.get(host).is_none_or(|x| {
+                    x.ipsec
+                        .iter()
+                        .all(|c| !ipsec_links.iter().any(|l| *l == c.link))
+                })
         }
     }
 }

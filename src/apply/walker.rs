@@ -17,7 +17,7 @@ use super::events::{Event, EventSink};
 use super::exec::{perform, ExecContext};
 use super::probe::{self, action_holds, action_queries, fact_queries, Locator, Query};
 use crate::drivers::{AbortHandle, AbortSignal, MigrationProgress, ProgressSink};
-use crate::model::{DomainState, HostId};
+use crate::model::{DomainState, HostId, Name};
 use crate::plan::{Action, Inverse, Plan, Step};
 use crate::state::journal::{JournalEntry, JournalSink, Record};
 use crate::state::StateError;
@@ -536,7 +536,7 @@ impl Walker {
                     shared.time(i, StepStatus::Undone, started);
                     end.undone += 1;
                     if let Action::Block { vm, host, .. } = &action {
-                        added_blocks.push((vm.clone(), host.clone()));
+                        added_blocks.push((vm.to_string(), host.clone()));
                     }
                 }
                 Err(error) => {
@@ -561,14 +561,14 @@ impl Walker {
         // Block rules rollback added (also in an earlier, interrupted rollback).
         for e in &entries {
             if let Record::GuardBlocked { vm, host } = &e.record {
-                added_blocks.push((vm.clone(), HostId(host.clone())));
+                added_blocks.push((vm.clone(), HostId(host.as_str().into())));
             }
             if let Record::UndoDone { step, .. } = &e.record {
                 if let Some(Inverse::Action {
                     action: Action::Block { vm, host, .. },
                 }) = g.node_weight(NodeIndex::new(*step)).map(|s| &s.inverse)
                 {
-                    added_blocks.push((vm.clone(), host.clone()));
+                    added_blocks.push((vm.to_string(), host.clone()));
                 }
             }
         }
@@ -614,7 +614,7 @@ impl Walker {
         let moved = moved_vms(plan);
         let mut added = Vec::new();
         for vm in spec.between.iter().filter(|v| moved.contains_key(*v)) {
-            let Some(desired) = self.ctx.landscape.vms.get(vm) else {
+            let Some(desired) = self.ctx.landscape.vms.get(vm.as_str()) else {
                 continue;
             };
             let domain = &moved[vm];
@@ -635,17 +635,17 @@ impl Walker {
                     .block_rules(host)
                     .await
                     .map_err(|e| e.to_string())?;
-                if rules.iter().any(|r| &r.vm == vm) {
+                if rules.iter().any(|r| r.vm == *vm) {
                     continue;
                 }
                 let peers = spec
                     .between
                     .iter()
                     .filter(|p| *p != vm)
-                    .filter_map(|p| self.ctx.landscape.vms.get(p).map(|v| v.address))
+                    .filter_map(|p| self.ctx.landscape.vms.get(p.as_str()).map(|v| v.address))
                     .collect();
                 let rule = crate::model::BlockRule {
-                    vm: vm.clone(),
+                    vm: vm.to_string(),
                     address: desired.address,
                     peers,
                     allow_ipsec: false,
@@ -657,13 +657,13 @@ impl Walker {
                 shared
                     .record(
                         Record::GuardBlocked {
-                            vm: vm.clone(),
+                            vm: vm.to_string(),
                             host: host.to_string(),
                         },
                         None,
                     )
                     .map_err(|e| e.to_string())?;
-                added.push((vm.clone(), host.clone()));
+                added.push((vm.to_string(), host.clone()));
             }
         }
         Ok(added)
@@ -682,7 +682,9 @@ impl Walker {
             if !seen.insert((vm.clone(), host.clone())) {
                 continue;
             }
-            let domain = domains.get(&vm).cloned().unwrap_or_else(|| vm.clone());
+            let domain = domains
+                .get(vm.as_str())
+                .map_or_else(|| vm.clone(), |d| d.to_string());
             let d = &self.ctx.drivers;
             let here = match d.hypervisor.domain(&host, &domain).await {
                 Ok(x) => x.is_some(),
@@ -732,7 +734,7 @@ fn effect_holds(step: &Step, o: &crate::model::Observed) -> bool {
 }
 
 /// VMs the plan migrates, with their domain names.
-fn moved_vms(plan: &Plan) -> HashMap<String, String> {
+fn moved_vms(plan: &Plan) -> HashMap<Name, Name> {
     plan.graph
         .node_weights()
         .filter_map(|s| match &s.action {
@@ -743,7 +745,7 @@ fn moved_vms(plan: &Plan) -> HashMap<String, String> {
 }
 
 /// Domain name of every VM an action names with its domain.
-fn vm_domains(plan: &Plan) -> HashMap<String, String> {
+fn vm_domains(plan: &Plan) -> HashMap<Name, Name> {
     let mut m = HashMap::new();
     for s in plan.graph.node_weights() {
         let actions = std::iter::once(&s.action).chain(match &s.inverse {

@@ -8,8 +8,8 @@ use super::syntax::{self, RawAttr, RawBlock};
 use super::types::VarType;
 use super::{Mode, SourceFile, VarInputs};
 use crate::model::{
-    Environment, Host, HostId, IpsecAuth, IpsecSpec, Landscape, Migration, MigrationMode, Policy,
-    RoutingCore, Secret, SecureLink, Strategy, Subnet, Vm,
+    Environment, Host, HostId, IpsecAuth, IpsecSpec, Landscape, Migration, MigrationMode, Name,
+    Policy, RoutingCore, Secret, SecureLink, Strategy, Subnet, Vm,
 };
 use hcl::eval::{Context, Evaluate};
 use hcl::{Map, Value};
@@ -1558,15 +1558,15 @@ impl Loader {
             }
             let host = Host {
                 id: id.clone(),
-                libvirt: libvirt.unwrap_or_default(),
+                libvirt: libvirt.unwrap_or_default().into(),
                 address: address.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 network: network.unwrap_or_default(),
             };
             let mut hv = Map::new();
-            hv.insert("id".into(), Value::from(id.0.clone()));
+            hv.insert("id".into(), Value::from(id.as_str()));
             hv.insert("name".into(), Value::from(h.name()));
             hv.insert("environment".into(), Value::from(name.clone()));
-            hv.insert("libvirt".into(), Value::from(host.libvirt.clone()));
+            hv.insert("libvirt".into(), Value::from(host.libvirt.as_str()));
             hv.insert("address".into(), Value::from(host.address.to_string()));
             hv.insert("network".into(), Value::from(host.network.clone()));
             host_values.insert(h.name().to_string(), Value::Object(hv));
@@ -1601,7 +1601,7 @@ impl Loader {
         self.landscape.environments.insert(
             name.clone(),
             Environment {
-                name: name.clone(),
+                name: name.as_str().into(),
                 trusted,
                 hosts,
                 routing_core,
@@ -1653,7 +1653,7 @@ impl Loader {
             self.landscape.subnets.insert(
                 name.clone(),
                 Subnet {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     cidr: net,
                 },
             );
@@ -1974,7 +1974,7 @@ impl Loader {
                     _ => {}
                 }
             }
-            let host = host.unwrap_or_else(|| HostId(String::new()));
+            let host = host.unwrap_or_else(|| HostId(Name::default()));
             let subnet = subnet.unwrap_or_default();
             let address = address.unwrap_or(Ipv4Addr::UNSPECIFIED);
             if self.referenced.contains(&node.key) {
@@ -1982,7 +1982,7 @@ impl Loader {
                 v.insert("id".into(), Value::from(inst.name.clone()));
                 v.insert("name".into(), Value::from(inst.name.clone()));
                 v.insert("domain".into(), Value::from(domain.clone()));
-                v.insert("host".into(), Value::from(host.0.clone()));
+                v.insert("host".into(), Value::from(host.as_str()));
                 v.insert("subnet".into(), Value::from(subnet.clone()));
                 v.insert("address".into(), Value::from(address.to_string()));
                 values.push(Value::Object(v));
@@ -1991,10 +1991,10 @@ impl Loader {
             self.landscape.vms.insert(
                 inst.name.clone(),
                 Vm {
-                    name: inst.name.clone(),
-                    domain,
+                    name: inst.name.as_str().into(),
+                    domain: domain.into(),
                     host,
-                    subnet,
+                    subnet: subnet.into(),
                     address,
                     migration: mig,
                 },
@@ -2016,7 +2016,7 @@ impl Loader {
             _ => None,
         };
         match id {
-            Some(id) if id.contains('.') => Some(HostId(id)),
+            Some(id) if id.contains('.') => Some(HostId(id.into())),
             Some(_) => {
                 self.invalid(
                     p,
@@ -2232,9 +2232,22 @@ impl Loader {
             self.landscape.secure_links.insert(
                 inst.name.clone(),
                 SecureLink {
-                    name: inst.name.clone(),
-                    between,
-                    ipsec: IpsecSpec { proposals, auth },
+                    name: inst.name.as_str().into(),
+                    // The members share the VMs' names (the planner finds a VM by its
+                    // name's address before reading the text).
+                    between: between
+                        .into_iter()
+                        .map(|n| {
+                            self.landscape
+                                .vms
+                                .get(&n)
+                                .map_or_else(|| Name::from(n), |vm| vm.name.clone())
+                        })
+                        .collect(),
+                    ipsec: IpsecSpec {
+                        proposals: proposals.into_iter().map(Name::from).collect(),
+                        auth,
+                    },
                 },
             );
         }
@@ -2329,7 +2342,7 @@ impl Loader {
                     let known: Vec<String> = l
                         .environments
                         .values()
-                        .flat_map(|e| e.hosts.values().map(|h| h.id.0.clone()))
+                        .flat_map(|e| e.hosts.values().map(|h| h.id.to_string()))
                         .collect();
                     let known: Vec<&str> = known.iter().map(String::as_str).collect();
                     errors.push((
@@ -2345,7 +2358,7 @@ impl Loader {
                 }
             }
             let subnet = match &locs.subnet {
-                Some(loc) => match l.subnets.get(&vm.subnet) {
+                Some(loc) => match l.subnets.get(vm.subnet.as_str()) {
                     Some(s) => Some(s),
                     None => {
                         errors.push((
@@ -2441,7 +2454,7 @@ impl Loader {
                 continue;
             };
             for vm in &link.between {
-                if !l.vms.contains_key(vm) {
+                if !l.vms.contains_key(vm.as_str()) {
                     errors.push((
                         Code::MissingVm,
                         loc.clone(),
@@ -2451,7 +2464,7 @@ impl Loader {
                     ));
                 }
             }
-            let distinct: HashSet<&String> = link.between.iter().collect();
+            let distinct: HashSet<&Name> = link.between.iter().collect();
             if distinct.len() < 2 {
                 errors.push((
                     Code::InvalidValue,

@@ -423,7 +423,7 @@ fn tunnels_mut<'a>(
         Target::Host(h) => Ok(&mut host_mut(o, op, h)?.tunnels),
         Target::RoutingCore(env) => o
             .routing_cores
-            .get_mut(env)
+            .get_mut(env.as_str())
             .map(|c| &mut c.tunnels)
             .ok_or_else(|| DriverError::Unreachable {
                 op: op.into(),
@@ -792,7 +792,7 @@ impl HostNetwork for LandscapeDouble {
                     });
                 }
                 if let Target::RoutingCore(env) = at {
-                    if let Some(core) = g.observed.routing_cores.get_mut(env) {
+                    if let Some(core) = g.observed.routing_cores.get_mut(env.as_str()) {
                         let dev = format!("smig-{}", spec.subnet);
                         if !core
                             .routes
@@ -824,7 +824,7 @@ impl HostNetwork for LandscapeDouble {
                 tunnels_mut(&mut g.observed, "network.tunnel_remove", at)?
                     .retain(|t| t.subnet != subnet);
                 if let Target::RoutingCore(env) = at {
-                    if let Some(core) = g.observed.routing_cores.get_mut(env) {
+                    if let Some(core) = g.observed.routing_cores.get_mut(env.as_str()) {
                         let dev = format!("smig-{subnet}");
                         core.routes
                             .retain(|r| !(r.via_smig_tunnel && r.dev.as_deref() == Some(&dev)));

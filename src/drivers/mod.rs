@@ -393,7 +393,7 @@ impl Discover for Drivers {
                 let routes = self.routing.routes(name).await.map_err(unreachable)?;
                 let tunnels = self
                     .network
-                    .tunnels(&Target::RoutingCore(name.clone()))
+                    .tunnels(&Target::RoutingCore(name.as_str().into()))
                     .await
                     .map_err(unreachable)?;
                 observed
@@ -406,7 +406,7 @@ impl Discover for Drivers {
             let here = observed
                 .hosts
                 .iter()
-                .find(|(_, h)| h.domains.contains_key(&vm.domain))
+                .find(|(_, h)| h.domains.contains_key(vm.domain.as_str()))
                 .map(|(id, _)| id.clone());
             if let Some(host) = here {
                 let conns = self
@@ -415,7 +415,7 @@ impl Discover for Drivers {
                     .await
                     .map_err(unreachable)?;
                 if !conns.is_empty() {
-                    observed.connections.insert(vm.name.clone(), conns);
+                    observed.connections.insert(vm.name.to_string(), conns);
                 }
             }
         }

@@ -180,7 +180,12 @@ impl SecurePath {
                 let nets = link
                     .between
                     .iter()
-                    .filter_map(|v| landscape.vms.get(v).map(|vm| vm.subnet.clone()))
+                    .filter_map(|v| {
+                        landscape
+                            .vms
+                            .get(v.as_str())
+                            .map(|vm| vm.subnet.to_string())
+                    })
                     .collect();
                 (name.clone(), nets)
             })
@@ -266,14 +271,14 @@ pub struct SubnetTunnels {
 /// The two ends of a subnet tunnel: the routing core's environment and the host.
 fn tunnel_ends(op: &str, at: &Target, remote: &str) -> DriverResult<(String, HostId)> {
     let pair = match at {
-        Target::RoutingCore(env) => (Some(env.clone()), remote.to_string()),
+        Target::RoutingCore(env) => (Some(env.to_string()), remote.to_string()),
         Target::Host(h) => (
             remote.strip_prefix("core:").map(str::to_string),
-            h.0.clone(),
+            h.to_string(),
         ),
     };
     match pair {
-        (Some(env), host) if !host.starts_with("core:") => Ok((env, HostId(host))),
+        (Some(env), host) if !host.starts_with("core:") => Ok((env, HostId(host.into()))),
         _ => Err(DriverError::failed(
             op,
             remote,

@@ -2,7 +2,7 @@
 //! and `count` are resolved and every check has passed. Everything here is plain data; the
 //! planner reads it, never the HCL.
 
-use super::{HostId, Secret};
+use super::{HostId, Name, Secret};
 use ipnet::Ipv4Net;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -48,7 +48,7 @@ impl Landscape {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Environment {
-    pub name: String,
+    pub name: Name,
     pub trusted: bool,
     pub hosts: BTreeMap<String, Host>,
     pub routing_core: Option<RoutingCore>,
@@ -58,7 +58,7 @@ pub struct Environment {
 pub struct Host {
     pub id: HostId,
     /// libvirt connection URI, e.g. `qemu+tls://10.77.0.11/system`.
-    pub libvirt: String,
+    pub libvirt: Name,
     /// Underlay address: IKE and tunnel endpoint.
     pub address: Ipv4Addr,
     /// Where smig reaches the host's network stack: `netns:NAME` (lab) or `ssh://...` (later).
@@ -79,17 +79,17 @@ pub struct RoutingCore {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Subnet {
-    pub name: String,
+    pub name: Name,
     pub cidr: Ipv4Net,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Vm {
-    pub name: String,
+    pub name: Name,
     /// libvirt domain name (defaults to the VM name).
-    pub domain: String,
+    pub domain: Name,
     pub host: HostId,
-    pub subnet: String,
+    pub subnet: Name,
     pub address: Ipv4Addr,
     pub migration: Migration,
 }
@@ -135,16 +135,16 @@ pub enum Strategy {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SecureLink {
-    pub name: String,
+    pub name: Name,
     /// VM names, two or more.
-    pub between: Vec<String>,
+    pub between: Vec<Name>,
     pub ipsec: IpsecSpec,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IpsecSpec {
     /// IKE/ESP proposals in strongSwan syntax, e.g. `aes256-sha256-modp2048`.
-    pub proposals: Vec<String>,
+    pub proposals: Vec<Name>,
     pub auth: IpsecAuth,
 }
 

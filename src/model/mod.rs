@@ -2,10 +2,12 @@
 //! found running ([`observed`]). Pure types, no I/O.
 
 pub mod desired;
+pub mod name;
 pub mod observed;
 pub mod secret;
 
 pub use desired::*;
+pub use name::Name;
 pub use observed::*;
 pub use secret::Secret;
 
@@ -15,15 +17,19 @@ use std::fmt;
 /// A host's identity across the landscape: `<environment>.<host>`, e.g. `dc.hv1`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct HostId(pub String);
+pub struct HostId(pub Name);
 
 impl HostId {
     pub fn new(environment: &str, host: &str) -> Self {
-        HostId(format!("{environment}.{host}"))
+        HostId(Name::from(format!("{environment}.{host}")))
     }
     /// The environment part of the id.
     pub fn environment(&self) -> &str {
         self.0.split_once('.').map_or(self.0.as_str(), |(e, _)| e)
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
     }
     /// The host part of the id.
     pub fn host(&self) -> &str {

@@ -49,19 +49,13 @@ pub fn build(
     let estimate = diff.moves.len() * 8
         + diff.installs.len() * 2 * 2
         + (diff.stale.len() + diff.stale_tunnels.len()) * 2;
-    let mut draft = Draft::with_capacity(estimate);
+    let mut draft = Draft::with_capacity(estimate, diff.moves.len());
     for pass in PASSES {
         pass.apply(&diff, &mut draft)?;
     }
     // Number the steps in a topological order, each VM's steps together: node index = step
     // number.
-    let ordinal: foldhash::HashMap<&str, u32> = diff
-        .moves
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.vm.name.as_str(), i as u32))
-        .collect();
-    let groups = draft.groups(|vm| ordinal.get(vm).copied());
+    let groups = draft.groups();
     let graph = draft.into_graph(&groups)?;
     let mut plan = Plan {
         graph,

@@ -5,10 +5,11 @@
 
 use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair};
 use crate::model::{
-    DomainState, Host, HostId, Landscape, MigrationMode, Observed, SecureLink, Strategy, Subnet, Vm,
+    DomainState, Host, HostId, Landscape, MigrationMode, Name, Observed, SecureLink, Strategy,
+    Subnet, Vm,
 };
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::collections::hash_map::Entry;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -64,7 +65,7 @@ impl Selection {
                     }
                     ("target", "secure_link") => {
                         if let Some(link) = desired.secure_links.get(&name) {
-                            sel.vms.extend(link.between.iter().cloned());
+                            sel.vms.extend(link.between.iter().map(|m| m.to_string()));
                         }
                         sel.links.insert(name);
                     }
@@ -97,10 +98,10 @@ impl Selection {
 
     /// Whether link-level changes (a new link, a repair, a removed link) are in the plan.
     /// Excluding a VM excludes the links that depend on it.
-    pub fn link(&self, name: &str, members: &[String]) -> bool {
+    pub fn link(&self, name: &str, members: &[Name]) -> bool {
         (self.all || self.links.contains(name))
             && !self.ex_links.contains(name)
-            && !members.iter().any(|m| self.ex_vms.contains(m))
+            && !members.iter().any(|m| self.ex_vms.contains(m.as_str()))
     }
 
     /// Whether subnet-level steps (tunnels) may be planned. VM moves pull their subnet in.
@@ -124,6 +125,8 @@ pub(crate) struct Current<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Move<'a> {
     pub vm: &'a Vm,
+    /// `vm.<name>`, the subject of the VM's steps.
+    pub subject: Name,
     pub from: &'a HostId,
     pub to: &'a HostId,
     pub state: DomainState,
@@ -161,6 +164,8 @@ impl Move<'_> {
 #[derive(Debug, Clone)]
 pub(crate) struct SaInstall<'a> {
     pub pair: SaPair,
+    /// `secure_link.<name>`, the subject of its steps.
+    pub subject: Name,
     pub link: &'a SecureLink,
     pub initiator: HostId,
     pub responder: HostId,
@@ -171,7 +176,7 @@ pub(crate) struct SaInstall<'a> {
 /// One end of an SA that is no longer needed.
 #[derive(Debug, Clone)]
 pub(crate) struct StaleEnd<'a> {
-    pub link: String,
+    pub link: Name,
     pub host: HostId,
     pub remote: HostId,
     /// The link as configured, or `None` when it was removed from the configuration.
@@ -185,12 +190,14 @@ pub(crate) struct StaleEnd<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct SubnetMove<'a> {
     pub subnet: &'a Subnet,
+    /// `subnet.<name>`, the subject of its steps.
+    pub subject: Name,
     /// Environment whose routing core is the local end of the tunnel.
-    pub core: String,
+    pub core: Name,
     pub remote: HostId,
     pub remote_address: Ipv4Addr,
-    /// Moving VMs of the subnet.
-    pub movers: Vec<&'a str>,
+    /// Moving VMs of the subnet, by position in `Diff::moves`.
+    pub movers: Vec<usize>,
     pub tunnel_present: bool,
 }
 
@@ -198,7 +205,8 @@ pub(crate) struct SubnetMove<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct StaleTunnel<'a> {
     pub subnet: &'a Subnet,
-    pub core: String,
+    pub subject: Name,
+    pub core: Name,
     pub remote: HostId,
     pub remote_address: Ipv4Addr,
 }
@@ -210,12 +218,14 @@ pub(crate) struct Diff<'a> {
     /// Where each VM runs now, in `desired.vms` order.
     pub current: Vec<Option<Current<'a>>>,
     pub moves: Vec<Move<'a>>,
+    /// Each moving VM's position in `moves`.
+    move_of: HashMap<&'a str, u32>,
     /// Where each VM runs afterwards, in `desired.vms` order.
     pub final_list: Vec<&'a HostId>,
     /// The secure_link peers of each moving VM, link by link: (link, the peer's position in
     /// `desired.vms`), so asking for peers and SAs indexes the lists above instead of hashing
     /// names.
-    pub vm_links: HashMap<&'a str, Vec<(&'a str, u32)>>,
+    pub vm_links: Vec<Vec<(&'a Name, u32)>>,
     /// The declared hosts by id (see [`Diff::host`]).
     hosts: HashMap<&'a HostId, &'a Host>,
     /// The SAs the landscape needs once the plan is applied, sorted (by link first).
@@ -224,7 +234,7 @@ pub(crate) struct Diff<'a> {
     pub installs: Vec<SaInstall<'a>>,
     pub stale: Vec<StaleEnd<'a>>,
     /// Links whose stale IPsec on the VM's source host the VM's cleanup removes.
-    pub cleanup_links: HashMap<&'a str, Vec<String>>,
+    pub cleanup_links: HashMap<&'a str, Vec<Name>>,
     pub subnet_moves: Vec<SubnetMove<'a>>,
     pub stale_tunnels: Vec<StaleTunnel<'a>>,
     pub warnings: Vec<String>,
@@ -338,14 +348,14 @@ impl<'a> Diff<'a> {
                 ([], []) => {
                     errors.push(PlanError::VmNotDiscovered {
                         vm: name.clone(),
-                        domain: vm.domain.clone(),
+                        domain: vm.domain.to_string(),
                     });
                     None
                 }
                 ([], many) => {
                     errors.push(PlanError::VmOnTwoHosts {
                         vm: name.clone(),
-                        domain: vm.domain.clone(),
+                        domain: vm.domain.to_string(),
                         how: "defined (shut off)",
                         hosts: list(&many.iter().collect::<Vec<_>>()),
                     });
@@ -354,7 +364,7 @@ impl<'a> Diff<'a> {
                 (many, _) => {
                     errors.push(PlanError::VmOnTwoHosts {
                         vm: name.clone(),
-                        domain: vm.domain.clone(),
+                        domain: vm.domain.to_string(),
                         how: "running",
                         hosts: list(many),
                     });
@@ -387,9 +397,9 @@ impl<'a> Diff<'a> {
             }
         }
 
-        let unknown_vm = |link: &SecureLink, m: &String| PlanError::UnknownVm {
-            link: link.name.clone(),
-            vm: m.clone(),
+        let unknown_vm = |link: &SecureLink, m: &Name| PlanError::UnknownVm {
+            link: link.name.to_string(),
+            vm: m.to_string(),
         };
         if !errors.is_empty() {
             // Report links naming something that is not a VM with these; without other errors
@@ -398,7 +408,7 @@ impl<'a> Diff<'a> {
                 for m in link
                     .between
                     .iter()
-                    .filter(|m| !desired.vms.contains_key(*m))
+                    .filter(|m| !desired.vms.contains_key(m.as_str()))
                 {
                     errors.push(unknown_vm(link, m));
                 }
@@ -411,15 +421,19 @@ impl<'a> Diff<'a> {
         // 310/315: the VMs whose desired host differs from the discovered one.
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
-        // Each VM's position in `desired.vms` (= in `current_list` and `final_list`).
-        let mut position: HashMap<&str, u32> = HashMap::with_capacity(desired.vms.len());
-        let mut is_moving: Vec<bool> = Vec::with_capacity(desired.vms.len());
+        // Each VM's position in `desired.vms` (= in `current_list` and `final_list`), by the
+        // address of its name: links name their members with clones of the VMs' names, so
+        // finding them reads no text. Names found elsewhere are looked up by text.
+        let mut position_at: HashMap<usize, u32> = HashMap::with_capacity(desired.vms.len());
+        let mut position_by_text: Option<HashMap<&str, u32>> = None;
+        // Each VM's position in `moves`, `u32::MAX` for a VM that stays.
+        let mut mover_at: Vec<u32> = Vec::with_capacity(desired.vms.len());
         let mut final_list: Vec<&HostId> = Vec::with_capacity(desired.vms.len());
         for ((name, vm), cur) in desired.vms.iter().zip(&current_list) {
             let Some(cur) = *cur else {
                 continue; // reported above
             };
-            position.insert(name.as_str(), final_list.len() as u32);
+            position_at.insert(vm.name.addr(), final_list.len() as u32);
             if cur.host != cur.want && selection.vm(name) {
                 if !discovered.contains(cur.want) && missing.insert(cur.want.clone()) {
                     errors.push(PlanError::HostNotDiscovered {
@@ -431,6 +445,7 @@ impl<'a> Diff<'a> {
                     vm.migration.mode == MigrationMode::Cold || cur.state == DomainState::ShutOff;
                 moves.push(Move {
                     vm,
+                    subject: Name::from(format!("vm.{name}")),
                     from: cur.host,
                     to: cur.want,
                     state: cur.state,
@@ -440,18 +455,31 @@ impl<'a> Diff<'a> {
                     peers: Vec::new(),
                 });
                 final_list.push(cur.want);
-                is_moving.push(true);
+                mover_at.push(moves.len() as u32 - 1);
             } else {
                 final_list.push(cur.host);
-                is_moving.push(false);
+                mover_at.push(u32::MAX);
             }
         }
         let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
+        let move_of: HashMap<&str, u32> = moves
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.vm.name.as_str(), i as u32))
+            .collect();
+        // The move of a link member, found by the address of its name when it shares the
+        // VM's name (see `position_at`), else by text.
+        let member_move = |m: &Name| -> Option<&Move> {
+            match position_at.get(&m.addr()) {
+                Some(&p) => moves.get(mover_at[p as usize] as usize),
+                None => moving.get(m.as_str()).copied(),
+            }
+        };
         // One pass over the links: members that are not VMs (every VM has a final host now),
         // the links of each moving VM (only moving VMs are asked for their peers and SAs),
         // and the SAs the landscape needs once the plan is applied, by reference until sorted.
         let mut unknown = Vec::new();
-        let mut vm_links: HashMap<&str, Vec<(&str, u32)>> = HashMap::with_capacity(moves.len());
+        let mut vm_links: Vec<Vec<(&Name, u32)>> = vec![Vec::new(); moves.len()];
         let mut needed: HashSet<PairRef> = HashSet::new();
         let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
         let mut members: Vec<&HostId> = Vec::new();
@@ -460,8 +488,24 @@ impl<'a> Diff<'a> {
             members.clear();
             member_pos.clear();
             for m in &link.between {
-                match position.get(m.as_str()) {
-                    Some(&i) => {
+                let found = match position_at.get(&m.addr()) {
+                    Some(&i) => Some(i),
+                    None => position_by_text
+                        .get_or_insert_with(|| {
+                            desired
+                                .vms
+                                .keys()
+                                .zip(&current_list)
+                                .filter(|(_, cur)| cur.is_some())
+                                .enumerate()
+                                .map(|(i, (name, _))| (name.as_str(), i as u32))
+                                .collect()
+                        })
+                        .get(m.as_str())
+                        .copied(),
+                };
+                match found {
+                    Some(i) => {
                         members.push(final_list[i as usize]);
                         member_pos.push(i);
                     }
@@ -471,13 +515,14 @@ impl<'a> Diff<'a> {
             if !unknown.is_empty() {
                 continue;
             }
-            for (m, &i) in link.between.iter().zip(&member_pos) {
-                if is_moving[i as usize] {
-                    vm_links.entry(m.as_str()).or_default().extend(
+            for &i in &member_pos {
+                let mover = mover_at[i as usize];
+                if let Some(links) = vm_links.get_mut(mover as usize) {
+                    links.extend(
                         member_pos
                             .iter()
                             .filter(|&&k| k != i)
-                            .map(|&k| (link.name.as_str(), k)),
+                            .map(|&k| (&link.name, k)),
                     );
                 }
             }
@@ -511,8 +556,8 @@ impl<'a> Diff<'a> {
             .collect();
         let needed_list: Vec<SaPair> = needed_refs
             .iter()
-            .map(|((link, a, b), _)| SaPair {
-                link: link.to_string(),
+            .map(|((_, a, b), link)| SaPair {
+                link: link.name.clone(),
                 a: (*a).clone(),
                 b: (*b).clone(),
             })
@@ -530,13 +575,13 @@ impl<'a> Diff<'a> {
                 continue;
             }
             let link: &SecureLink = link;
-            let movers: Vec<&str> = link
+            let mover_moves: Vec<&Move> = link
                 .between
                 .iter()
-                .filter_map(|m| moving.get(m.as_str()))
+                .filter_map(&member_move)
                 .filter(|m| pair.has(m.to))
-                .map(|m| m.vm.name.as_str())
                 .collect();
+            let movers: Vec<&str> = mover_moves.iter().map(|m| m.vm.name.as_str()).collect();
             if movers.is_empty() && !selection.link(&link.name, &link.between) {
                 continue;
             }
@@ -550,7 +595,7 @@ impl<'a> Diff<'a> {
             }
             // The movers' new host when they all go to one host, else the one untrusted end,
             // else `b`.
-            let mut mover_hosts = movers.iter().map(|m| moving[m].to);
+            let mut mover_hosts = mover_moves.iter().map(|m| m.to);
             let one_mover_host = mover_hosts
                 .next()
                 .filter(|first| mover_hosts.all(|h| h == *first));
@@ -569,6 +614,7 @@ impl<'a> Diff<'a> {
                 pair.a.clone()
             };
             installs.push(SaInstall {
+                subject: Name::from(format!("secure_link.{}", link.name)),
                 pair: pair.clone(),
                 link,
                 initiator,
@@ -579,7 +625,7 @@ impl<'a> Diff<'a> {
 
         // IPsec ends discovered that the landscape no longer needs.
         let mut stale = Vec::new();
-        let mut cleanup_links: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut cleanup_links: HashMap<&str, Vec<Name>> = HashMap::new();
         let mut covered: HashSet<(&str, &HostId)> = HashSet::new();
         let mut stale_links: Vec<&str> = observed_sas.keys().copied().collect();
         stale_links.sort_unstable();
@@ -599,15 +645,12 @@ impl<'a> Diff<'a> {
             if configured.is_some() && needed.contains(&pair_ref(link_name, host, remote)) {
                 continue;
             }
-            let members: &[String] = configured.map_or(&[], |l| l.between.as_slice());
-            let wait_for: Vec<&str> = members
+            let members: &[Name] = configured.map_or(&[], |l| l.between.as_slice());
+            let wait_moves: Vec<&Move> = members.iter().filter_map(&member_move).collect();
+            let wait_for: Vec<&str> = wait_moves.iter().map(|m| m.vm.name.as_str()).collect();
+            let related = wait_moves
                 .iter()
-                .filter(|m| moving.contains_key(m.as_str()))
-                .map(String::as_str)
-                .collect();
-            let related = wait_for
-                .iter()
-                .any(|m| moving[m].from == host || moving[m].from == remote);
+                .any(|m| m.from == host || m.from == remote);
             let selected = match configured {
                 Some(l) => selection.link(link_name, &l.between),
                 None => selection.link(link_name, &[]),
@@ -623,18 +666,21 @@ impl<'a> Diff<'a> {
                 .all(|(h, r, _)| {
                     configured.is_none() || !needed.contains(&pair_ref(link_name, h, r))
                 });
-            let leaver = wait_for.iter().find(|m| moving[*m].from == host);
+            let leaver = wait_moves
+                .iter()
+                .find(|m| m.from == host)
+                .map(|m| m.vm.name.as_str());
             if let (Some(vm), true) = (leaver, whole_link_stale_here) {
                 if covered.insert((link_name, host)) {
                     cleanup_links
                         .entry(vm)
                         .or_default()
-                        .push(link_name.to_string());
+                        .push(configured.map_or_else(|| Name::from(link_name), |l| l.name.clone()));
                 }
                 continue;
             }
             stale.push(StaleEnd {
-                link: link_name.to_string(),
+                link: configured.map_or_else(|| Name::from(link_name), |l| l.name.clone()),
                 host: host.clone(),
                 remote: remote.clone(),
                 configured,
@@ -644,13 +690,14 @@ impl<'a> Diff<'a> {
 
         // 335: subnets whose VMs all end up in another environment, one of them leaving a trusted
         // environment now.
-        let mut by_subnet: HashMap<&str, Vec<(&str, &HostId)>> =
+        // The VMs of each subnet: (position, host afterwards).
+        let mut by_subnet: HashMap<&str, Vec<(u32, &HostId)>> =
             HashMap::with_capacity(desired.subnets.len());
-        for ((name, vm), h) in desired.vms.iter().zip(&final_list) {
+        for (i, (vm, h)) in desired.vms.values().zip(&final_list).enumerate() {
             by_subnet
                 .entry(vm.subnet.as_str())
                 .or_default()
-                .push((name.as_str(), h));
+                .push((i as u32, h));
         }
         let mut subnet_moves = Vec::new();
         let mut moving_subnets = HashSet::new();
@@ -662,44 +709,46 @@ impl<'a> Diff<'a> {
             if vms.iter().any(|(_, h)| h.environment() != env_new) {
                 continue;
             }
-            let movers: Vec<&str> = vms
+            let movers: Vec<usize> = vms
                 .iter()
-                .map(|(v, _)| *v)
-                .filter(|v| {
-                    moving
-                        .get(v)
+                .map(|&(p, _)| mover_at[p as usize] as usize)
+                .filter(|&i| {
+                    moves
+                        .get(i)
                         .is_some_and(|m| m.from.environment() != env_new)
                 })
                 .collect();
             // The tunnel starts at the trusted environment the subnet leaves (FIG. 3).
-            let Some(first) = movers.iter().find(|v| desired.is_trusted(moving[*v].from)) else {
+            let Some(&first) = movers.iter().find(|&&i| desired.is_trusted(moves[i].from)) else {
                 continue;
             };
             if !selection.subnet(sname, true) {
                 continue;
             }
-            let core = moving[first].from.environment().to_string();
-            let has_core = desired
+            let core_env = moves[first].from.environment();
+            let Some(core) = desired
                 .environments
-                .get(&core)
-                .is_some_and(|e| e.routing_core.is_some());
-            if !has_core {
+                .get(core_env)
+                .filter(|e| e.routing_core.is_some())
+                .map(|e| e.name.clone())
+            else {
                 warnings.push(format!(
-                    "subnet.{sname} moves whole to environment {env_new}, but environment {core} has no routing_core: no tunnel is planned"
+                    "subnet.{sname} moves whole to environment {env_new}, but environment {core_env} has no routing_core: no tunnel is planned"
                 ));
                 continue;
-            }
+            };
             let remote = vms[0].1;
             let Some(remote_host) = hosts.get(remote) else {
                 continue;
             };
             let tunnel_present = observed
                 .routing_cores
-                .get(&core)
+                .get(core_env)
                 .is_some_and(|c| c.tunnels.iter().any(|t| &t.subnet == sname));
-            moving_subnets.insert((sname.as_str(), core.clone()));
+            moving_subnets.insert((sname.as_str(), core_env));
             subnet_moves.push(SubnetMove {
                 subnet,
+                subject: Name::from(format!("subnet.{sname}")),
                 core,
                 remote: remote.clone(),
                 remote_address: remote_host.address,
@@ -712,17 +761,18 @@ impl<'a> Diff<'a> {
         let mut stale_tunnels = Vec::new();
         for (core, rc) in &observed.routing_cores {
             for t in &rc.tunnels {
-                if moving_subnets.contains(&(t.subnet.as_str(), core.clone())) {
+                if moving_subnets.contains(&(t.subnet.as_str(), core.as_str())) {
                     continue;
                 }
                 if !selection.subnet(&t.subnet, false) {
                     continue;
                 }
-                let remote = HostId(t.remote.clone());
+                let remote = HostId(Name::from(t.remote.as_str()));
                 match (desired.subnets.get(&t.subnet), desired.host(&remote)) {
                     (Some(subnet), Some(h)) => stale_tunnels.push(StaleTunnel {
                         subnet,
-                        core: core.clone(),
+                        subject: Name::from(format!("subnet.{}", subnet.name)),
+                        core: Name::from(core.as_str()),
                         remote,
                         remote_address: h.address,
                     }),
@@ -742,6 +792,7 @@ impl<'a> Diff<'a> {
             observed,
             current: current_list,
             moves,
+            move_of,
             final_list,
             vm_links,
             hosts,
@@ -756,12 +807,17 @@ impl<'a> Diff<'a> {
             observed_sas,
         };
         let mut moves = std::mem::take(&mut diff.moves);
-        for m in &mut moves {
-            m.needs = diff.needs_at(&m.vm.name, m.to, Placement::Final);
-            m.peers = diff.peers(&m.vm.name);
+        for (i, m) in moves.iter_mut().enumerate() {
+            m.needs = diff.needs_at(i, m.to, Placement::Final);
+            m.peers = diff.peers(i);
         }
         diff.moves = moves;
         Ok(diff)
+    }
+
+    /// The position in `moves` of the VM's move, if it moves.
+    pub fn mover(&self, vm: &str) -> Option<usize> {
+        self.move_of.get(vm).map(|&i| i as usize)
     }
 
     /// A declared host, like `Landscape::host` but by hash.
@@ -769,11 +825,11 @@ impl<'a> Diff<'a> {
         self.hosts.get(id).copied()
     }
 
-    /// Addresses of the VM's secure_link peers, sorted.
-    pub fn peers(&self, vm: &str) -> Vec<Ipv4Addr> {
+    /// Addresses of the secure_link peers of the move at `mover`, sorted.
+    pub fn peers(&self, mover: usize) -> Vec<Ipv4Addr> {
         let mut out: Vec<Ipv4Addr> = self
             .vm_links
-            .get(vm)
+            .get(mover)
             .into_iter()
             .flatten()
             .filter_map(|&(_, k)| self.current[k as usize].map(|c| c.vm.address))
@@ -783,10 +839,11 @@ impl<'a> Diff<'a> {
         out
     }
 
-    /// The SAs the VM needs at `host`, given where its peers run (`placement`).
-    pub fn needs_at(&self, vm: &str, host: &HostId, placement: Placement) -> Vec<SaPair> {
+    /// The SAs the VM of the move at `mover` needs at `host`, given where its peers run
+    /// (`placement`).
+    pub fn needs_at(&self, mover: usize, host: &HostId, placement: Placement) -> Vec<SaPair> {
         let mut out = Vec::new();
-        self.each_need(vm, host, placement, |link, peer| {
+        self.each_need(mover, host, placement, |link, peer| {
             out.push(SaPair::new(link, host, peer));
             true
         });
@@ -798,12 +855,12 @@ impl<'a> Diff<'a> {
     /// Calls `f` with (link, peer host) for each SA the VM needs at `host`, while `f` says go on.
     fn each_need(
         &self,
-        vm: &str,
+        mover: usize,
         host: &HostId,
         placement: Placement,
-        mut f: impl FnMut(&str, &HostId) -> bool,
+        mut f: impl FnMut(&Name, &HostId) -> bool,
     ) {
-        for &(link, k) in self.vm_links.get(vm).into_iter().flatten() {
+        for &(link, k) in self.vm_links.get(mover).into_iter().flatten() {
             let p = match placement {
                 Placement::Final => Some(self.final_list[k as usize]),
                 Placement::Current => self.current[k as usize].map(|c| c.host),
@@ -818,14 +875,14 @@ impl<'a> Diff<'a> {
         }
     }
 
-    /// Whether traffic of the VM at `host` must stay restricted to IPsec: the host is
-    /// untrusted, or a peer sits across an untrusted environment.
-    pub fn secure_only(&self, vm: &str, host: &HostId, placement: Placement) -> bool {
+    /// Whether traffic of the VM of the move at `mover` at `host` must stay restricted to
+    /// IPsec: the host is untrusted, or a peer sits across an untrusted environment.
+    pub fn secure_only(&self, mover: usize, host: &HostId, placement: Placement) -> bool {
         if !self.desired.is_trusted(host) {
             return true;
         }
         let mut any = false;
-        self.each_need(vm, host, placement, |_, _| {
+        self.each_need(mover, host, placement, |_, _| {
             any = true;
             false
         });
@@ -849,40 +906,48 @@ impl<'a> Diff<'a> {
             placements: self
                 .desired
                 .vms
-                .keys()
+                .values()
                 .zip(&self.final_list)
-                .map(|(v, h)| (v.clone(), (*h).clone()))
+                .map(|(v, h)| (v.name.clone(), (*h).clone()))
                 .collect(),
             established: self.established.clone(),
             must_secure: self
                 .moves
                 .iter()
-                .map(|m| m.vm.name.as_str())
+                .map(|m| &m.vm.name)
                 .filter(|vm| self.has_unsecured_connections(vm))
-                .map(str::to_string)
+                .cloned()
                 .collect(),
         }
     }
 
     /// The resource-level changes, in address order, secrets redacted.
     pub fn changes(&self) -> Vec<ResourceChange> {
-        let mut out = Vec::new();
-        let env = |h: &HostId| json!({"environment": h.environment(), "trusted": self.desired.is_trusted(h)});
+        let mut out = Vec::with_capacity(self.moves.len());
+        // Each object built in place, keys in order (the maps sort them anyway).
+        let host_state = |h: &HostId, key: &str, value: Value| {
+            let mut o = Map::new();
+            o.insert("environment".into(), Value::from(h.environment()));
+            o.insert("host".into(), Value::from(h.to_string()));
+            o.insert(key.into(), value);
+            o.insert("trusted".into(), Value::Bool(self.desired.is_trusted(h)));
+            Value::Object(o)
+        };
         for m in &self.moves {
-            let mut before = json!({
-                "host": m.from.to_string(),
-                "state": m.state,
-            });
-            merge(&mut before, env(m.from));
-            let mut after = json!({
-                "host": m.to.to_string(),
-                "migration": {
-                    "mode": if m.offline { MigrationMode::Cold } else { MigrationMode::Live },
-                    "strategy": m.strategy,
-                    "max_downtime_ms": m.vm.migration.max_downtime_ms,
-                },
-            });
-            merge(&mut after, env(m.to));
+            let before = host_state(m.from, "state", to_json(&m.state));
+            let mode = if m.offline {
+                MigrationMode::Cold
+            } else {
+                MigrationMode::Live
+            };
+            let mut migration = Map::new();
+            migration.insert(
+                "max_downtime_ms".into(),
+                to_json(&m.vm.migration.max_downtime_ms),
+            );
+            migration.insert("mode".into(), to_json(&mode));
+            migration.insert("strategy".into(), to_json(&m.strategy));
+            let after = host_state(m.to, "migration", Value::Object(migration));
             out.push(ResourceChange {
                 address: format!("vm.{}", m.vm.name),
                 action: ChangeAction::Move,
@@ -893,7 +958,7 @@ impl<'a> Diff<'a> {
 
         let mut links: Vec<&str> = self.installs.iter().map(|i| i.pair.link.as_str()).collect();
         links.extend(self.stale.iter().map(|s| s.link.as_str()));
-        links.extend(self.cleanup_links.values().flatten().map(String::as_str));
+        links.extend(self.cleanup_links.values().flatten().map(Name::as_str));
         links.sort_unstable();
         links.dedup();
         // The configured links and the needed SAs are sorted by link too: walk them alongside.
@@ -984,8 +1049,7 @@ pub(crate) enum Placement {
     Final,
 }
 
-fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
-    if let (Some(a), serde_json::Value::Object(b)) = (into.as_object_mut(), from) {
-        a.extend(b);
-    }
+/// A value as JSON (the planner's own types always serialize).
+fn to_json<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
 }

@@ -7,10 +7,11 @@ use super::{PlanError, SaPair, Step};
 use foldhash::{HashMap, HashMapExt};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 
 /// The steps of one moving VM, by position in the draft.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct VmSteps {
     pub block: Option<usize>,
     /// Block-first only: the block waiting on the target host before the VM arrives.
@@ -27,10 +28,14 @@ pub(crate) struct VmSteps {
 #[derive(Debug, Default)]
 pub(crate) struct Draft<'d> {
     pub steps: Vec<Step>,
+    /// Per step, the position in `Diff::moves` of the move it belongs to (`u32::MAX`:
+    /// shared). Numbering keeps a VM's steps together by it.
+    pub owner: Vec<u32>,
     /// `(a, b)`: `b` runs after `a`.
     pub edges: Vec<(usize, usize)>,
-    /// Per moving VM. Positions are valid until the dedupe pass.
-    pub vm: HashMap<&'d str, VmSteps>,
+    /// Per moving VM, by its position in `Diff::moves`. Positions are valid until the dedupe
+    /// pass.
+    pub vm: Vec<VmSteps>,
     /// Per installed SA, its initiating end (the step after which the SA is up). Positions
     /// are valid until the dedupe pass.
     pub sa_up: HashMap<&'d SaPair, usize>,
@@ -38,18 +43,27 @@ pub(crate) struct Draft<'d> {
 
 impl<'d> Draft<'d> {
     /// An empty draft with room for about `steps` steps.
-    pub fn with_capacity(steps: usize) -> Self {
+    pub fn with_capacity(steps: usize, moves: usize) -> Self {
         Draft {
             steps: Vec::with_capacity(steps),
+            owner: Vec::with_capacity(steps),
             edges: Vec::with_capacity(steps + steps / 4),
-            vm: HashMap::with_capacity(steps / 6),
+            vm: vec![VmSteps::default(); moves],
             sa_up: HashMap::new(),
         }
     }
 
-    /// Adds a step, returning its position.
+    /// Adds a shared step (an SA end, a tunnel), returning its position.
     pub fn add(&mut self, step: Step) -> usize {
         self.steps.push(step);
+        self.owner.push(u32::MAX);
+        self.steps.len() - 1
+    }
+
+    /// Adds a step of the move at `mover` in `Diff::moves`, returning its position.
+    pub fn add_for(&mut self, mover: usize, step: Step) -> usize {
+        self.steps.push(step);
+        self.owner.push(mover as u32);
         self.steps.len() - 1
     }
 
@@ -60,26 +74,52 @@ impl<'d> Draft<'d> {
         }
     }
 
-    /// The steps of a moving VM (empty when it has none yet).
-    pub fn vm(&self, name: &str) -> VmSteps {
-        self.vm.get(name).cloned().unwrap_or_default()
+    /// The steps of the move at `mover` in `Diff::moves` (empty when it has none yet).
+    pub fn vm(&self, mover: usize) -> VmSteps {
+        self.vm.get(mover).copied().unwrap_or_default()
+    }
+
+    /// The steps of the move at `mover`, to record one.
+    pub fn vm_mut(&mut self, mover: usize) -> &mut VmSteps {
+        if mover >= self.vm.len() {
+            self.vm.resize(mover + 1, VmSteps::default());
+        }
+        &mut self.vm[mover]
     }
 
     /// Merges steps with the same key into the first one; edges follow, self-loops and
-    /// duplicates go.
+    /// duplicates go. Only shared steps can repeat: a move's own steps have keys of their own
+    /// (the VM's subject, one step per kind and host), so only shared keys are looked up.
     pub fn dedupe(&mut self) {
-        let mut first: HashMap<&str, usize> = HashMap::with_capacity(self.steps.len());
+        let shared = self
+            .owner
+            .iter()
+            .filter(|&&o| o == u32::MAX)
+            .count()
+            .max(self.steps.len().saturating_sub(self.owner.len()));
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(shared);
         let mut remap = Vec::with_capacity(self.steps.len());
         let mut keep = Vec::with_capacity(self.steps.len());
         let mut kept = 0usize;
         for (i, s) in self.steps.iter().enumerate() {
-            match first.get(s.key.as_str()) {
-                Some(&to) => {
+            let own = self.owner.get(i).is_some_and(|&o| o != u32::MAX);
+            let seen = if own {
+                None
+            } else {
+                match first.entry(s.key.as_str()) {
+                    Entry::Occupied(e) => Some(*e.get()),
+                    Entry::Vacant(e) => {
+                        e.insert(i);
+                        None
+                    }
+                }
+            };
+            match seen {
+                Some(to) => {
                     remap.push(remap[to]);
                     keep.push(false);
                 }
                 None => {
-                    first.insert(s.key.as_str(), i);
                     remap.push(kept);
                     keep.push(true);
                     kept += 1;
@@ -93,6 +133,8 @@ impl<'d> Draft<'d> {
         }
         let mut k = keep.iter();
         self.steps.retain(|_| k.next().copied().unwrap_or(false));
+        let mut k = keep.iter();
+        self.owner.retain(|_| k.next().copied().unwrap_or(false));
         for e in &mut self.edges {
             *e = (remap[e.0], remap[e.1]);
         }
@@ -192,18 +234,11 @@ impl<'d> Draft<'d> {
         Ok(())
     }
 
-    /// Groups for numbering: a VM's steps get the VM's group (`vm_group` of the VM name);
-    /// shared steps (SAs, tunnels, route checks) the smallest group of their neighbours.
-    pub fn groups(&self, vm_group: impl Fn(&str) -> Option<u32>) -> Vec<u32> {
-        let mut group: Vec<u32> = self
-            .steps
-            .iter()
-            .map(|s| {
-                s.subject
-                    .strip_prefix("vm.")
-                    .and_then(&vm_group)
-                    .unwrap_or(u32::MAX)
-            })
+    /// Groups for numbering: a VM's steps get the position of its move; shared steps (SAs,
+    /// tunnels, route checks) the smallest group of their neighbours.
+    pub fn groups(&self) -> Vec<u32> {
+        let mut group: Vec<u32> = (0..self.steps.len())
+            .map(|i| self.owner.get(i).copied().unwrap_or(u32::MAX))
             .collect();
         let shared: Vec<bool> = group.iter().map(|g| *g == u32::MAX).collect();
         // Two rounds reach shared steps that only touch other shared steps (tunnel.remove).
@@ -226,12 +261,24 @@ impl<'d> Draft<'d> {
     pub fn into_graph(self, group: &[u32]) -> Result<DiGraph<Step, ()>, PlanError> {
         let n = self.steps.len();
         let prio = |i: usize| (group.get(i).copied().unwrap_or(u32::MAX), i);
-        let mut indegree = vec![0usize; n];
-        let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut indegree = vec![0u32; n];
+        // Successors of `a` are `succ[start[a]..start[a + 1]]`.
+        let mut start = vec![0u32; n + 1];
         for &(a, b) in &self.edges {
             indegree[b] += 1;
-            out[a].push(b);
+            start[a + 1] += 1;
         }
+        for i in 0..n {
+            start[i + 1] += start[i];
+        }
+        let mut fill = start.clone();
+        let mut succ = vec![0u32; self.edges.len()];
+        for &(a, b) in &self.edges {
+            succ[fill[a] as usize] = b as u32;
+            fill[a] += 1;
+        }
+        drop(fill);
+        let out = |a: usize| &succ[start[a] as usize..start[a + 1] as usize];
         let mut ready: BinaryHeap<Reverse<(u32, usize)>> = (0..n)
             .filter(|&i| indegree[i] == 0)
             .map(|i| Reverse(prio(i)))
@@ -239,7 +286,8 @@ impl<'d> Draft<'d> {
         let mut order = Vec::with_capacity(n);
         while let Some(Reverse((_, i))) = ready.pop() {
             order.push(i);
-            for &b in &out[i] {
+            for &b in out(i) {
+                let b = b as usize;
                 indegree[b] -= 1;
                 if indegree[b] == 0 {
                     ready.push(Reverse(prio(b)));
@@ -287,10 +335,10 @@ mod tests {
         Step {
             key: key.to_string(),
             kind: StepKind::Cleanup,
-            subject: key.to_string(),
+            subject: key.into(),
             target: Target::Host(host.clone()),
             action: Action::Cleanup {
-                vm: key.to_string(),
+                vm: key.into(),
                 host,
                 ipsec_links: vec![],
             },

@@ -58,7 +58,7 @@ impl Fact {
                 core: env, cidr, ..
             } => core(env).is_some_and(|c| c.routes.iter().any(|r| r.learned_for(cidr))),
             Fact::ConnectionsSecured { vm, tls_ports } => {
-                observed.connections.get(vm).is_none_or(|conns| {
+                observed.connections.get(vm.as_str()).is_none_or(|conns| {
                     conns.iter().all(|c| {
                         c.ipsec
                             || tls_ports.contains(&c.remote.port())

@@ -6,7 +6,7 @@
 //! link and subnet, so each walk stays local and the whole check is near linear in the plan.
 
 use super::{Action, Plan, SaPair, StepKind};
-use crate::model::{Host, HostId, Landscape, MigrationMode, SecureLink};
+use crate::model::{Host, HostId, Landscape, MigrationMode, Name, SecureLink};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,7 @@ fn vm_of(action: &Action) -> Option<&str> {
         | Action::Resume { vm, .. }
         | Action::Migrate { vm, .. }
         | Action::SecureConnections { vm, .. }
-        | Action::Cleanup { vm, .. } => Some(vm),
+        | Action::Cleanup { vm, .. } => Some(vm.as_str()),
         _ => None,
     }
 }
@@ -237,7 +237,7 @@ fn pair<'p>(link: &'p str, x: &'p HostId, y: &'p HostId) -> Pair<'p> {
 }
 
 fn show(p: Pair) -> String {
-    SaPair::new(p.0, p.1, p.2).to_string()
+    SaPair::new(&Name::from(p.0), p.1, p.2).to_string()
 }
 
 /// The SA that `n` brings up, if it is an initiating install.
@@ -257,7 +257,10 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<Pair<'_>> {
 /// Where VMs run after the plan, which links the VMs with restart or enable steps take part
 /// in, and the declared hosts.
 struct Index<'p> {
-    placements: HashMap<&'p str, &'p HostId>,
+    /// Where VMs run afterwards, by the address of their name (peers named by clones of the
+    /// VMs' names are found without reading the text); `placements_by_name` answers the rest.
+    placements: HashMap<usize, &'p HostId>,
+    placements_by_name: &'p std::collections::BTreeMap<Name, HostId>,
     links: HashMap<&'p str, Vec<&'p SecureLink>>,
     established: HashSet<Pair<'p>>,
     hosts: HashMap<&'p HostId, &'p Host>,
@@ -267,7 +270,7 @@ impl<'p> Index<'p> {
     fn new(plan: &'p Plan, desired: &'p Landscape) -> Self {
         let mut placements = HashMap::with_capacity(plan.context.placements.len());
         for (vm, h) in &plan.context.placements {
-            placements.insert(vm.as_str(), h);
+            placements.insert(vm.addr(), h);
         }
         let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
         for n in plan.graph.node_indices() {
@@ -299,6 +302,7 @@ impl<'p> Index<'p> {
             .collect();
         Index {
             placements,
+            placements_by_name: &plan.context.placements,
             links,
             established,
             hosts,
@@ -310,7 +314,11 @@ impl<'p> Index<'p> {
         out.clear();
         for link in self.links.get(vm).into_iter().flatten() {
             for peer in link.between.iter().filter(|m| m.as_str() != vm) {
-                let Some(p) = self.placements.get(peer.as_str()).copied() else {
+                let found = match self.placements.get(&peer.addr()) {
+                    Some(&p) => Some(p),
+                    None => self.placements_by_name.get(peer.as_str()),
+                };
+                let Some(p) = found else {
                     continue;
                 };
                 if p != host && (!desired.is_trusted(host) || !desired.is_trusted(p)) {
@@ -346,7 +354,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
         let s = &plan.graph[n];
         match &s.action {
             Action::SecureConnections { vm, .. } => {
-                secured_vms.insert(vm);
+                secured_vms.insert(vm.as_str());
             }
             Action::IpsecInstall {
                 link,

@@ -16,7 +16,7 @@ pub use error::PlanError;
 pub use invariants::{InvariantReport, InvariantResult};
 pub use step::*;
 
-use crate::model::HostId;
+use crate::model::{HostId, Name};
 use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,13 +64,13 @@ impl Plan {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlanContext {
     /// The host each VM of the configuration runs on once the plan is applied.
-    pub placements: BTreeMap<String, HostId>,
+    pub placements: BTreeMap<Name, HostId>,
     /// IPsec SAs discovered up (both ends) when the plan was made.
     pub established: BTreeSet<SaPair>,
     /// Moving VMs with unsecured non-managed connections: each needs connections.secure
     /// before it is enabled.
     #[serde(default)]
-    pub must_secure: BTreeSet<String>,
+    pub must_secure: BTreeSet<Name>,
 }
 
 /// One IPsec SA of a secure_link between two hosts (`a < b`): the unit smig installs.
@@ -78,17 +78,17 @@ pub struct PlanContext {
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
 )]
 pub struct SaPair {
-    pub link: String,
+    pub link: Name,
     pub a: HostId,
     pub b: HostId,
 }
 
 impl SaPair {
     /// The pair for `link` between hosts `x` and `y`, in either order.
-    pub fn new(link: &str, x: &HostId, y: &HostId) -> Self {
+    pub fn new(link: &Name, x: &HostId, y: &HostId) -> Self {
         let (a, b) = if x <= y { (x, y) } else { (y, x) };
         SaPair {
-            link: link.to_string(),
+            link: link.clone(),
             a: a.clone(),
             b: b.clone(),
         }

@@ -5,7 +5,7 @@
 use super::diff::{Diff, Move, Placement, SaInstall};
 use super::draft::Draft;
 use super::{Action, Fact, Inverse, PlanError, Step, StepKind, Target};
-use crate::model::{DomainState, HostId, MigrationMode, Strategy};
+use crate::model::{DomainState, HostId, MigrationMode, Name, Strategy};
 
 /// One transformation of the draft graph.
 pub(crate) trait Pass: Sync {
@@ -16,7 +16,7 @@ pub(crate) trait Pass: Sync {
 
 fn step(
     kind: StepKind,
-    subject: String,
+    subject: Name,
     target: Target,
     action: Action,
     precondition: Vec<Fact>,
@@ -47,7 +47,7 @@ fn concat(parts: &[&str]) -> String {
 /// `<kind>:<subject>@<target>`, as `Step::key` documents.
 fn step_key(kind: StepKind, subject: &str, target: &Target) -> String {
     match target {
-        Target::Host(h) => concat(&[kind.as_str(), ":", subject, "@", &h.0]),
+        Target::Host(h) => concat(&[kind.as_str(), ":", subject, "@", h.as_str()]),
         Target::RoutingCore(env) => {
             concat(&[kind.as_str(), ":", subject, "@", env, ".routing_core"])
         }
@@ -58,8 +58,8 @@ fn undo(action: Action) -> Inverse {
     Inverse::Action { action }
 }
 
-fn state_fact(domain: &str, host: &HostId, state: DomainState) -> Fact {
-    let (domain, host) = (domain.to_string(), host.clone());
+fn state_fact(domain: &Name, host: &HostId, state: DomainState) -> Fact {
+    let (domain, host) = (domain.clone(), host.clone());
     match state {
         DomainState::Running => Fact::DomainRunning { domain, host },
         DomainState::Paused => Fact::DomainPaused { domain, host },
@@ -88,8 +88,8 @@ fn sa_up_facts(m: &Move) -> Vec<Fact> {
         .collect()
 }
 
-fn vm_subject(m: &Move) -> String {
-    concat(&["vm.", &m.vm.name])
+fn vm_subject(m: &Move) -> Name {
+    m.subject.clone()
 }
 
 /// 320: fail-closed block of the VM's traffic with its peers, on the source (block-first) or
@@ -100,14 +100,14 @@ impl Pass for BlockPass {
         "block"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let host = m.block_host().clone();
             let peers = m.peers.clone();
             let (pre, secure_only) = match m.strategy {
                 Strategy::BlockFirst => (
                     state_fact(&m.vm.domain, m.from, m.state),
-                    diff.secure_only(vm, m.from, Placement::Current),
+                    diff.secure_only(i, m.from, Placement::Current),
                 ),
                 Strategy::Prestaged => (
                     Fact::DomainAbsent {
@@ -141,39 +141,42 @@ impl Pass for BlockPass {
                     secure_only,
                 }),
             );
-            let ix = draft.add(s);
-            draft.vm.entry(vm.as_str()).or_default().block = Some(ix);
+            let ix = draft.add_for(i, s);
+            draft.vm_mut(i).block = Some(ix);
             // Block-first: the block on the source does not travel with the VM, so the target
             // holds one too before the VM arrives; `enable` lifts it there.
             if m.strategy == Strategy::BlockFirst {
-                let target = draft.add(step(
-                    StepKind::Block,
-                    vm_subject(m),
-                    Target::Host(m.to.clone()),
-                    Action::Block {
-                        vm: vm.clone(),
-                        host: m.to.clone(),
-                        address: m.vm.address,
-                        peers: m.peers.clone(),
-                        allow_ipsec: false,
-                    },
-                    vec![Fact::DomainAbsent {
-                        domain: m.vm.domain.clone(),
-                        host: m.to.clone(),
-                    }],
-                    vec![Fact::Blocked {
-                        vm: vm.clone(),
-                        host: m.to.clone(),
-                    }],
-                    undo(Action::Unblock {
-                        vm: vm.clone(),
-                        host: m.to.clone(),
-                        address: m.vm.address,
-                        peers: m.peers.clone(),
-                        secure_only: false,
-                    }),
-                ));
-                draft.vm.entry(vm.as_str()).or_default().block_target = Some(target);
+                let target = draft.add_for(
+                    i,
+                    step(
+                        StepKind::Block,
+                        vm_subject(m),
+                        Target::Host(m.to.clone()),
+                        Action::Block {
+                            vm: vm.clone(),
+                            host: m.to.clone(),
+                            address: m.vm.address,
+                            peers: m.peers.clone(),
+                            allow_ipsec: false,
+                        },
+                        vec![Fact::DomainAbsent {
+                            domain: m.vm.domain.clone(),
+                            host: m.to.clone(),
+                        }],
+                        vec![Fact::Blocked {
+                            vm: vm.clone(),
+                            host: m.to.clone(),
+                        }],
+                        undo(Action::Unblock {
+                            vm: vm.clone(),
+                            host: m.to.clone(),
+                            address: m.vm.address,
+                            peers: m.peers.clone(),
+                            secure_only: false,
+                        }),
+                    ),
+                );
+                draft.vm_mut(i).block_target = Some(target);
             }
         }
         Ok(())
@@ -187,7 +190,12 @@ impl Pass for ShutdownPass {
         "shutdown"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in diff.moves.iter().filter(|m| m.offline && m.restarts()) {
+        for (i, m) in diff
+            .moves
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.offline && m.restarts())
+        {
             let vm = &m.vm.name;
             let (domain, host) = (m.vm.domain.clone(), m.from.clone());
             let s = step(
@@ -216,10 +224,10 @@ impl Pass for ShutdownPass {
                     host,
                 }),
             );
-            let ix = draft.add(s);
-            let block = draft.vm(vm).block;
+            let ix = draft.add_for(i, s);
+            let block = draft.vm(i).block;
             draft.edge(block, ix);
-            draft.vm.entry(vm.as_str()).or_default().shutdown = Some(ix);
+            draft.vm_mut(i).shutdown = Some(ix);
         }
         Ok(())
     }
@@ -233,7 +241,7 @@ impl Pass for MigratePass {
         "migrate"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let domain = m.vm.domain.clone();
             let (Some(from_host), Some(to_host)) = (diff.host(m.from), diff.host(m.to)) else {
@@ -306,12 +314,12 @@ impl Pass for MigratePass {
                 ],
                 undo(back),
             );
-            let ix = draft.add(s);
-            let steps = draft.vm(vm);
+            let ix = draft.add_for(i, s);
+            let steps = draft.vm(i);
             draft.edge(steps.block, ix);
             draft.edge(steps.block_target, ix);
             draft.edge(steps.shutdown, ix);
-            draft.vm.entry(vm.as_str()).or_default().migrate = Some(ix);
+            draft.vm_mut(i).migrate = Some(ix);
         }
         Ok(())
     }
@@ -327,10 +335,10 @@ impl Pass for SubnetTunnelPass {
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
         for sm in diff.subnet_moves.iter().filter(|sm| !sm.tunnel_present) {
             let name = &sm.subnet.name;
-            for vm in &sm.movers {
+            for &mover in &sm.movers {
                 let s = step(
                     StepKind::TunnelAdd,
-                    concat(&["subnet.", name]),
+                    sm.subject.clone(),
                     Target::RoutingCore(sm.core.clone()),
                     Action::TunnelAdd {
                         subnet: name.clone(),
@@ -356,9 +364,9 @@ impl Pass for SubnetTunnelPass {
                     }),
                 );
                 let ix = draft.add(s);
-                let migrate = draft.vm(vm).migrate;
+                let migrate = draft.vm(mover).migrate;
                 draft.edge(migrate, ix);
-                draft.vm.entry(*vm).or_default().tunnel_add = Some(ix);
+                draft.vm_mut(mover).tunnel_add = Some(ix);
             }
         }
         Ok(())
@@ -373,10 +381,11 @@ impl Pass for RestartPass {
         "restart"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in diff
+        for (i, m) in diff
             .moves
             .iter()
-            .filter(|m| m.restarts() && !m.arrives_running())
+            .enumerate()
+            .filter(|(_, m)| m.restarts() && !m.arrives_running())
         {
             let vm = &m.vm.name;
             let (domain, host) = (m.vm.domain.clone(), m.to.clone());
@@ -420,11 +429,11 @@ impl Pass for RestartPass {
                 vec![Fact::DomainRunning { domain, host }],
                 undo(inverse),
             );
-            let ix = draft.add(s);
-            let steps = draft.vm(vm);
+            let ix = draft.add_for(i, s);
+            let steps = draft.vm(i);
             draft.edge(steps.migrate, ix);
             draft.edge(steps.tunnel_add, ix);
-            draft.vm.entry(vm.as_str()).or_default().restart = Some(ix);
+            draft.vm_mut(i).restart = Some(ix);
         }
         Ok(())
     }
@@ -457,16 +466,16 @@ fn install_step(diff: &Diff, sa: &SaInstall, local: &HostId, initiate: bool) -> 
     } else {
         Vec::new()
     };
-    let subject = concat(&["secure_link.", &link]);
+    let subject = sa.subject.clone();
     Step {
         key: concat(&[
             StepKind::IpsecInstall.as_str(),
             ":",
             &subject,
             "@",
-            &local.0,
+            local.as_str(),
             "->",
-            &remote.0,
+            remote.as_str(),
         ]),
         kind: StepKind::IpsecInstall,
         subject,
@@ -499,8 +508,6 @@ impl Pass for IpsecPass {
         "ipsec.install"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        let moving: foldhash::HashMap<&str, &Move> =
-            diff.moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
         for sa in &diff.installs {
             // One copy per VM that needs it; the dedupe pass merges them.
             let owners: Vec<Option<&str>> = if sa.movers.is_empty() {
@@ -513,12 +520,12 @@ impl Pass for IpsecPass {
                 let initiator = draft.add(install_step(diff, sa, &sa.initiator, true));
                 draft.edge(Some(responder), initiator);
                 draft.sa_up.insert(&sa.pair, initiator);
-                let Some(vm) = owner else { continue };
-                let steps = draft.vm(vm);
-                match (moving.get(vm).map(|m| m.strategy), steps.migrate) {
-                    (Some(Strategy::Prestaged), Some(migrate)) => {
-                        draft.edge(Some(initiator), migrate)
-                    }
+                let Some(mover) = owner.and_then(|vm| diff.mover(vm)) else {
+                    continue;
+                };
+                let steps = draft.vm(mover);
+                match (diff.moves[mover].strategy, steps.migrate) {
+                    (Strategy::Prestaged, Some(migrate)) => draft.edge(Some(initiator), migrate),
                     _ => draft.edge(steps.migrate, responder),
                 }
                 if let Some(restart) = steps.restart {
@@ -539,7 +546,7 @@ impl Pass for ConnectionsPass {
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
         let tls_ports = diff.desired.policy.tls_ports.clone();
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             if !diff.has_unsecured_connections(vm) {
                 continue;
@@ -569,14 +576,14 @@ impl Pass for ConnectionsPass {
                 }],
                 Inverse::Nothing,
             );
-            let ix = draft.add(s);
-            let steps = draft.vm(vm);
+            let ix = draft.add_for(i, s);
+            let steps = draft.vm(i);
             draft.edge(steps.restart.or(steps.migrate), ix);
             for pair in &m.needs {
                 let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
-            draft.vm.entry(vm.as_str()).or_default().secure = Some(ix);
+            draft.vm_mut(i).secure = Some(ix);
         }
         Ok(())
     }
@@ -590,7 +597,7 @@ impl Pass for EnablePass {
         "enable"
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let host = m.to.clone();
             let peers = m.peers.clone();
@@ -602,7 +609,7 @@ impl Pass for EnablePass {
                 });
             }
             pre.extend(sa_up_facts(m));
-            let steps = draft.vm(vm);
+            let steps = draft.vm(i);
             if steps.secure.is_some() {
                 pre.push(Fact::ConnectionsSecured {
                     vm: vm.clone(),
@@ -633,14 +640,14 @@ impl Pass for EnablePass {
                     allow_ipsec: false,
                 }),
             );
-            let ix = draft.add(s);
+            let ix = draft.add_for(i, s);
             draft.edge(steps.restart.or(steps.migrate), ix);
             draft.edge(steps.secure, ix);
             for pair in &m.needs {
                 let init = draft.sa_up.get(pair).copied();
                 draft.edge(init, ix);
             }
-            draft.vm.entry(vm.as_str()).or_default().enable = Some(ix);
+            draft.vm_mut(i).enable = Some(ix);
         }
         Ok(())
     }
@@ -660,13 +667,14 @@ impl Pass for RouteCheckPass {
             let waits: Vec<Option<usize>> = sm
                 .movers
                 .iter()
-                .flat_map(|vm| {
-                    let s = draft.vm(vm);
+                .flat_map(|&i| {
+                    let s = draft.vm(i);
                     [s.enable, s.tunnel_add]
                 })
                 .collect();
             pairs.push((
                 sm.subnet,
+                &sm.subject,
                 sm.core.clone(),
                 sm.remote.clone(),
                 sm.remote_address,
@@ -676,17 +684,18 @@ impl Pass for RouteCheckPass {
         for st in &diff.stale_tunnels {
             pairs.push((
                 st.subnet,
+                &st.subject,
                 st.core.clone(),
                 st.remote.clone(),
                 st.remote_address,
                 Vec::new(),
             ));
         }
-        for (subnet, core, remote, remote_address, waits) in pairs {
+        for (subnet, subject, core, remote, remote_address, waits) in pairs {
             let name = &subnet.name;
             let check = draft.add(step(
                 StepKind::RouteCheck,
-                concat(&["subnet.", name]),
+                subject.clone(),
                 Target::RoutingCore(core.clone()),
                 Action::RouteCheck {
                     core: core.clone(),
@@ -711,7 +720,7 @@ impl Pass for RouteCheckPass {
             }
             let remove = draft.add(step(
                 StepKind::TunnelRemove,
-                concat(&["subnet.", name]),
+                subject.clone(),
                 Target::RoutingCore(core.clone()),
                 Action::TunnelRemove {
                     subnet: name.clone(),
@@ -764,10 +773,11 @@ impl Pass for CleanupPass {
                 .get(link)
                 .into_iter()
                 .flat_map(|l| l.between.iter())
-                .map(|m| draft.vm(m).enable)
+                .filter_map(|m| diff.mover(m))
+                .map(|i| draft.vm(i).enable)
                 .collect()
         };
-        for m in &diff.moves {
+        for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
             let links = diff
                 .cleanup_links
@@ -782,23 +792,26 @@ impl Pass for CleanupPass {
                 link: l.clone(),
                 host: m.from.clone(),
             }));
-            let ix = draft.add(step(
-                StepKind::Cleanup,
-                vm_subject(m),
-                Target::Host(m.from.clone()),
-                Action::Cleanup {
-                    vm: vm.clone(),
-                    host: m.from.clone(),
-                    ipsec_links: links.clone(),
-                },
-                vec![Fact::DomainAbsent {
-                    domain: m.vm.domain.clone(),
-                    host: m.from.clone(),
-                }],
-                effect,
-                Inverse::Nothing,
-            ));
-            let enable = draft.vm(vm).enable;
+            let ix = draft.add_for(
+                i,
+                step(
+                    StepKind::Cleanup,
+                    vm_subject(m),
+                    Target::Host(m.from.clone()),
+                    Action::Cleanup {
+                        vm: vm.clone(),
+                        host: m.from.clone(),
+                        ipsec_links: links.clone(),
+                    },
+                    vec![Fact::DomainAbsent {
+                        domain: m.vm.domain.clone(),
+                        host: m.from.clone(),
+                    }],
+                    effect,
+                    Inverse::Nothing,
+                ),
+            );
+            let enable = draft.vm(i).enable;
             draft.edge(enable, ix);
             for l in &links {
                 for w in link_waits(draft, l) {
@@ -827,7 +840,7 @@ impl Pass for CleanupPass {
                     ),
                 },
             };
-            let subject = format!("secure_link.{}", end.link);
+            let subject = Name::from(format!("secure_link.{}", end.link));
             let ix = draft.add(Step {
                 key: format!(
                     "{}:{subject}@{}->{}",
@@ -851,8 +864,8 @@ impl Pass for CleanupPass {
                 }],
                 inverse,
             });
-            for vm in &end.wait_for {
-                let enable = draft.vm(vm).enable;
+            for i in end.wait_for.iter().filter_map(|vm| diff.mover(vm)) {
+                let enable = draft.vm(i).enable;
                 draft.edge(enable, ix);
             }
         }

@@ -3,7 +3,7 @@
 //! ([`Step::effect`]), and how to undo it ([`Inverse`]). Drivers turn actions into effects;
 //! the walker checks facts against fresh discovery to skip work already done.
 
-use crate::model::{HostId, MigrationMode};
+use crate::model::{HostId, MigrationMode, Name};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -123,7 +123,7 @@ pub enum Target {
     /// A hypervisor host.
     Host(HostId),
     /// The routing core of an environment.
-    RoutingCore(String),
+    RoutingCore(Name),
 }
 
 impl fmt::Display for Target {
@@ -145,7 +145,7 @@ pub enum Action {
     /// flows that cross smig's IPsec data path from their first packet pass (pre-staged: the
     /// VM arrives running behind this filter once its SAs are up).
     Block {
-        vm: String,
+        vm: Name,
         host: HostId,
         address: Ipv4Addr,
         peers: Vec<Ipv4Addr>,
@@ -155,39 +155,39 @@ pub enum Action {
     /// Remove the block rule of `vm` on `host`. With `secure_only`, traffic to peers across an
     /// untrusted network stays allowed through the IPsec SA only (the fail-closed guard stays).
     Unblock {
-        vm: String,
+        vm: Name,
         host: HostId,
         address: Ipv4Addr,
         peers: Vec<Ipv4Addr>,
         secure_only: bool,
     },
     Shutdown {
-        vm: String,
-        domain: String,
+        vm: Name,
+        domain: Name,
         host: HostId,
     },
     Start {
-        vm: String,
-        domain: String,
+        vm: Name,
+        domain: Name,
         host: HostId,
     },
     Pause {
-        vm: String,
-        domain: String,
+        vm: Name,
+        domain: Name,
         host: HostId,
     },
     Resume {
-        vm: String,
-        domain: String,
+        vm: Name,
+        domain: Name,
         host: HostId,
     },
     Migrate {
-        vm: String,
-        domain: String,
+        vm: Name,
+        domain: Name,
         from: HostId,
         to: HostId,
         /// libvirt URI of the destination.
-        to_uri: String,
+        to_uri: Name,
         mode: MigrationMode,
         /// Use libvirt's native TLS for the migration stream (VIR_MIGRATE_TLS).
         tls: bool,
@@ -198,59 +198,59 @@ pub enum Action {
         bandwidth_mibps: Option<u64>,
     },
     TunnelAdd {
-        subnet: String,
+        subnet: Name,
         cidr: Ipv4Net,
         /// Environment whose routing core is the local end.
-        core: String,
+        core: Name,
         remote: HostId,
         remote_address: Ipv4Addr,
     },
     TunnelRemove {
-        subnet: String,
+        subnet: Name,
         cidr: Ipv4Net,
-        core: String,
+        core: Name,
         remote: HostId,
         remote_address: Ipv4Addr,
     },
     /// Load the secure_link's connection and secret on `local` and bring the SA up to `remote`.
     IpsecInstall {
-        link: String,
+        link: Name,
         local: HostId,
         local_address: Ipv4Addr,
         remote: HostId,
         remote_address: Ipv4Addr,
-        proposals: Vec<String>,
+        proposals: Vec<Name>,
         /// Bring the SA up from this end once loaded. The other end of a pair only loads
         /// (it is installed first), so the initiating end finds its peer ready.
         #[serde(default)]
         initiate: bool,
     },
     IpsecRemove {
-        link: String,
+        link: Name,
         local: HostId,
         remote: HostId,
     },
     /// List the VM's non-managed connections, keep those secured by IPsec or on a TLS port,
     /// reset the rest so they re-establish over the secure link.
     SecureConnections {
-        vm: String,
+        vm: Name,
         host: HostId,
         address: Ipv4Addr,
         tls_ports: Vec<u16>,
     },
     /// Poll the routing core until it routes `cidr` without smig's tunnel.
     RouteCheck {
-        core: String,
-        subnet: String,
+        core: Name,
+        subnet: Name,
         cidr: Ipv4Net,
         timeout_s: u64,
         interval_s: u64,
     },
     /// Remove smig's leftovers for `vm` on `host`: its block rule and the given IPsec links.
     Cleanup {
-        vm: String,
+        vm: Name,
         host: HostId,
-        ipsec_links: Vec<String>,
+        ipsec_links: Vec<Name>,
     },
 }
 
@@ -272,43 +272,43 @@ pub enum Inverse {
 #[serde(tag = "fact", rename_all = "snake_case")]
 pub enum Fact {
     /// The domain is defined on the host and running.
-    DomainRunning { domain: String, host: HostId },
+    DomainRunning { domain: Name, host: HostId },
     /// The domain is defined on the host and paused.
-    DomainPaused { domain: String, host: HostId },
+    DomainPaused { domain: Name, host: HostId },
     /// The domain is defined on the host and shut off.
-    DomainShutOff { domain: String, host: HostId },
+    DomainShutOff { domain: Name, host: HostId },
     /// The domain is not defined on the host.
-    DomainAbsent { domain: String, host: HostId },
+    DomainAbsent { domain: Name, host: HostId },
     /// smig's block rule for the VM is present on the host.
-    Blocked { vm: String, host: HostId },
+    Blocked { vm: Name, host: HostId },
     /// No smig block rule for the VM on the host.
-    NotBlocked { vm: String, host: HostId },
+    NotBlocked { vm: Name, host: HostId },
     /// The link's IPsec connection on `host` towards `remote` has its SA up.
     SaUp {
-        link: String,
+        link: Name,
         host: HostId,
         remote: HostId,
     },
     /// No IPsec connection for the link on the host.
-    IpsecAbsent { link: String, host: HostId },
+    IpsecAbsent { link: Name, host: HostId },
     /// No IPsec connection for the link on `host` towards `remote` (other pairs may remain).
     SaAbsent {
-        link: String,
+        link: Name,
         host: HostId,
         remote: HostId,
     },
     /// smig's tunnel for the subnet exists on the environment's routing core.
-    TunnelPresent { subnet: String, core: String },
+    TunnelPresent { subnet: Name, core: Name },
     /// No smig tunnel for the subnet on the routing core.
-    TunnelAbsent { subnet: String, core: String },
+    TunnelAbsent { subnet: Name, core: Name },
     /// The routing core routes the subnet's prefix without the tunnel.
     RouteLearned {
-        core: String,
-        subnet: String,
+        core: Name,
+        subnet: Name,
         cidr: Ipv4Net,
     },
     /// None of the VM's non-managed connections is unsecured.
-    ConnectionsSecured { vm: String, tls_ports: Vec<u16> },
+    ConnectionsSecured { vm: Name, tls_ports: Vec<u16> },
 }
 
 /// One vertex of the plan DAG.
@@ -319,7 +319,7 @@ pub struct Step {
     pub key: String,
     pub kind: StepKind,
     /// The resource the step is about: `vm.db`, `secure_link.web_db`, `subnet.app`.
-    pub subject: String,
+    pub subject: Name,
     pub target: Target,
     pub action: Action,
     pub precondition: Vec<Fact>,

@@ -76,7 +76,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
                 id.host().to_string(),
                 Host {
                     id: id.clone(),
-                    libvirt: format!("qemu+tls://{address}/system"),
+                    libvirt: format!("qemu+tls://{address}/system").into(),
                     address,
                     network: format!("netns:{env}-h{h:04}"),
                 },
@@ -87,7 +87,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
         landscape.environments.insert(
             env.to_string(),
             Environment {
-                name: env.to_string(),
+                name: Name::from(*env),
                 trusted: *trusted,
                 hosts,
                 routing_core: (*env == "dc").then(|| RoutingCore {
@@ -110,9 +110,13 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
             dev: None,
             via_smig_tunnel: false,
         });
-        landscape
-            .subnets
-            .insert(name.clone(), Subnet { name, cidr });
+        landscape.subnets.insert(
+            name.clone(),
+            Subnet {
+                name: name.into(),
+                cidr,
+            },
+        );
     }
     observed.routing_cores.insert("dc".into(), core);
 
@@ -122,7 +126,9 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
     let single_percent = spec.moving_percent.saturating_sub(whole_share);
     let pick = |rng: &mut Rng, e: usize| hosts_of[e][rng.below(hosts_of[e].len())].clone();
     let mut current: Vec<HostId> = Vec::with_capacity(spec.vms);
-    let names: Vec<String> = (0..spec.vms).map(|i| format!("vm{i:06}")).collect();
+    let names: Vec<Name> = (0..spec.vms)
+        .map(|i| Name::from(format!("vm{i:06}")))
+        .collect();
     for (i, name) in names.iter().enumerate() {
         let k = i / per_subnet;
         let home = match k % 10 {
@@ -160,8 +166,13 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
             max_downtime_ms: Some(300),
             bandwidth_mibps: None,
         };
-        let subnet = format!("s{k:05}");
-        let cidr = landscape.subnets[&subnet].cidr;
+        let Some((subnet, cidr)) = landscape
+            .subnets
+            .get(format!("s{k:05}").as_str())
+            .map(|s| (s.name.clone(), s.cidr))
+        else {
+            continue;
+        };
         let address = Ipv4Addr::from(u32::from(cidr.network()) + 10 + (i % per_subnet) as u32);
         let state = if rng.percent(2) {
             DomainState::ShutOff
@@ -170,7 +181,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
         };
         if let Some(h) = observed.hosts.get_mut(&here) {
             h.domains.insert(
-                name.clone(),
+                name.to_string(),
                 Domain {
                     state,
                     persistent: true,
@@ -181,7 +192,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
         if here != there && rng.percent(10) {
             let peer = Ipv4Addr::from(u32::from(address) ^ 1);
             observed.connections.insert(
-                name.clone(),
+                name.to_string(),
                 vec![
                     Connection {
                         protocol: Protocol::Tcp,
@@ -200,7 +211,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
         }
         current.push(here);
         landscape.vms.insert(
-            name.clone(),
+            name.to_string(),
             Vm {
                 name: name.clone(),
                 domain: name.clone(),
@@ -218,7 +229,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
         landscape.secure_links.insert(
             name.clone(),
             SecureLink {
-                name,
+                name: name.into(),
                 between: vec![names[a].clone(), names[b].clone()],
                 ipsec: IpsecSpec {
                     proposals: vec!["aes256gcm16-prfsha256-ecp256".into()],
@@ -255,7 +266,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
                 if let Some(host) = observed.hosts.get_mut(h) {
                     host.ipsec.push(IpsecConnection {
                         name: ipsec_connection_name(&link.name, h, r),
-                        link: link.name.clone(),
+                        link: link.name.to_string(),
                         remote: r.clone(),
                         sa_up: true,
                         bytes_in: 0,
@@ -351,7 +362,7 @@ impl Fixture {
                 host.to_string(),
                 Host {
                     id: id.clone(),
-                    libvirt: format!("qemu+tls://{address}/system"),
+                    libvirt: format!("qemu+tls://{address}/system").into(),
                     address,
                     network: format!("netns:{name}-{host}"),
                 },
@@ -366,7 +377,7 @@ impl Fixture {
         self.desired.environments.insert(
             name.to_string(),
             Environment {
-                name: name.to_string(),
+                name: name.into(),
                 trusted,
                 hosts: map,
                 routing_core: routing_core.then(|| RoutingCore {
@@ -386,7 +397,7 @@ impl Fixture {
             .get_mut(id.environment())
             .and_then(|e| e.hosts.get_mut(id.host()))
         {
-            h.libvirt = format!("qemu+tcp://{}/system", h.address);
+            h.libvirt = format!("qemu+tcp://{}/system", h.address).into();
         }
         self
     }
@@ -405,7 +416,7 @@ impl Fixture {
         self.desired.subnets.insert(
             name.to_string(),
             Subnet {
-                name: name.to_string(),
+                name: name.into(),
                 cidr,
             },
         );
@@ -438,10 +449,10 @@ impl Fixture {
         self.desired.vms.insert(
             name.to_string(),
             Vm {
-                name: name.to_string(),
-                domain: name.to_string(),
+                name: name.into(),
+                domain: name.into(),
                 host: host_id(desired_on),
-                subnet: subnet.to_string(),
+                subnet: subnet.into(),
                 address: address.parse().expect("fixture address"),
                 migration: Migration::default(),
             },
@@ -481,8 +492,8 @@ impl Fixture {
         self.desired.secure_links.insert(
             name.to_string(),
             SecureLink {
-                name: name.to_string(),
-                between: between.iter().map(|s| s.to_string()).collect(),
+                name: name.into(),
+                between: between.iter().map(|s| Name::from(*s)).collect(),
                 ipsec: IpsecSpec {
                     proposals: vec!["aes256-sha256-modp2048".into()],
                     auth: IpsecAuth::Psk(Secret::new(format!("fixture-psk-{name}"))),
@@ -656,7 +667,7 @@ mod tests {
             .filter(|vm| {
                 o.hosts
                     .get(&vm.host)
-                    .is_none_or(|h| !h.domains.contains_key(&vm.domain))
+                    .is_none_or(|h| !h.domains.contains_key(vm.domain.as_str()))
             })
             .count();
         assert!((1_500..=2_500).contains(&moving), "{moving} moving");

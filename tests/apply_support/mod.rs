@@ -24,7 +24,7 @@ fn host(env: &str, name: &str, addr: &str) -> (String, Host) {
         name.into(),
         Host {
             id: HostId::new(env, name),
-            libvirt: format!("qemu+tls://{addr}/system"),
+            libvirt: format!("qemu+tls://{addr}/system").into(),
             address: addr.parse().unwrap(),
             network: format!("netns:{env}-{name}"),
         },
@@ -390,8 +390,8 @@ pub fn reference_plan(migrate_inverse: Option<Inverse>) -> Plan {
     let cidr: ipnet::Ipv4Net = "192.168.20.0/24".parse().unwrap();
     let tunnel = |add: bool| {
         let (subnet, core, remote, remote_address) = (
-            "bsub".to_string(),
-            "dc".to_string(),
+            smig::model::Name::from("bsub"),
+            smig::model::Name::from("dc"),
             h("cloud.c1"),
             "10.78.0.21".parse().unwrap(),
         );

@@ -11,7 +11,7 @@ use smig::plan::{InvariantReport, InvariantResult};
 use smig::planfile::{Fingerprints, PlanFile};
 
 pub fn host(id: &str) -> HostId {
-    HostId(id.to_string())
+    HostId(id.into())
 }
 
 fn step(kind: StepKind, subject: &str, target: &str, action: Action) -> Step {
@@ -314,7 +314,7 @@ pub fn every_action() -> Vec<Action> {
     let r = host("cloud.c1");
     let a = "192.168.10.11".parse().unwrap();
     let cidr: ipnet::Ipv4Net = "192.168.10.0/24".parse().unwrap();
-    let vm = || "web".to_string();
+    let vm = || smig::model::Name::from("web");
     let actions = vec![
         Action::Block {
             vm: vm(),
@@ -438,7 +438,7 @@ fn action_kinds_covered(a: &Action) {
 pub fn every_fact() -> Vec<Fact> {
     let h = host("dc.hv1");
     let r = host("cloud.c1");
-    let d = || "web".to_string();
+    let d = || smig::model::Name::from("web");
     let facts = vec![
         Fact::DomainRunning {
             domain: d(),
@@ -535,7 +535,7 @@ pub fn kitchen_sink_plan() -> Plan {
         let ix = plan.graph.add_node(Step {
             key: format!("{kind}:s{i}@x"),
             kind,
-            subject: format!("vm.v{i}"),
+            subject: format!("vm.v{i}").into(),
             target,
             action,
             precondition: facts.clone(),

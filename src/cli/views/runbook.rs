@@ -75,11 +75,11 @@ fn prerequisites(out: &mut String, plan: &PlanFile) {
                 hosts.insert(h.to_string());
             }
             Target::RoutingCore(env) => {
-                cores.insert(env.clone());
+                cores.insert(env.to_string());
             }
         }
         if let Action::IpsecInstall { link, .. } = &s.action {
-            links.insert(link.clone());
+            links.insert(link.to_string());
         }
     }
     let code = |set: &BTreeSet<String>| {

@@ -341,7 +341,7 @@ impl Libvirt {
                 (
                     h.id.clone(),
                     LibvirtHost {
-                        uri: h.libvirt.clone(),
+                        uri: h.libvirt.to_string(),
                         pki_path: options.pki_path.clone(),
                         timeout: options.timeout,
                     },

@@ -256,7 +256,7 @@ impl NetnsHostNetwork {
             untrusted: landscape
                 .hosts()
                 .filter(|h| !landscape.is_trusted(&h.id))
-                .map(|h| h.id.0.clone())
+                .map(|h| h.id.to_string())
                 .collect(),
             cidrs: landscape
                 .subnets
@@ -304,7 +304,7 @@ impl NetnsHostNetwork {
     fn network_of(&self, op: &str, endpoint: &str) -> DriverResult<String> {
         let found = match endpoint.strip_prefix("core:") {
             Some(env) => self.cores.get(env),
-            None => self.hosts.get(&HostId(endpoint.to_string())),
+            None => self.hosts.get(&HostId(endpoint.into())),
         };
         found.cloned().ok_or_else(|| {
             DriverError::failed(op, endpoint, "not a host or routing core of the landscape")
@@ -621,7 +621,7 @@ fn parse_alias(alias: &str, kind: &str) -> Option<(String, String)> {
 
 fn endpoint_of(at: &Target) -> String {
     match at {
-        Target::Host(h) => h.0.clone(),
+        Target::Host(h) => h.to_string(),
         Target::RoutingCore(env) => format!("core:{env}"),
     }
 }
@@ -1035,7 +1035,7 @@ pub fn subnet_of(landscape: &Landscape, prefix: &Ipv4Net) -> Option<String> {
         .subnets
         .values()
         .find(|s| s.cidr.contains(prefix))
-        .map(|s| s.name.clone())
+        .map(|s| s.name.to_string())
 }
 
 #[cfg(test)]

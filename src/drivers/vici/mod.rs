@@ -70,13 +70,13 @@ pub fn tunnel_connection_name(subnet: &str, env: &str, host: &HostId) -> String 
 /// The host end of a tunnel connection of `subnet` at the routing core of `env`, from its name.
 pub fn tunnel_host(name: &str, subnet: &str, env: &str) -> Option<HostId> {
     let host = name.strip_prefix(&format!("{TUNNEL_PREFIX}{subnet}.{env}."))?;
-    (!host.is_empty()).then(|| HostId(host.to_string()))
+    (!host.is_empty()).then(|| HostId(host.into()))
 }
 
 /// The id under which the driver reaches the routing core of `env` (`core:<env>`, as a
 /// tunnel's far end is written).
 pub fn core_id(env: &str) -> HostId {
-    HostId(format!("core:{env}"))
+    HostId(format!("core:{env}").into())
 }
 
 /// A fresh random pre-shared key (256 bits, hex) from the operating system's generator.
@@ -795,7 +795,7 @@ pub fn is_tunnel(name: &str) -> bool {
 /// The far end's host id from an IKE identity `<connection>@<host id>`.
 pub fn remote_host(name: &str, identity: &str) -> Option<HostId> {
     let (conn, host) = identity.rsplit_once('@')?;
-    (conn == name && !host.is_empty()).then(|| HostId(host.to_string()))
+    (conn == name && !host.is_empty()).then(|| HostId(host.into()))
 }
 
 /// Whether `name` is smig's name for a connection between `a` and `b`.

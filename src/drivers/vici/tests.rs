@@ -7,7 +7,7 @@ use tokio::net::UnixListener;
 fn host(env: &str, name: &str, address: &str, netns: &str) -> Host {
     Host {
         id: HostId::new(env, name),
-        libvirt: format!("qemu+tls://{address}/system"),
+        libvirt: format!("qemu+tls://{address}/system").into(),
         address: address.parse().unwrap(),
         network: format!("netns:{netns}"),
     }
@@ -33,7 +33,7 @@ fn landscape() -> Landscape {
         l.environments.insert(
             env.to_string(),
             Environment {
-                name: env.to_string(),
+                name: env.into(),
                 trusted,
                 hosts: hosts
                     .into_iter()
