@@ -265,6 +265,14 @@ pub trait HostNetwork: Send + Sync {
     async fn tunnel_remove(&self, at: &Target, subnet: &str) -> DriverResult<()>;
     /// Non-managed connections of the VM at `address`, as seen on its host.
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>>;
+    /// [`Self::connections`] of several VMs (host, address), in the same order. A driver
+    /// that reads a whole table per host overrides it to read each table once.
+    async fn connections_of(
+        &self,
+        vms: &[(HostId, Ipv4Addr)],
+    ) -> DriverResult<Vec<Vec<Connection>>> {
+        futures_util::future::try_join_all(vms.iter().map(|(h, a)| self.connections(h, *a))).await
+    }
     /// Resets connections (conntrack delete / SOCK_DESTROY) so they re-establish.
     async fn reset_connections(
         &self,
@@ -365,21 +373,25 @@ impl Discover for Drivers {
         let ids: Vec<HostId> = landscape.hosts().map(|h| h.id.clone()).collect();
         let mut all_domains: BTreeMap<HostId, _> =
             self.hypervisor.domains_of(&ids).await.into_iter().collect();
-        for host in landscape.hosts() {
+        // Every host and routing core at once: the reads are independent.
+        let hosts = landscape.hosts().map(|host| async move {
             let id = &host.id;
+            let at = Target::Host(id.clone());
+            let (block_rules, ipsec, tunnels) = futures_util::try_join!(
+                self.network.block_rules(id),
+                self.ipsec.connections(id),
+                self.network.tunnels(&at),
+            )
+            .map_err(unreachable)?;
+            Ok::<_, DiscoverError>((id.clone(), block_rules, ipsec, tunnels))
+        });
+        for (id, block_rules, ipsec, tunnels) in futures_util::future::try_join_all(hosts).await? {
             let domains = all_domains
-                .remove(id)
-                .unwrap_or_else(|| Err(DriverError::failed("hypervisor.domains", id, "not asked")))
-                .map_err(unreachable)?;
-            let block_rules = self.network.block_rules(id).await.map_err(unreachable)?;
-            let ipsec = self.ipsec.connections(id).await.map_err(unreachable)?;
-            let tunnels = self
-                .network
-                .tunnels(&Target::Host(id.clone()))
-                .await
+                .remove(&id)
+                .unwrap_or_else(|| Err(DriverError::failed("hypervisor.domains", &id, "not asked")))
                 .map_err(unreachable)?;
             observed.hosts.insert(
-                id.clone(),
+                id,
                 ObservedHost {
                     domains,
                     block_rules,
@@ -388,35 +400,40 @@ impl Discover for Drivers {
                 },
             );
         }
-        for (name, env) in &landscape.environments {
-            if env.routing_core.is_some() {
-                let routes = self.routing.routes(name).await.map_err(unreachable)?;
-                let tunnels = self
-                    .network
-                    .tunnels(&Target::RoutingCore(name.as_str().into()))
-                    .await
-                    .map_err(unreachable)?;
-                observed
-                    .routing_cores
-                    .insert(name.clone(), ObservedRoutingCore { routes, tunnels });
-            }
-        }
-        for vm in landscape.vms.values() {
-            // Connections are seen on whichever host runs the VM now.
-            let here = observed
-                .hosts
-                .iter()
-                .find(|(_, h)| h.domains.contains_key(vm.domain.as_str()))
-                .map(|(id, _)| id.clone());
-            if let Some(host) = here {
-                let conns = self
-                    .network
-                    .connections(&host, vm.address)
-                    .await
-                    .map_err(unreachable)?;
-                if !conns.is_empty() {
-                    observed.connections.insert(vm.name.to_string(), conns);
-                }
+        let cores = landscape
+            .environments
+            .iter()
+            .filter(|(_, env)| env.routing_core.is_some())
+            .map(|(name, _)| async move {
+                let at = Target::RoutingCore(name.as_str().into());
+                let (routes, tunnels) =
+                    futures_util::try_join!(self.routing.routes(name), self.network.tunnels(&at),)
+                        .map_err(unreachable)?;
+                Ok::<_, DiscoverError>((name.clone(), ObservedRoutingCore { routes, tunnels }))
+            });
+        observed
+            .routing_cores
+            .extend(futures_util::future::try_join_all(cores).await?);
+        // Connections are seen on whichever host runs the VM now.
+        let (names, asked): (Vec<&str>, Vec<(HostId, Ipv4Addr)>) = landscape
+            .vms
+            .values()
+            .filter_map(|vm| {
+                let here = observed
+                    .hosts
+                    .iter()
+                    .find(|(_, h)| h.domains.contains_key(vm.domain.as_str()))?;
+                Some((&*vm.name, (here.0.clone(), vm.address)))
+            })
+            .unzip();
+        let seen = self
+            .network
+            .connections_of(&asked)
+            .await
+            .map_err(unreachable)?;
+        for (name, conns) in names.into_iter().zip(seen) {
+            if !conns.is_empty() {
+                observed.connections.insert(name.to_string(), conns);
             }
         }
         Ok(observed)

@@ -382,6 +382,12 @@ impl HostNetwork for SubnetTunnels {
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
         self.network.connections(host, address).await
     }
+    async fn connections_of(
+        &self,
+        vms: &[(HostId, Ipv4Addr)],
+    ) -> DriverResult<Vec<Vec<Connection>>> {
+        self.network.connections_of(vms).await
+    }
     async fn reset_connections(
         &self,
         host: &HostId,

@@ -784,20 +784,40 @@ impl HostNetwork for NetnsHostNetwork {
     /// and its old host still track the flows it had. A flow counts as IPsec-protected when a
     /// host saw it begin through a smig path (a host's own sockets are not marked there).
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
+        let mut all = self.connections_of(&[(host.clone(), address)]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// Reads conntrack once on every host (a flow is seen where it is forwarded: the VM's
+    /// host and its peers' hosts), then picks each VM's flows; IPsec-protected where any host
+    /// saw it cross a smig path.
+    async fn connections_of(
+        &self,
+        vms: &[(HostId, Ipv4Addr)],
+    ) -> DriverResult<Vec<Vec<Connection>>> {
         let op = "network.connections";
-        let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> = BTreeMap::new();
-        let hosts = std::iter::once(host).chain(self.hosts.keys().filter(|h| *h != host));
-        for (_, entries) in self.conntrack_of(op, hosts).await? {
-            for c in entries.iter().filter_map(|e| connection_of(e, address)) {
-                let key = (c.local, c.remote, c.protocol as u8);
-                seen.entry(key)
-                    .and_modify(|known| known.ipsec |= c.ipsec)
-                    .or_insert(c);
-            }
+        if vms.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut out: Vec<Connection> = seen.into_values().collect();
-        out.sort_by_key(|c| (c.local, c.remote));
-        Ok(out)
+        let tables = self.conntrack_of(op, self.hosts.keys()).await?;
+        Ok(vms
+            .iter()
+            .map(|(_, address)| {
+                let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> =
+                    BTreeMap::new();
+                for (_, entries) in &tables {
+                    for c in entries.iter().filter_map(|e| connection_of(e, *address)) {
+                        let key = (c.local, c.remote, c.protocol as u8);
+                        seen.entry(key)
+                            .and_modify(|known| known.ipsec |= c.ipsec)
+                            .or_insert(c);
+                    }
+                }
+                let mut out: Vec<Connection> = seen.into_values().collect();
+                out.sort_by_key(|c| (c.local, c.remote));
+                out
+            })
+            .collect())
     }
 
     /// Resets the given TCP connections of the VM at `address` through `host` (where the VM
