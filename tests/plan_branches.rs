@@ -93,8 +93,9 @@ fn live_block_first_follows_fig_3() {
          4 ipsec.install secure_link.web_db @ dc.hv1 <- [3]\n\
          5 ipsec.install secure_link.web_db @ cloud.c1 <- [4]\n\
          6 restart vm.db @ cloud.c1 <- [5]\n\
-         7 enable vm.db @ cloud.c1 <- [6]\n\
-         8 cleanup vm.db @ dc.hv2 <- [7]\n"
+         7 connections.secure vm.db @ cloud.c1 <- [6]\n\
+         8 enable vm.db @ cloud.c1 <- [7]\n\
+         9 cleanup vm.db @ dc.hv2 <- [8]\n"
     );
     assert_sound(&p);
     let g = &p.graph;
@@ -135,12 +136,12 @@ fn live_block_first_follows_fig_3() {
         remote: host("dc.hv1"),
     }));
     assert!(matches!(
-        &g[NodeIndex::new(6)].action,
+        &g[NodeIndex::new(7)].action,
         Action::Unblock { secure_only: true, peers, .. } if peers == &["192.168.10.11".parse::<std::net::Ipv4Addr>().unwrap()]
     ));
     // Rolling back an enable blocks again: it never re-opens cleartext.
     assert!(matches!(
-        &g[NodeIndex::new(6)].inverse,
+        &g[NodeIndex::new(7)].inverse,
         Inverse::Action {
             action: Action::Block { .. }
         }
@@ -164,8 +165,9 @@ fn prestaged_blocks_the_target_and_installs_ipsec_before_the_move() {
          2 ipsec.install secure_link.web_db @ dc.hv1 <- []\n\
          3 ipsec.install secure_link.web_db @ cloud.c1 <- [2]\n\
          4 migrate vm.db @ dc.hv2 <- [1, 3]\n\
-         5 enable vm.db @ cloud.c1 <- [4]\n\
-         6 cleanup vm.db @ dc.hv2 <- [5]\n"
+         5 connections.secure vm.db @ cloud.c1 <- [4]\n\
+         6 enable vm.db @ cloud.c1 <- [5]\n\
+         7 cleanup vm.db @ dc.hv2 <- [6]\n"
     );
     assert_sound(&p);
     // The target's filter lets through only flows carried by the SA; the VM arrives running
@@ -209,8 +211,9 @@ fn cold_shuts_down_before_migrating_and_starts_after() {
          5 ipsec.install secure_link.web_db @ dc.hv1 <- [4]\n\
          6 ipsec.install secure_link.web_db @ cloud.c1 <- [5]\n\
          7 restart vm.db @ cloud.c1 <- [6]\n\
-         8 enable vm.db @ cloud.c1 <- [7]\n\
-         9 cleanup vm.db @ dc.hv2 <- [8]\n"
+         8 connections.secure vm.db @ cloud.c1 <- [7]\n\
+         9 enable vm.db @ cloud.c1 <- [8]\n\
+         10 cleanup vm.db @ dc.hv2 <- [9]\n"
     );
     assert_sound(&p);
     let g = &p.graph;
@@ -246,15 +249,17 @@ fn whole_subnet_gets_a_tunnel_until_the_routing_core_learns() {
          8 migrate vm.db2 @ dc.hv2 <- [6, 7]\n\
          9 tunnel.add subnet.data @ dc.routing_core <- [3, 8]\n\
          10 restart vm.db1 @ cloud.c1 <- [5, 9]\n\
-         11 enable vm.db1 @ cloud.c1 <- [10]\n\
-         12 cleanup vm.db1 @ dc.hv2 <- [11]\n\
-         13 ipsec.install secure_link.web_db2 @ dc.hv1 <- [8]\n\
-         14 ipsec.install secure_link.web_db2 @ cloud.c1 <- [13]\n\
-         15 restart vm.db2 @ cloud.c1 <- [9, 14]\n\
-         16 enable vm.db2 @ cloud.c1 <- [15]\n\
-         17 route.check subnet.data @ dc.routing_core <- [11, 16]\n\
-         18 tunnel.remove subnet.data @ dc.routing_core <- [17]\n\
-         19 cleanup vm.db2 @ dc.hv2 <- [16]\n"
+         11 connections.secure vm.db1 @ cloud.c1 <- [10]\n\
+         12 enable vm.db1 @ cloud.c1 <- [11]\n\
+         13 cleanup vm.db1 @ dc.hv2 <- [12]\n\
+         14 ipsec.install secure_link.web_db2 @ dc.hv1 <- [8]\n\
+         15 ipsec.install secure_link.web_db2 @ cloud.c1 <- [14]\n\
+         16 restart vm.db2 @ cloud.c1 <- [9, 15]\n\
+         17 connections.secure vm.db2 @ cloud.c1 <- [16]\n\
+         18 enable vm.db2 @ cloud.c1 <- [17]\n\
+         19 route.check subnet.data @ dc.routing_core <- [12, 18]\n\
+         20 tunnel.remove subnet.data @ dc.routing_core <- [19]\n\
+         21 cleanup vm.db2 @ dc.hv2 <- [18]\n"
     );
     assert_sound(&p);
     assert!(matches!(
@@ -262,7 +267,7 @@ fn whole_subnet_gets_a_tunnel_until_the_routing_core_learns() {
         Action::TunnelAdd { core, remote, .. } if core == "dc" && remote == &host("cloud.c1")
     ));
     assert!(matches!(
-        &p.graph[NodeIndex::new(17)].inverse,
+        &p.graph[NodeIndex::new(19)].inverse,
         Inverse::Action {
             action: Action::TunnelAdd { .. }
         }
@@ -301,6 +306,18 @@ fn unsecured_nonmanaged_connections_are_reset_before_enable() {
         .connection("db", "192.168.10.12:5432", "192.168.10.11:51001", false)
         .connection("db", "192.168.10.12:8080", "192.168.10.11:51002", true);
     let p = plan(&f);
+    // The step stays (a connection may appear before the apply gets there), but its effect
+    // already holds, so a walker skips it, and nothing forces it before enable.
+    let secure = p
+        .graph
+        .node_weights()
+        .find(|s| s.kind == StepKind::ConnectionsSecure)
+        .expect("connections.secure for a VM behind IPsec");
+    assert!(secure.effect.iter().all(|fact| fact.holds(&f.observed)));
+    assert!(p.context.must_secure.is_empty());
+
+    // A move between trusted hosts with nothing to reset has no such step.
+    let p = plan(&case("07-trusted-to-trusted"));
     assert!(p
         .graph
         .node_weights()
@@ -462,7 +479,7 @@ fn insecure_transport_is_refused_unless_allowed() {
             assert!(r7.violations[0].contains("migrate vm.db @ dc.hv2 (step 3)"));
             assert!(r7.violations[0].contains("cloud.c1 is not qemu+tls://"));
             assert!(report.get(1).unwrap().holds);
-            assert_eq!(plan.graph.node_count(), 8);
+            assert_eq!(plan.graph.node_count(), 9);
         }
         other => panic!("{other:?}"),
     }

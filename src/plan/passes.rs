@@ -537,8 +537,9 @@ impl Pass for IpsecPass {
     }
 }
 
-/// 355-365: when the snapshot shows non-managed connections of a moving VM that are not
-/// secured, reset them once the VM runs on the target and its SAs are up.
+/// 355-365: for a moving VM that talks to peers through an SA on its new host, or whose
+/// discovered non-managed connections are not secured: once it runs on the target and its SAs
+/// are up, find the connections that persist and reset the unsecured ones.
 pub(crate) struct ConnectionsPass;
 impl Pass for ConnectionsPass {
     fn name(&self) -> &'static str {
@@ -548,7 +549,12 @@ impl Pass for ConnectionsPass {
         let tls_ports = diff.desired.policy.tls_ports.clone();
         for (i, m) in diff.moves.iter().enumerate() {
             let vm = &m.vm.name;
-            if !diff.has_unsecured_connections(vm) {
+            // A VM that talks to peers through an SA after the move gets the step even when
+            // discovery saw nothing to reset: a connection set up after discovery (or while
+            // a pre-staged VM still runs at its source) would otherwise stay cut, never reset.
+            // When there is nothing to reset at run time, the walker finds the effect holding
+            // and skips it.
+            if m.needs.is_empty() && !diff.has_unsecured_connections(vm) {
                 continue;
             }
             let mut pre = Vec::new();
@@ -1082,21 +1088,31 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_secured_only_when_some_are_not() {
+    fn connections_are_secured_behind_ipsec_or_when_some_are_not() {
         let all = [&ConnectionsPass as &dyn Pass];
         let passes: Vec<&dyn Pass> = MOVE.iter().copied().chain(all).collect();
-        let f =
-            Fixture::reference().connection("db", "192.168.10.12:5432", "192.168.10.11:1", false);
-        assert!(run(&f, &passes)
-            .steps
-            .iter()
-            .all(|s| s.kind != StepKind::ConnectionsSecure));
-        let f = f.connection("db", "192.168.10.12:22", "192.168.10.11:2", false);
+        let secures = |f: &Fixture, vm: &str| {
+            run(f, &passes)
+                .steps
+                .iter()
+                .any(|s| s.kind == StepKind::ConnectionsSecure && s.subject == format!("vm.{vm}"))
+        };
+        // db talks to web through an SA after its move: always, even with nothing seen now.
+        let f = Fixture::reference();
+        assert!(secures(&f, "db"));
+        // A move inside the trusted site: only when something unsecured persists (5432 is a
+        // TLS port of the policy, 22 is not).
+        let f = f
+            .vm("app", "app", "192.168.10.20", "dc.hv2", "dc.hv1")
+            .connection("app", "192.168.10.20:5432", "192.168.10.11:1", false);
+        assert!(!secures(&f, "app"));
+        let f = f.connection("app", "192.168.10.20:22", "192.168.10.11:2", false);
+        assert!(secures(&f, "app"));
         let d = run(&f, &passes);
         assert!(has_edge(
             &d,
-            "restart:vm.db@cloud.c1",
-            "connections.secure:vm.db@cloud.c1"
+            "restart:vm.app@dc.hv1",
+            "connections.secure:vm.app@dc.hv1"
         ));
     }
 
