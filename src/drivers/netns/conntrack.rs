@@ -28,6 +28,10 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
+const CTA_PROTO_ICMP_ID: u16 = 4;
+const CTA_PROTO_ICMP_TYPE: u16 = 5;
+const CTA_PROTO_ICMP_CODE: u16 = 6;
+const IPPROTO_ICMP: u8 = 1;
 const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 
@@ -40,7 +44,9 @@ pub struct Tuple {
     pub proto: u8,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
+    /// The source port; for ICMP, the echo identifier.
     pub sport: u16,
+    /// The destination port; for ICMP, `type << 8 | code`.
     pub dport: u16,
 }
 
@@ -104,6 +110,11 @@ fn parse_tuple(b: &[u8]) -> Option<Tuple> {
                         (CTA_PROTO_NUM, 1) => t.proto = v[0],
                         (CTA_PROTO_SRC_PORT, 2) => t.sport = u16::from_be_bytes([v[0], v[1]]),
                         (CTA_PROTO_DST_PORT, 2) => t.dport = u16::from_be_bytes([v[0], v[1]]),
+                        (CTA_PROTO_ICMP_ID, 2) => t.sport = u16::from_be_bytes([v[0], v[1]]),
+                        (CTA_PROTO_ICMP_TYPE, 1) => {
+                            t.dport = (t.dport & 0xff) | u16::from(v[0]) << 8
+                        }
+                        (CTA_PROTO_ICMP_CODE, 1) => t.dport = (t.dport & 0xff00) | u16::from(v[0]),
                         _ => {}
                     }
                 }
@@ -168,8 +179,15 @@ pub fn encode_tuple(t: &Tuple) -> Vec<u8> {
     push_attr(&mut ip, CTA_IP_V4_DST, &t.dst.octets());
     let mut proto = Vec::new();
     push_attr(&mut proto, CTA_PROTO_NUM, &[t.proto]);
-    push_attr(&mut proto, CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
-    push_attr(&mut proto, CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+    if t.proto == IPPROTO_ICMP {
+        let [ty, code] = t.dport.to_be_bytes();
+        push_attr(&mut proto, CTA_PROTO_ICMP_ID, &t.sport.to_be_bytes());
+        push_attr(&mut proto, CTA_PROTO_ICMP_TYPE, &[ty]);
+        push_attr(&mut proto, CTA_PROTO_ICMP_CODE, &[code]);
+    } else {
+        push_attr(&mut proto, CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
+        push_attr(&mut proto, CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+    }
     let mut inner = nested(CTA_TUPLE_IP, ip);
     inner.extend(nested(CTA_TUPLE_PROTO, proto));
     nested(CTA_TUPLE_ORIG, inner)
@@ -335,6 +353,38 @@ mod tests {
         assert_eq!(e.orig, t);
         assert_eq!(e.reply, None);
         assert_eq!(e.tcp_state, None);
+    }
+
+    #[test]
+    fn an_icmp_tuple_carries_its_id_type_and_code() {
+        let t = Tuple {
+            proto: 1,
+            src: "192.168.10.11".parse().unwrap(),
+            dst: "192.168.10.12".parse().unwrap(),
+            sport: 113,
+            dport: 8 << 8,
+        };
+        let b = encode_tuple(&t);
+        // id (u16), type (u8) and code (u8) attributes, not ports
+        let nested_in = |b: &[u8], kind: u16| -> Vec<u8> {
+            attrs(b)
+                .into_iter()
+                .find(|(t, _)| t & !NLA_F_NESTED == kind)
+                .map(|(_, v)| v.to_vec())
+                .unwrap_or_default()
+        };
+        let proto = nested_in(&nested_in(&b, CTA_TUPLE_ORIG), CTA_TUPLE_PROTO);
+        let kinds: Vec<u16> = attrs(&proto).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(
+            kinds,
+            [
+                CTA_PROTO_NUM,
+                CTA_PROTO_ICMP_ID,
+                CTA_PROTO_ICMP_TYPE,
+                CTA_PROTO_ICMP_CODE
+            ]
+        );
+        assert_eq!(parse_entry(&b).unwrap().orig, t);
     }
 
     #[test]

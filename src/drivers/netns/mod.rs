@@ -697,7 +697,28 @@ impl HostNetwork for NetnsHostNetwork {
         }
         o.nft_apply(nft::block_commands(rule, &p))
             .await
-            .map_err(|e| DriverError::failed(op, host, e))
+            .map_err(|e| DriverError::failed(op, host, e))?;
+        if rule.allow_ipsec {
+            // The VM is not here yet: what this host tracks for its address is left from an
+            // earlier time (a stay here, cleartext passing by). An unmarked entry would make
+            // a flow arriving through the SA look set up in cleartext, and the filter would
+            // cut it; without the entry its first packet through the SA starts it afresh.
+            let stale: Vec<Tuple> = o
+                .conntrack()
+                .await
+                .map_err(|e| DriverError::failed(op, host, e))?
+                .into_iter()
+                .filter(|e| e.mark != nft::IPSEC_MARK)
+                .filter(|e| e.orig.src == rule.address || e.orig.dst == rule.address)
+                .map(|e| e.orig)
+                .collect();
+            for t in stale {
+                o.conntrack_delete(t)
+                    .await
+                    .map_err(|e| DriverError::failed(op, host, e))?;
+            }
+        }
+        Ok(())
     }
 
     async fn unblock(&self, host: &HostId, vm: &str, secure_only: bool) -> DriverResult<()> {
