@@ -5,27 +5,24 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine while other users' VMs and builds shared the cores
-//! (load average 2.0-4.7), with mimalloc v2 as in the binary. 10k and 100k: medians over 19
-//! runs of the default repetitions (7 and 3 timed builds per run), run alternately with a bench
-//! binary of the previous code; 1k: three runs of the default 21. "build CPU" is this thread's
-//! own CPU time; "first build" is the first timed build, which faults in the plan's memory as
-//! the one build of a `smig plan` does:
+//! Measured on the 2-core build machine with the lab's guests running (load average 1.4-1.9),
+//! mimalloc v2 as in the binary; five runs of the default repetitions (7 and 3 timed builds),
+//! medians of the runs' medians; 1k: one run of 21. "build CPU" is this thread's own CPU time;
+//! "first build" is the first timed build, which faults in the plan's memory as the one build
+//! of a `smig plan` does. Steps now include `connections.secure` for every VM behind IPsec and
+//! no `restart` for pre-staged moves:
 //!
 //! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 1,000 | 50 | 1,539 | 1.6 ms | 1.4 ms | 1.2 ms | 4.4 ms | 13 MiB |
-//! | 10,000 | 500 | 14,199 | 30.8 ms | 23.0 ms | 22.6 ms | 35.4 ms | 41 MiB |
-//! | 100,000 | 5,000 | 141,731 | 543 ms | 464 ms | 427 ms | 757 ms | 307 MiB |
+//! | 1,000 | 50 | 1,596 | 1.3 ms | 1.3 ms | 1.3 ms | 17 ms | 13 MiB |
+//! | 10,000 | 500 | 14,835 | 19.8 ms | 17.9 ms | 20 ms | 20-74 ms | 41 MiB |
+//! | 100,000 | 5,000 | 148,093 | 398 ms | 340 ms | 392 ms | 340-803 ms | 308-344 MiB |
 //!
-//! The 100k/10k ratio is 17.6x (CPU: 18.9x): the 12x target is still **missed**, by about
-//! half. The previous code, alternately under the same load: 10k 38.4 ms (31.4 ms CPU), 100k
-//! 688 ms (532 ms CPU), 17.9x (CPU 17.0x), 384 MiB peak (plan 288 MiB). Both sizes got faster
-//! (wall -20% at 10k, -21% at 100k; CPU -28% and -20%) and the 100k plan needs 224 instead of
-//! 288 MiB, but the 10k build gained at least as much as the 100k one, so the ratio did not
-//! improve. Under this load single runs say little (per-run ratios 10-32x for both versions);
-//! on a quiet machine the previous code measured 28.3 / 461.5 ms = 16.3x, and the new code at
-//! load 2.2 (four runs) 20.6 / 407 ms = 19.7x.
+//! The 100k/10k ratio is 20x (best builds: 19x): the 12x target is still **missed**. Earlier
+//! today, before the shared names, the same quiet machine measured 28.3 / 461.5 ms = 16.3x:
+//! both sizes got faster (10k -30%, 100k -14%) and 100k needs ~50 MiB less, but 10k gained
+//! more, so the ratio grew. Alternating with the previous code under load 2.0-4.7 (19 runs
+//! each): 10k 38.4 -> 30.8 ms, 100k 688 -> 543 ms, 17.9x -> 17.6x.
 //!
 //! What changed: names are shared (`smig::model::Name`, an `Arc<str>`), so steps, facts and
 //! inverses clone pointers instead of allocating strings, and clones of one name compare equal

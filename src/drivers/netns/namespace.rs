@@ -1,7 +1,7 @@
 //! Running work inside a named network namespace: one dedicated OS thread per namespace enters
 //! it once (`setns(CLONE_NEWNET)` on `/run/netns/NAME`) and stays there, so no tokio worker
 //! thread ever changes namespace. Jobs sent to the thread run one at a time; netlink sockets
-//! and child processes (`nft`) created there belong to the namespace.
+//! and libnftables calls made there act on the namespace.
 
 use std::fs::File;
 use std::io;
