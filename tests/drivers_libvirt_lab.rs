@@ -8,6 +8,9 @@
 //! or when the lab cannot come up it fails with the reason. It leaves the lab as it found it
 //! (guests on their initial hosts); a failure midway brings `db` home with virsh.
 
+mod lab_support;
+
+use lab_support::{is_root, lab_lock};
 use serde_json::Value;
 use smig::drivers::libvirt::{Libvirt, LibvirtHost, LibvirtOptions};
 use smig::drivers::{AbortSignal, DriverError, Hypervisor, MigrationProgress, MigrationRequest};
@@ -18,7 +21,6 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 const CLIENT_PKI: &str = "/run/smig-lab/pki/client";
 const HOSTS: [(&str, &str, &str); 3] = [
     ("hv1", "dc.hv1", "10.77.0.11"),
@@ -82,14 +84,6 @@ fn placement(check: &Value, domain: &str) -> Vec<(String, String)> {
 
 fn at(host: &str, state: &str) -> Vec<(String, String)> {
     vec![(host.to_string(), state.to_string())]
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 fn uri(addr: &str) -> String {
@@ -272,10 +266,7 @@ async fn libvirt_driver_on_the_lab() {
         is_root(),
         "the libvirt lab test needs root (the lab's libvirtd runs in root's namespaces); run it as root"
     );
-    std::fs::create_dir_all("/run/lock").expect("/run/lock");
-    let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| panic!("{LAB_LOCK}: {e}"));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("locking {LAB_LOCK}: {e}"));
+    let _lock = lab_lock();
     lab("up", &[], true);
     let before = check(Some(60));
     assert_eq!(

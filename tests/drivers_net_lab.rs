@@ -5,6 +5,9 @@
 //! removed; every call twice. Root and the lab are required (it fails, never skips); it holds
 //! the lab lock for its whole run and leaves the lab as it found it.
 
+mod lab_support;
+
+use lab_support::{is_root, lab_lock};
 use serde_json::Value;
 use smig::drivers::netns::NetnsHostNetwork;
 use smig::drivers::{HostNetwork, RoutingCore, TunnelSpec};
@@ -16,7 +19,6 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 const WEB: &str = "192.168.10.11";
 const DB: &str = "192.168.10.12";
 const GW: &str = "192.168.10.1";
@@ -144,24 +146,10 @@ fn landscape() -> Landscape {
     l
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_driver_on_the_lab() {
     assert!(is_root(), "this test needs root (it drives the lab)");
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LAB_LOCK)
-        .unwrap_or_else(|e| panic!("cannot open {LAB_LOCK}: {e}"));
-    lock.lock().expect("lab lock");
+    let lock = lab_lock();
     let up = lab("up", &[]);
     assert!(
         up.status.success(),
@@ -365,13 +353,7 @@ fn guard_drops(ns: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_guard_holds_when_charon_stops() {
     assert!(is_root(), "this test needs root (it drives the lab)");
-    let lock = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LAB_LOCK)
-        .unwrap_or_else(|e| panic!("cannot open {LAB_LOCK}: {e}"));
-    lock.lock().expect("lab lock");
+    let lock = lab_lock();
     let up = lab("up", &[]);
     assert!(
         up.status.success(),

@@ -6,6 +6,9 @@
 //! Unreachable error naming the host, and the driver recovers once it is back. Prints the
 //! load + initiate latency. Leaves the lab as it found it.
 
+mod lab_support;
+
+use lab_support::{is_root, lab_lock};
 use smig::drivers::vici::{shared_key_id, Vici, ViciOptions};
 use smig::drivers::{DriverError, Ipsec, IpsecConfig, IpsecCredential};
 use smig::model::{ipsec_connection_name, Environment, Host, HostId, Landscape, Secret};
@@ -15,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 const LINK: &str = "vici_lab_test";
 
 fn lab_dir() -> PathBuf {
@@ -61,14 +63,6 @@ fn swanctl(host: &str, args: &[&str]) -> String {
         .arg(format!("unix://{dir}/charon.vici"))
         .env("STRONGSWAN_CONF", format!("{dir}/strongswan.conf"));
     must(run(&mut c), &format!("swanctl {args:?} on {host}"))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 fn landscape() -> Landscape {
@@ -429,23 +423,6 @@ async fn assert_nothing_left(v: &Vici, name: &str) {
         );
         assert!(!swanctl(lab_name, &["--list-conns"]).contains(name));
         assert!(!swanctl(lab_name, &["--list-sas"]).contains(name));
-    }
-}
-
-/// Takes the lab lock. A lock file replaced while waiting (removed and created again by
-/// someone) would lock nothing: the lock counts only on the file the path still names.
-fn lab_lock() -> std::fs::File {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::create_dir_all("/run/lock").expect("/run/lock");
-    loop {
-        let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| panic!("{LAB_LOCK}: {e}"));
-        lock.lock()
-            .unwrap_or_else(|e| panic!("locking {LAB_LOCK}: {e}"));
-        let held = lock.metadata().map(|m| m.ino()).ok();
-        let named = std::fs::metadata(LAB_LOCK).map(|m| m.ino()).ok();
-        if held.is_some() && held == named {
-            return lock;
-        }
     }
 }
 

@@ -5,6 +5,9 @@
 //! It needs root and a Debian machine (lab/up installs its packages). It never skips: without
 //! root, or when the lab cannot come up, it fails with the reason.
 
+mod lab_support;
+
+use lab_support::{is_root, lab_lock};
 use serde_json::Value;
 use smig::discover::snapshot::Snapshot;
 use smig::model::Observed;
@@ -14,9 +17,6 @@ use std::time::Instant;
 
 const NAMESPACES: [&str; 5] = ["dc-hv1", "dc-hv2", "cloud-c1", "dc-core", "lab-wan"];
 const LAB_RUN: &str = "/run/smig-lab";
-/// Held (flock, exclusive) while a test uses the lab: tests of other binaries that drive the lab
-/// take the same lock, so they run one after the other instead of tearing each other's lab down.
-const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 
 fn lab_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("lab")
@@ -69,14 +69,6 @@ impl Drop for Teardown {
             lab("down", &[], false);
         }
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 /// The pids of every process in the lab's network namespaces.
@@ -240,10 +232,7 @@ fn lab_comes_up_migrates_bare_and_leaves_nothing_behind() {
         is_root(),
         "the lab test needs root (it creates namespaces and runs libvirtd); run `sudo cargo test --test lab`"
     );
-    std::fs::create_dir_all("/run/lock").expect("/run/lock");
-    let lock = std::fs::File::create(LAB_LOCK).unwrap_or_else(|e| panic!("{LAB_LOCK}: {e}"));
-    lock.lock()
-        .unwrap_or_else(|e| panic!("locking {LAB_LOCK}: {e}"));
+    let _lock = lab_lock();
     let mut teardown = Teardown { armed: true };
     let t0 = Instant::now();
 

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+/// Held (flock, exclusive) while a test uses the lab: tests of other binaries that drive the lab
+/// take the same lock, so they run one after the other instead of tearing each other's lab down.
 pub const LAB_LOCK: &str = "/run/lock/smig-lab.lock";
 /// The lab's namespaces where smig may leave links.
 pub const NAMESPACES: [&str; 4] = ["dc-hv1", "dc-hv2", "cloud-c1", "dc-core"];
