@@ -2,7 +2,6 @@
 //! traffic blackout as smig sees it (from its block to its enable).
 
 use super::walker::{StepStatus, StepTiming};
-use crate::model::MigrationMode;
 use crate::plan::{Action, Plan, ResourceChange, StepKind};
 use crate::state::journal::Outcome;
 use petgraph::graph::NodeIndex;
@@ -152,17 +151,8 @@ impl ApplyReport {
                 .map(|n| n.index())
                 .collect();
             let switchover_only = full_blocks.is_empty()
-                && g.node_weights().any(|s| {
-                    s.subject == subject
-                        && matches!(
-                            s.action,
-                            Action::Migrate {
-                                paused: false,
-                                mode: MigrationMode::Live,
-                                ..
-                            }
-                        )
-                });
+                && g.node_weights()
+                    .any(|s| s.subject == subject && s.action.arrives_running().is_some());
             let blocked = full_blocks
                 .iter()
                 .filter_map(|i| fin.get(i).copied())

@@ -3,7 +3,10 @@
 //! which are stale, which subnets leave whole, and the resource-level changes a reviewer reads.
 //! The graph passes read this; nothing here builds steps.
 
-use super::{ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair};
+use super::{
+    sa_pair_ref, ChangeAction, PlanContext, PlanError, PlanOptions, ResourceChange, SaPair,
+    SaPairRef,
+};
 use crate::model::{
     DomainState, Host, HostId, Landscape, MigrationMode, Name, Observed, SecureLink, Strategy,
     Subnet, Vm,
@@ -480,8 +483,8 @@ impl<'a> Diff<'a> {
         // and the SAs the landscape needs once the plan is applied, by reference until sorted.
         let mut unknown = Vec::new();
         let mut vm_links: Vec<Vec<(&Name, u32)>> = vec![Vec::new(); moves.len()];
-        let mut needed: HashSet<PairRef> = HashSet::new();
-        let mut needed_refs: Vec<(PairRef, &SecureLink)> = Vec::new();
+        let mut needed: HashSet<SaPairRef> = HashSet::new();
+        let mut needed_refs: Vec<(SaPairRef, &SecureLink)> = Vec::new();
         let mut members: Vec<&HostId> = Vec::new();
         let mut member_pos: Vec<u32> = Vec::new();
         for link in desired.secure_links.values() {
@@ -529,7 +532,7 @@ impl<'a> Diff<'a> {
             for (i, &hx) in members.iter().enumerate() {
                 for &hy in &members[i + 1..] {
                     if hx != hy && (!desired.is_trusted(hx) || !desired.is_trusted(hy)) {
-                        let pair = pair_ref(&link.name, hx, hy);
+                        let pair = sa_pair_ref(&link.name, hx, hy);
                         if needed.insert(pair) {
                             needed_refs.push((pair, link));
                         }
@@ -642,7 +645,7 @@ impl<'a> Diff<'a> {
                 .map(move |e| (*l, e.0, e.1, configured))
         });
         for (link_name, host, remote, configured) in all_ends {
-            if configured.is_some() && needed.contains(&pair_ref(link_name, host, remote)) {
+            if configured.is_some() && needed.contains(&sa_pair_ref(link_name, host, remote)) {
                 continue;
             }
             let members: &[Name] = configured.map_or(&[], |l| l.between.as_slice());
@@ -664,7 +667,7 @@ impl<'a> Diff<'a> {
                 .iter()
                 .filter(|(h, _, _)| *h == host)
                 .all(|(h, r, _)| {
-                    configured.is_none() || !needed.contains(&pair_ref(link_name, h, r))
+                    configured.is_none() || !needed.contains(&sa_pair_ref(link_name, h, r))
                 });
             let leaver = wait_moves
                 .iter()
@@ -1028,17 +1031,6 @@ impl<'a> Diff<'a> {
         }
         out.sort_by(|a, b| a.address.cmp(&b.address));
         out
-    }
-}
-
-/// An SA by reference: (link, lower host, higher host); orders like [`SaPair`].
-type PairRef<'a> = (&'a str, &'a HostId, &'a HostId);
-
-fn pair_ref<'a>(link: &'a str, x: &'a HostId, y: &'a HostId) -> PairRef<'a> {
-    if x <= y {
-        (link, x, y)
-    } else {
-        (link, y, x)
     }
 }
 

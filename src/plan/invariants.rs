@@ -5,8 +5,8 @@
 //! Ancestor sets are collected per step by a walk over incoming edges. Branches are per VM,
 //! link and subnet, so each walk stays local and the whole check is near linear in the plan.
 
-use super::{Action, Plan, SaPair, StepKind};
-use crate::model::{Host, HostId, Landscape, MigrationMode, Name, SecureLink};
+use super::{sa_pair_ref, Action, Plan, SaPair, SaPairRef, StepKind};
+use crate::model::{Host, HostId, Landscape, Name, SecureLink};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use petgraph::graph::NodeIndex;
 use serde::{Deserialize, Serialize};
@@ -210,38 +210,12 @@ fn step_host(plan: &Plan, n: NodeIndex) -> Option<&HostId> {
     }
 }
 
-/// A live migration whose VM arrives running (not paused): it starts the VM on `to` as a
-/// `restart` would.
-fn arrives_running(action: &Action) -> Option<(&str, &HostId)> {
-    match action {
-        Action::Migrate {
-            vm,
-            to,
-            mode: MigrationMode::Live,
-            paused: false,
-            ..
-        } => Some((vm, to)),
-        _ => None,
-    }
-}
-
-/// An SA by reference: (link, lower host, higher host).
-type Pair<'p> = (&'p str, &'p HostId, &'p HostId);
-
-fn pair<'p>(link: &'p str, x: &'p HostId, y: &'p HostId) -> Pair<'p> {
-    if x <= y {
-        (link, x, y)
-    } else {
-        (link, y, x)
-    }
-}
-
-fn show(p: Pair) -> String {
+fn show(p: SaPairRef) -> String {
     SaPair::new(&Name::from(p.0), p.1, p.2).to_string()
 }
 
 /// The SA that `n` brings up, if it is an initiating install.
-fn initiates(plan: &Plan, n: NodeIndex) -> Option<Pair<'_>> {
+fn initiates(plan: &Plan, n: NodeIndex) -> Option<SaPairRef<'_>> {
     match &plan.graph[n].action {
         Action::IpsecInstall {
             link,
@@ -249,7 +223,7 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<Pair<'_>> {
             remote,
             initiate: true,
             ..
-        } => Some(pair(link, local, remote)),
+        } => Some(sa_pair_ref(link, local, remote)),
         _ => None,
     }
 }
@@ -262,7 +236,7 @@ struct Index<'p> {
     placements: HashMap<usize, &'p HostId>,
     placements_by_name: &'p std::collections::BTreeMap<Name, HostId>,
     links: HashMap<&'p str, Vec<&'p SecureLink>>,
-    established: HashSet<Pair<'p>>,
+    established: HashSet<SaPairRef<'p>>,
     hosts: HashMap<&'p HostId, &'p Host>,
 }
 
@@ -278,7 +252,7 @@ impl<'p> Index<'p> {
             if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
                 links.entry(vm).or_default();
             }
-            if let Some((vm, _)) = arrives_running(&s.action) {
+            if let Some((vm, _)) = s.action.arrives_running() {
                 links.entry(vm).or_default();
             }
         }
@@ -298,7 +272,7 @@ impl<'p> Index<'p> {
             .context
             .established
             .iter()
-            .map(|p| pair(&p.link, &p.a, &p.b))
+            .map(|p| sa_pair_ref(&p.link, &p.a, &p.b))
             .collect();
         Index {
             placements,
@@ -310,7 +284,7 @@ impl<'p> Index<'p> {
     }
 
     /// The SAs `vm` needs when it runs on `host`, given where its peers end up.
-    fn needs(&self, desired: &Landscape, vm: &str, host: &'p HostId, out: &mut Vec<Pair<'p>>) {
+    fn needs(&self, desired: &Landscape, vm: &str, host: &'p HostId, out: &mut Vec<SaPairRef<'p>>) {
         out.clear();
         for link in self.links.get(vm).into_iter().flatten() {
             for peer in link.between.iter().filter(|m| m.as_str() != vm) {
@@ -322,7 +296,7 @@ impl<'p> Index<'p> {
                     continue;
                 };
                 if p != host && (!desired.is_trusted(host) || !desired.is_trusted(p)) {
-                    out.push(pair(&link.name, host, p));
+                    out.push(sa_pair_ref(&link.name, host, p));
                 }
             }
         }
@@ -349,7 +323,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
 
     let index = Index::new(plan, desired);
     let mut secured_vms: HashSet<&str> = HashSet::new();
-    let mut responders: HashMap<Pair, Vec<NodeIndex>> = HashMap::new();
+    let mut responders: HashMap<SaPairRef, Vec<NodeIndex>> = HashMap::new();
     for n in plan.graph.node_indices() {
         let s = &plan.graph[n];
         match &s.action {
@@ -363,7 +337,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 initiate: false,
                 ..
             } => responders
-                .entry(pair(link, local, remote))
+                .entry(sa_pair_ref(link, local, remote))
                 .or_default()
                 .push(n),
             _ => {}
@@ -372,15 +346,15 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
 
     let tags: Vec<Tag> = plan.graph.node_weights().map(|s| tag(&s.action)).collect();
     let mut anc = Vec::new();
-    let mut installed: Vec<Pair> = Vec::new();
-    let mut needed: Vec<Pair> = Vec::new();
+    let mut installed: Vec<SaPairRef> = Vec::new();
+    let mut needed: Vec<SaPairRef> = Vec::new();
     for n in plan.graph.node_indices() {
         let s = &plan.graph[n];
         // The steps after which the VM runs (and talks) on its new host: restart, enable and
         // a live migration arriving unpaused.
         let starts = match s.kind {
             StepKind::Restart | StepKind::Enable => vm_of(&s.action).zip(step_host(plan, n)),
-            StepKind::Migrate => arrives_running(&s.action),
+            StepKind::Migrate => s.action.arrives_running().map(|(vm, to)| (vm.as_ref(), to)),
             _ => None,
         };
         if let Some((vm, host)) = starts {

@@ -99,6 +99,19 @@ impl SaPair {
     }
 }
 
+/// An SA by reference, without cloning names: (link, lower host, higher host); orders like
+/// [`SaPair`]. The planner's hot loops key sets and maps with it.
+pub(crate) type SaPairRef<'a> = (&'a str, &'a HostId, &'a HostId);
+
+/// The [`SaPairRef`] for `link` between hosts `x` and `y`, in either order.
+pub(crate) fn sa_pair_ref<'a>(link: &'a str, x: &'a HostId, y: &'a HostId) -> SaPairRef<'a> {
+    if x <= y {
+        (link, x, y)
+    } else {
+        (link, y, x)
+    }
+}
+
 impl fmt::Display for SaPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "secure_link.{} ({} <-> {})", self.link, self.a, self.b)

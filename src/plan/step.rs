@@ -254,6 +254,23 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// For a live migration whose VM arrives running (not paused): the VM and the host it
+    /// starts on, as a `restart` would start it.
+    pub fn arrives_running(&self) -> Option<(&Name, &HostId)> {
+        match self {
+            Action::Migrate {
+                vm,
+                to,
+                mode: MigrationMode::Live,
+                paused: false,
+                ..
+            } => Some((vm, to)),
+            _ => None,
+        }
+    }
+}
+
 /// How a step is undone during rollback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
