@@ -594,6 +594,21 @@ impl NetnsHostNetwork {
 }
 
 /// Removes the transient reset rules from every armed host.
+/// Deletes the conntrack entries with these original tuples at `host`.
+async fn forget(
+    op: &str,
+    host: &HostId,
+    o: &Arc<dyn HostOps>,
+    tuples: &[Tuple],
+) -> DriverResult<()> {
+    for t in tuples {
+        o.conntrack_delete(*t)
+            .await
+            .map_err(|e| DriverError::failed(op, host, e))?;
+    }
+    Ok(())
+}
+
 async fn disarm(op: &str, armed: &[(HostId, Arc<dyn HostOps>)]) -> DriverResult<()> {
     for (h, o) in armed {
         o.nft_apply(nft::unreset_commands())
@@ -712,11 +727,7 @@ impl HostNetwork for NetnsHostNetwork {
                 .filter(|e| e.orig.src == rule.address || e.orig.dst == rule.address)
                 .map(|e| e.orig)
                 .collect();
-            for t in stale {
-                o.conntrack_delete(t)
-                    .await
-                    .map_err(|e| DriverError::failed(op, host, e))?;
-            }
+            forget(op, host, &o, &stale).await?;
         }
         Ok(())
     }
@@ -874,6 +885,8 @@ impl HostNetwork for NetnsHostNetwork {
                 dport: c.remote.port(),
             })
             .collect();
+        // Where the resets are armed, with the guests' ports there.
+        let mut nudge_at: Vec<(Arc<dyn HostOps>, Vec<u32>)> = Vec::new();
         if !tcp.is_empty() {
             // Every packet of each flow, either way, entering a port of a subnet bridge on any
             // of those hosts is answered with a RST out of that port: from now on the flows
@@ -887,26 +900,27 @@ impl HostNetwork for NetnsHostNetwork {
                 let tcp = &tcp;
                 async move {
                     let o = self.ops(op, &h.0)?;
-                    let ports: Vec<String> = self
-                        .bridge_ports(op, h, &o)
-                        .await?
-                        .into_iter()
-                        .map(|l| l.name)
-                        .collect();
+                    let ports = self.bridge_ports(op, h, &o).await?;
+                    let names: Vec<String> = ports.iter().map(|l| l.name.clone()).collect();
+                    // Guests' NICs only get nudges: never a link towards another host.
+                    let taps: Vec<u32> = ports.iter().filter(|l| l.tap).map(|l| l.index).collect();
                     let r = o
-                        .nft_apply(nft::reset_commands(tcp, &ports))
+                        .nft_apply(nft::reset_commands(tcp, &names))
                         .await
                         .map_err(|e| DriverError::failed(op, h, e));
-                    Ok::<_, DriverError>(((h.clone(), o), r))
+                    Ok::<_, DriverError>(((h.clone(), o), taps, r))
                 }
             });
             let mut armed = Vec::new();
             let mut failed = None;
             for r in futures_util::future::join_all(arming).await {
                 match r {
-                    Ok((at, Ok(()))) => armed.push(at),
+                    Ok((at, taps, Ok(()))) => {
+                        nudge_at.push((at.1.clone(), taps));
+                        armed.push(at);
+                    }
                     // A failed transaction changed nothing, but disarm anyway: it is harmless.
-                    Ok((at, Err(e))) => {
+                    Ok((at, _, Err(e))) => {
                         armed.push(at);
                         failed.get_or_insert(e);
                     }
@@ -945,17 +959,11 @@ impl HostNetwork for NetnsHostNetwork {
                 p.push(task);
             }
         }
-        let forgetting = tracked.iter().map(|(h, tuples)| async move {
-            let o = self.ops(op, &h.0)?;
-            for t in tuples {
-                o.conntrack_delete(*t)
-                    .await
-                    .map_err(|e| DriverError::failed(op, h, e))?;
-            }
-            Ok::<_, DriverError>(())
-        });
+        let forgetting = tracked
+            .iter()
+            .map(|(h, tuples)| async move { forget(op, h, &self.ops(op, &h.0)?, tuples).await });
         futures_util::future::try_join_all(forgetting).await?;
-        if !tcp.is_empty() {
+        if !nudge_at.is_empty() {
             // Each guest of a flow on these hosts answers a nudge at once, and its answer
             // meets the RST: no waiting for its next packet of its own.
             let flows: Vec<(SocketAddrV4, SocketAddrV4)> = tcp
@@ -968,22 +976,9 @@ impl HostNetwork for NetnsHostNetwork {
                     [(a, b), (b, a)]
                 })
                 .collect();
-            let nudging = tracked.keys().map(|h| {
+            let nudging = nudge_at.into_iter().map(|(o, taps)| {
                 let flows = flows.clone();
-                async move {
-                    let o = self.ops(op, &h.0)?;
-                    // Guests' NICs only: never a link towards another host.
-                    let guests: Vec<u32> = self
-                        .bridge_ports(op, h, &o)
-                        .await?
-                        .into_iter()
-                        .filter(|l| l.tap)
-                        .map(|l| l.index)
-                        .collect();
-                    o.nudge(guests, flows)
-                        .await
-                        .map_err(|e| DriverError::failed(op, h, e))
-                }
+                async move { o.nudge(taps, flows).await }
             });
             // A nudge only hastens the resets: if one cannot be sent (a port gone meanwhile),
             // the armed rules still answer the guest's own next packet, and `settle` waits
