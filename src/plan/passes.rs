@@ -101,86 +101,64 @@ impl Pass for BlockPass {
     }
     fn apply<'d>(&self, diff: &'d Diff, draft: &mut Draft<'d>) -> Result<(), PlanError> {
         for (i, m) in diff.moves.iter().enumerate() {
-            let vm = &m.vm.name;
-            let host = m.block_host().clone();
-            let peers = m.peers.clone();
-            let (pre, secure_only) = match m.strategy {
-                Strategy::BlockFirst => (
+            let absent_on_target = || Fact::DomainAbsent {
+                domain: m.vm.domain.clone(),
+                host: m.to.clone(),
+            };
+            let first = match m.strategy {
+                Strategy::BlockFirst => block_step(
+                    m,
+                    m.from,
                     state_fact(&m.vm.domain, m.from, m.state),
+                    false,
                     diff.secure_only(i, m.from, Placement::Current),
                 ),
-                Strategy::Prestaged => (
-                    Fact::DomainAbsent {
-                        domain: m.vm.domain.clone(),
-                        host: m.to.clone(),
-                    },
-                    false,
-                ),
+                Strategy::Prestaged => {
+                    block_step(m, m.to, absent_on_target(), m.arrives_running(), false)
+                }
             };
-            let s = step(
-                StepKind::Block,
-                vm_subject(m),
-                Target::Host(host.clone()),
-                Action::Block {
-                    vm: vm.clone(),
-                    host: host.clone(),
-                    address: m.vm.address,
-                    peers: peers.clone(),
-                    allow_ipsec: m.arrives_running(),
-                },
-                vec![pre],
-                vec![Fact::Blocked {
-                    vm: vm.clone(),
-                    host: host.clone(),
-                }],
-                undo(Action::Unblock {
-                    vm: vm.clone(),
-                    host,
-                    address: m.vm.address,
-                    peers,
-                    secure_only,
-                }),
-            );
-            let ix = draft.add_for(i, s);
+            let ix = draft.add_for(i, first);
             draft.vm_mut(i).block = Some(ix);
             // Block-first: the block on the source does not travel with the VM, so the target
             // holds one too before the VM arrives; `enable` lifts it there.
             if m.strategy == Strategy::BlockFirst {
-                let target = draft.add_for(
-                    i,
-                    step(
-                        StepKind::Block,
-                        vm_subject(m),
-                        Target::Host(m.to.clone()),
-                        Action::Block {
-                            vm: vm.clone(),
-                            host: m.to.clone(),
-                            address: m.vm.address,
-                            peers: m.peers.clone(),
-                            allow_ipsec: false,
-                        },
-                        vec![Fact::DomainAbsent {
-                            domain: m.vm.domain.clone(),
-                            host: m.to.clone(),
-                        }],
-                        vec![Fact::Blocked {
-                            vm: vm.clone(),
-                            host: m.to.clone(),
-                        }],
-                        undo(Action::Unblock {
-                            vm: vm.clone(),
-                            host: m.to.clone(),
-                            address: m.vm.address,
-                            peers: m.peers.clone(),
-                            secure_only: false,
-                        }),
-                    ),
-                );
+                let target =
+                    draft.add_for(i, block_step(m, m.to, absent_on_target(), false, false));
                 draft.vm_mut(i).block_target = Some(target);
             }
         }
         Ok(())
     }
+}
+
+/// A block of the moving VM's traffic with its peers on `host` (with `allow_ipsec`, the
+/// pre-staged filter); undone by an unblock, `secure_only` when the guard must stay.
+fn block_step(m: &Move, host: &HostId, pre: Fact, allow_ipsec: bool, secure_only: bool) -> Step {
+    let vm = &m.vm.name;
+    step(
+        StepKind::Block,
+        vm_subject(m),
+        Target::Host(host.clone()),
+        Action::Block {
+            vm: vm.clone(),
+            host: host.clone(),
+            address: m.vm.address,
+            peers: m.peers.clone(),
+            allow_ipsec,
+        },
+        vec![pre],
+        vec![Fact::Blocked {
+            vm: vm.clone(),
+            host: host.clone(),
+        }],
+        undo(Action::Unblock {
+            vm: vm.clone(),
+            host: host.clone(),
+            address: m.vm.address,
+            peers: m.peers.clone(),
+            secure_only,
+        }),
+    )
 }
 
 /// 325: cold mode: shut the VM down on the source, after the block.
