@@ -6,23 +6,25 @@
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
 //! Measured on the 2-core build machine with the lab's guests running (load average 1.4-1.9),
-//! mimalloc v2 as in the binary; five runs of the default repetitions (7 and 3 timed builds),
-//! medians of the runs' medians; 1k: one run of 21. "build CPU" is this thread's own CPU time;
-//! "first build" is the first timed build, which faults in the plan's memory as the one build
-//! of a `smig plan` does. Steps now include `connections.secure` for every VM behind IPsec and
-//! no `restart` for pre-staged moves:
+//! with the system allocator as in the binary; three runs of the default repetitions (7 and 3
+//! timed builds), medians of the runs' medians; 1k: one run of 21 (with mimalloc, since
+//! dropped). "build CPU" is this thread's own CPU time; "first build" is the first timed
+//! build, which faults in the plan's memory as the one build of a `smig plan` does. Steps now
+//! include `connections.secure` for every VM behind IPsec and no `restart` for pre-staged
+//! moves:
 //!
 //! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
 //! | 1,000 | 50 | 1,596 | 1.3 ms | 1.3 ms | 1.3 ms | 17 ms | 13 MiB |
-//! | 10,000 | 500 | 14,835 | 19.8 ms | 17.9 ms | 20 ms | 20-74 ms | 41 MiB |
-//! | 100,000 | 5,000 | 148,093 | 398 ms | 340 ms | 392 ms | 340-803 ms | 308-344 MiB |
+//! | 10,000 | 500 | 14,835 | 22.7 ms | 21.8 ms | 24 ms | 39-40 ms | 38 MiB |
+//! | 100,000 | 5,000 | 148,093 | 435 ms | 382 ms | 436 ms | 499-527 ms | 348-351 MiB |
 //!
-//! The 100k/10k ratio is 20x (best builds: 19x): the 12x target is still **missed**. Earlier
-//! today, before the shared names, the same quiet machine measured 28.3 / 461.5 ms = 16.3x:
-//! both sizes got faster (10k -30%, 100k -14%) and 100k needs ~50 MiB less, but 10k gained
-//! more, so the ratio grew. Alternating with the previous code under load 2.0-4.7 (19 runs
-//! each): 10k 38.4 -> 30.8 ms, 100k 688 -> 543 ms, 17.9x -> 17.6x.
+//! The 100k/10k ratio is 19x: the 12x target is still **missed**. With mimalloc (which the
+//! binary no longer uses: a `smig apply` crashed inside its `free` on the lab) the same
+//! machine measured 19.8 / 398 ms = 20x; before the shared names, 28.3 / 461.5 ms = 16.3x:
+//! both sizes got faster, 10k more, so the ratio grew. Alternating with the previous code
+//! under load 2.0-4.7 (19 runs each, mimalloc): 10k 38.4 -> 30.8 ms, 100k 688 -> 543 ms,
+//! 17.9x -> 17.6x.
 //!
 //! What changed: names are shared (`smig::model::Name`, an `Arc<str>`), so steps, facts and
 //! inverses clone pointers instead of allocating strings, and clones of one name compare equal
@@ -47,7 +49,7 @@
 //! the graph), the resource-change JSON (three B-tree maps per move) and the name-keyed
 //! lookups of the diff (each VM's current host, by domain name) and of the invariant check.
 //!
-//! The allocator is left as the binary configures it. The first build of a process pays the
+//! The allocator is the system's, as in the binary. The first build of a process pays the
 //! page faults of a fresh heap (here 0.4-1.1 s at 100k, 22-55 ms at 10k). Peak RSS varies by
 //! ~30 MiB with huge pages.
 
@@ -55,10 +57,6 @@ use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The same allocator as the `smig` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -72,6 +72,11 @@ fn api() -> Result<&'static Api, String> {
 pub fn run(commands: &str) -> Result<String, String> {
     let api = api()?;
     let text = CString::new(commands).map_err(|_| "nft commands contain a NUL byte")?;
+    // libnftables keeps process-wide state (its context setup and teardown are not safe to
+    // run at once on several threads): one call at a time. A poisoned lock only means a
+    // panic elsewhere; the library holds nothing of that call.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     // SAFETY: the context is created, used and freed here only; the buffers it returns are
     // copied before it is freed.
     unsafe {
