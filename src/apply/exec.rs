@@ -5,7 +5,7 @@ use crate::drivers::{
     AbortSignal, DriverError, Drivers, IpsecConfig, IpsecCredential, MigrationRequest,
     ProgressSink, TunnelSpec,
 };
-use crate::model::{ipsec_connection_name, BlockRule, IpsecAuth, Landscape};
+use crate::model::{ipsec_connection_name, BlockRule, IpsecAuth, Landscape, Observed};
 use crate::plan::{Action, Fact, Target};
 use std::time::{Duration, Instant};
 
@@ -20,9 +20,12 @@ pub struct ExecContext {
 }
 
 /// Performs `action`. Every driver call is idempotent, so a repeated action is harmless.
+/// `seen`: the landscape as read just before, through [`super::probe::action_queries`], when
+/// there is such a reading.
 pub async fn perform(
     ctx: &ExecContext,
     action: &Action,
+    seen: Option<&Observed>,
     progress: ProgressSink,
     mut abort: AbortSignal,
 ) -> Result<(), DriverError> {
@@ -174,12 +177,16 @@ pub async fn perform(
             d.ipsec.unload(local, &name).await
         }
         Action::SecureConnections {
+            vm,
             host,
             address,
             tls_ports,
-            ..
         } => {
-            let conns = d.network.connections(host, *address).await?;
+            // The check before the step read them (`probe::action_queries`).
+            let conns = match seen {
+                Some(o) => o.connections.get(vm.as_ref()).cloned().unwrap_or_default(),
+                None => d.network.connections(host, *address).await?,
+            };
             let unsecured: Vec<_> = conns
                 .into_iter()
                 .filter(|c| {

@@ -5,8 +5,9 @@
 use crate::drivers::{DriverResult, Drivers};
 use crate::model::{ipsec_connection_name, DomainState, HostId, Name, Observed};
 use crate::plan::{Action, Fact, Target};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
 
 /// One driver read.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -144,6 +145,7 @@ pub fn action_queries(action: &Action, out: &mut BTreeSet<Query>) {
 }
 
 /// What one read returned.
+#[derive(Clone)]
 enum Reading {
     Domain(Option<crate::model::Domain>),
     BlockRules(Vec<crate::model::BlockRule>),
@@ -178,8 +180,94 @@ async fn read(drivers: &Drivers, q: &Query) -> DriverResult<Reading> {
 pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResult<Observed> {
     let readings =
         futures_util::future::try_join_all(queries.iter().map(|q| read(drivers, q))).await?;
+    Ok(assemble(queries.iter().zip(readings)))
+}
+
+/// Readings the forward walk shares between its steps' checks.
+///
+/// A reading taken while no step was acting stays current until a step next starts acting:
+/// smig's own actions are the changes the walker waits on, and a change from elsewhere could
+/// come just after a fresh read as well. So the check after one step and the check before the
+/// next read each part of the landscape once. Readings taken while a step acts are used for
+/// that check only.
+#[derive(Default)]
+pub struct Readings {
+    state: Mutex<ReadingsState>,
+}
+
+#[derive(Default)]
+struct ReadingsState {
+    /// Counts every start and end of a step's action.
+    epoch: u64,
+    acting: usize,
+    kept: BTreeMap<Query, Reading>,
+}
+
+/// One step's action running (see [`Readings::acting`]); dropping it ends it.
+pub struct Acting<'a>(&'a Readings);
+
+impl Drop for Acting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.epoch += 1;
+        s.acting -= 1;
+        s.kept.clear();
+    }
+}
+
+impl Readings {
+    fn lock(&self) -> MutexGuard<'_, ReadingsState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A step starts acting: the readings kept so far are dropped, and none is kept until
+    /// every action that runs has ended.
+    pub fn acting(&self) -> Acting<'_> {
+        let mut s = self.lock();
+        s.epoch += 1;
+        s.acting += 1;
+        s.kept.clear();
+        Acting(self)
+    }
+
+    /// Like [`observe`], reading only what is not kept.
+    pub async fn observe(
+        &self,
+        drivers: &Drivers,
+        queries: &BTreeSet<Query>,
+    ) -> DriverResult<Observed> {
+        let (epoch, kept, missing) = {
+            let s = self.lock();
+            let (kept, missing): (Vec<&Query>, Vec<&Query>) =
+                queries.iter().partition(|q| s.kept.contains_key(q));
+            let kept: Vec<(Query, Reading)> = kept
+                .into_iter()
+                .filter_map(|q| s.kept.get(q).map(|r| (q.clone(), r.clone())))
+                .collect();
+            (s.epoch, kept, missing)
+        };
+        let fresh =
+            futures_util::future::try_join_all(missing.iter().map(|q| read(drivers, q))).await?;
+        {
+            let mut s = self.lock();
+            if s.epoch == epoch && s.acting == 0 {
+                for (q, r) in missing.iter().zip(&fresh) {
+                    s.kept.insert((*q).clone(), r.clone());
+                }
+            }
+        }
+        Ok(assemble(
+            kept.iter()
+                .map(|(q, r)| (q, r.clone()))
+                .chain(missing.into_iter().zip(fresh)),
+        ))
+    }
+}
+
+/// The partial landscape that `readings` describe.
+fn assemble<'q>(readings: impl Iterator<Item = (&'q Query, Reading)>) -> Observed {
     let mut o = Observed::empty();
-    for (q, reading) in queries.iter().zip(readings) {
+    for (q, reading) in readings {
         match (q, reading) {
             (Query::Domain { host, domain }, Reading::Domain(d)) => {
                 let h = o.hosts.entry(host.clone()).or_default();
@@ -206,7 +294,7 @@ pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResu
             _ => {}
         }
     }
-    Ok(o)
+    o
 }
 
 /// Whether `action`'s effect holds in `o` (read through [`action_queries`]).
@@ -312,4 +400,40 @@ pub async fn runs_where_it_came_from(drivers: &Drivers, action: &Action) -> bool
         drivers.hypervisor.domain(to, domain).await,
         Ok(Some(d)) if d.state == DomainState::Running
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::double::LandscapeDouble;
+    use crate::plan::synthetic::Fixture;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn readings_are_kept_between_actions_and_dropped_when_one_starts() {
+        let double = Arc::new(LandscapeDouble::new(Fixture::reference().observed));
+        let drivers = Drivers::all(double.clone());
+        let host = HostId("dc.hv1".into());
+        let q: BTreeSet<Query> = [Query::BlockRules(host.clone())].into();
+        let both: BTreeSet<Query> = [Query::BlockRules(host.clone()), Query::Ipsec(host)].into();
+        let reads = || double.calls().len();
+        let readings = Readings::default();
+
+        readings.observe(&drivers, &q).await.unwrap();
+        readings.observe(&drivers, &q).await.unwrap();
+        assert_eq!(reads(), 1, "read once while nothing acts");
+        readings.observe(&drivers, &both).await.unwrap();
+        assert_eq!(reads(), 2, "only the missing part is read");
+
+        let acting = readings.acting();
+        readings.observe(&drivers, &q).await.unwrap();
+        readings.observe(&drivers, &q).await.unwrap();
+        assert_eq!(reads(), 4, "while a step acts, every check reads");
+        drop(acting);
+
+        readings.observe(&drivers, &both).await.unwrap();
+        assert_eq!(reads(), 6, "an action's end drops what was read before");
+        readings.observe(&drivers, &both).await.unwrap();
+        assert_eq!(reads(), 6);
+    }
 }

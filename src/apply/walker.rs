@@ -7,6 +7,8 @@
 //! - a step whose effect already holds (fresh discovery) is skipped as "already satisfied";
 //! - a step whose precondition does not hold fails without acting;
 //! - after acting, the step's effect must hold, else the step failed;
+//! - these checks read the landscape; what was read since the last action of any step ended
+//!   is not read twice ([`Readings`]);
 //! - rollback asks the landscape before each undo (an undo whose effect holds is skipped), stops
 //!   at a completed point of no return (keeping it and what it depends on), never removes an
 //!   IPsec connection while a moved VM using it is unblocked on either end (it blocks the VM
@@ -15,7 +17,7 @@
 
 use super::events::{Event, EventSink};
 use super::exec::{perform, ExecContext};
-use super::probe::{self, action_holds, action_queries, fact_queries, Locator, Query};
+use super::probe::{self, action_holds, action_queries, fact_queries, Locator, Query, Readings};
 use crate::drivers::{AbortHandle, AbortSignal, MigrationProgress, ProgressSink};
 use crate::model::{DomainState, HostId, Name};
 use crate::plan::{Action, Inverse, Plan, Step};
@@ -219,7 +221,10 @@ impl Walker {
     ) -> ForwardEnd {
         let g = &plan.graph;
         let n = g.node_count();
-        let locator = Arc::new(Locator::from_actions(g.node_weights().map(|s| &s.action)));
+        let checks = Arc::new(Checks {
+            locator: Locator::from_actions(g.node_weights().map(|s| &s.action)),
+            readings: Readings::default(),
+        });
         let mut waiting: Vec<usize> = (0..n)
             .map(|i| {
                 g.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming)
@@ -263,7 +268,7 @@ impl Walker {
                 running.spawn(run_step(
                     shared.clone(),
                     self.ctx.clone(),
-                    locator.clone(),
+                    checks.clone(),
                     i,
                     step,
                     accept_done,
@@ -484,8 +489,9 @@ impl Walker {
             let started = Instant::now();
             let mut q = BTreeSet::new();
             action_queries(&action, &mut q);
-            let undone = match probe::observe(&self.ctx.drivers, &q).await {
-                Ok(o) => action_holds(&action, &o),
+            let seen = probe::observe(&self.ctx.drivers, &q).await;
+            let undone = match &seen {
+                Ok(o) => action_holds(&action, o),
                 Err(_) => probe::runs_where_it_came_from(&self.ctx.drivers, &action).await,
             };
             if undone {
@@ -505,7 +511,7 @@ impl Walker {
                 }),
             )?;
             let noop: ProgressSink = Arc::new(|_| {});
-            let mut result = perform(&self.ctx, &action, noop, abort.clone())
+            let mut result = perform(&self.ctx, &action, seen.as_ref().ok(), noop, abort.clone())
                 .await
                 .map_err(|e| e.to_string());
             if result.is_ok() {
@@ -837,10 +843,16 @@ pub fn done_steps(entries: &[JournalEntry]) -> HashSet<usize> {
     done
 }
 
+/// What the forward walk's steps check the landscape with.
+struct Checks {
+    locator: Locator,
+    readings: Readings,
+}
+
 async fn run_step(
     shared: Arc<Shared>,
     ctx: ExecContext,
-    locator: Arc<Locator>,
+    checks: Arc<Checks>,
     i: usize,
     step: Step,
     accept_done: Option<bool>,
@@ -888,10 +900,10 @@ async fn run_step(
     };
     let mut q: BTreeSet<Query> = BTreeSet::new();
     for f in step.effect.iter().chain(&step.precondition) {
-        fact_queries(f, &locator, &mut q);
+        fact_queries(f, &checks.locator, &mut q);
     }
     action_queries(&step.action, &mut q);
-    let o = match probe::observe(&ctx.drivers, &q).await {
+    let o = match checks.readings.observe(&ctx.drivers, &q).await {
         Ok(o) => o,
         Err(e) => return fail(format!("cannot check the landscape: {e}")),
     };
@@ -929,10 +941,13 @@ async fn run_step(
             bytes_total: p.data_total,
         })
     });
-    if let Err(e) = perform(&ctx, &step.action, progress, abort).await {
+    let acting = checks.readings.acting();
+    let performed = perform(&ctx, &step.action, Some(&o), progress, abort).await;
+    drop(acting);
+    if let Err(e) = performed {
         return fail(e.to_string());
     }
-    match probe::observe(&ctx.drivers, &q).await {
+    match checks.readings.observe(&ctx.drivers, &q).await {
         Ok(o) if effect_holds(&step, &o) => {}
         Ok(o) => {
             let missing = step
