@@ -371,8 +371,6 @@ impl Discover for Drivers {
     async fn discover(&self, landscape: &Landscape) -> Result<Observed, DiscoverError> {
         let mut observed = Observed::empty();
         let ids: Vec<HostId> = landscape.hosts().map(|h| h.id.clone()).collect();
-        let mut all_domains: BTreeMap<HostId, _> =
-            self.hypervisor.domains_of(&ids).await.into_iter().collect();
         // Every host and routing core at once: the reads are independent.
         let hosts = landscape.hosts().map(|host| async move {
             let id = &host.id;
@@ -385,7 +383,24 @@ impl Discover for Drivers {
             .map_err(unreachable)?;
             Ok::<_, DiscoverError>((id.clone(), block_rules, ipsec, tunnels))
         });
-        for (id, block_rules, ipsec, tunnels) in futures_util::future::try_join_all(hosts).await? {
+        let cores = landscape
+            .environments
+            .iter()
+            .filter(|(_, env)| env.routing_core.is_some())
+            .map(|(name, _)| async move {
+                let at = Target::RoutingCore(name.as_str().into());
+                let (routes, tunnels) =
+                    futures_util::try_join!(self.routing.routes(name), self.network.tunnels(&at),)
+                        .map_err(unreachable)?;
+                Ok::<_, DiscoverError>((name.clone(), ObservedRoutingCore { routes, tunnels }))
+            });
+        let (all_domains, hosts, cores) = futures_util::join!(
+            self.hypervisor.domains_of(&ids),
+            futures_util::future::try_join_all(hosts),
+            futures_util::future::try_join_all(cores),
+        );
+        let mut all_domains: BTreeMap<HostId, _> = all_domains.into_iter().collect();
+        for (id, block_rules, ipsec, tunnels) in hosts? {
             let domains = all_domains
                 .remove(&id)
                 .unwrap_or_else(|| Err(DriverError::failed("hypervisor.domains", &id, "not asked")))
@@ -400,20 +415,7 @@ impl Discover for Drivers {
                 },
             );
         }
-        let cores = landscape
-            .environments
-            .iter()
-            .filter(|(_, env)| env.routing_core.is_some())
-            .map(|(name, _)| async move {
-                let at = Target::RoutingCore(name.as_str().into());
-                let (routes, tunnels) =
-                    futures_util::try_join!(self.routing.routes(name), self.network.tunnels(&at),)
-                        .map_err(unreachable)?;
-                Ok::<_, DiscoverError>((name.clone(), ObservedRoutingCore { routes, tunnels }))
-            });
-        observed
-            .routing_cores
-            .extend(futures_util::future::try_join_all(cores).await?);
+        observed.routing_cores.extend(cores?);
         // Connections are seen on whichever host runs the VM now.
         let (names, asked): (Vec<&str>, Vec<(HostId, Ipv4Addr)>) = landscape
             .vms
