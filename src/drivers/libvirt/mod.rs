@@ -191,14 +191,15 @@ fn running_job(d: &VirDomain) -> Option<MigrationProgress> {
     (j.r#type != sys::VIR_DOMAIN_JOB_NONE as i32).then(|| progress_of(&j))
 }
 
-fn read_domain(d: &VirDomain) -> Result<(String, DomainDetail), VirError> {
+/// A domain's name and details; its running job only when `with_job` (one more call).
+fn read_domain(d: &VirDomain, with_job: bool) -> Result<(String, DomainDetail), VirError> {
     let name = d.name()?;
     let state = model_state(d)?;
     let persistent = d.is_persistent()?;
     let text = d.xml_desc(0)?;
     // A domain whose XML libvirt gave us but we cannot read is still listed, without NICs.
     let nics = xml::nics(&text).unwrap_or_default();
-    let job = if state == DomainState::ShutOff {
+    let job = if !with_job || state == DomainState::ShutOff {
         None
     } else {
         running_job(d)
@@ -223,7 +224,7 @@ fn list_domains(ctx: &Ctx, conn: &Connect) -> DriverResult<BTreeMap<String, Doma
         .map_err(|e| ctx.lv("listing domains", e))?;
     let mut out = BTreeMap::new();
     for d in all {
-        match read_domain(&d) {
+        match read_domain(&d, true) {
             Ok((name, detail)) => {
                 out.insert(name, detail);
             }
@@ -825,7 +826,7 @@ impl Hypervisor for Libvirt {
             let Some(d) = lookup(conn, &name).map_err(|e| ctx.lv("looking up", e))? else {
                 return Ok(None);
             };
-            match read_domain(&d) {
+            match read_domain(&d, false) {
                 Ok((_, detail)) => Ok(Some(detail.domain)),
                 Err(e) if is_no_domain(&e) => Ok(None),
                 Err(e) => Err(ctx.lv(&format!("reading domain {name}"), e)),
