@@ -309,6 +309,12 @@ fn json_events_follow_the_schema_and_the_secret_appears_nowhere() {
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
             let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{line}: {errors:?}");
+            if v["event"] == "step_done" {
+                assert!(
+                    v["action_ms"].as_u64() <= v["duration_ms"].as_u64(),
+                    "{line}"
+                );
+            }
             kinds.push(v["event"].as_str().unwrap().to_string());
         }
         assert_eq!(kinds.first().map(String::as_str), Some("apply_started"));

@@ -39,6 +39,9 @@ pub enum Event {
         step: usize,
         key: String,
         duration_ms: u64,
+        /// Of `duration_ms`, the time the action took; the rest went to checking the
+        /// landscape before and after it.
+        action_ms: u64,
     },
     StepSkipped {
         step: usize,

@@ -942,10 +942,20 @@ async fn run_step(
         })
     });
     let acting = checks.readings.acting();
+    let action_started = Instant::now();
     let performed = perform(&ctx, &step.action, Some(&o), progress, abort).await;
+    let action_ms = action_started.elapsed().as_millis() as u64;
     drop(acting);
     if let Err(e) = performed {
         return fail(e.to_string());
+    }
+    // Only what decides the effect: the preconditions were for starting.
+    let mut q = BTreeSet::new();
+    if step.effect.is_empty() {
+        action_queries(&step.action, &mut q);
+    }
+    for f in &step.effect {
+        fact_queries(f, &checks.locator, &mut q);
     }
     match checks.readings.observe(&ctx.drivers, &q).await {
         Ok(o) if effect_holds(&step, &o) => {}
@@ -972,6 +982,7 @@ async fn run_step(
             step: i,
             key: key.clone(),
             duration_ms: ms,
+            action_ms,
         }),
     );
     shared.time(i, StepStatus::Done, started);
