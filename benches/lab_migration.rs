@@ -46,10 +46,19 @@ fn lab_ok(cmd: &str, args: &[&str]) -> Output {
     must(lab(cmd, args), &format!("lab/{cmd} {}", args.join(" ")))
 }
 
-/// One `smig apply --json`: its wall time and each step kind's summed duration.
+/// One `smig apply --json`: its wall time, each step kind's summed duration, the migration
+/// itself (the migrate step's action) and where the rest of smig's time went.
 struct Applied {
     wall: Duration,
     steps: BTreeMap<String, f64>,
+    /// The migrate step's driver action: libvirt's migration, as `virsh migrate` runs it.
+    migration_ms: f64,
+    /// From the first step's start to the migration's start.
+    before_ms: f64,
+    /// From the migration's end to the walk's end.
+    after_ms: f64,
+    /// The walk (first to last event of the apply).
+    walk_ms: f64,
 }
 
 fn apply(dir: &Path, state: &Path) -> Applied {
@@ -63,28 +72,43 @@ fn apply(dir: &Path, state: &Path) -> Applied {
     let wall = t.elapsed();
     let mut kinds: BTreeMap<u64, String> = BTreeMap::new();
     let mut steps: BTreeMap<String, f64> = BTreeMap::new();
+    let (mut migration_ms, mut migrate_started, mut walk_ms) = (f64::NAN, f64::NAN, f64::NAN);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(e) = serde_json::from_str::<Value>(line) else {
             continue;
         };
+        let at = e["elapsed_ms"].as_f64().unwrap_or(f64::NAN);
         match e["event"].as_str() {
             Some("step_started") => {
-                kinds.insert(
-                    e["step"].as_u64().unwrap_or(u64::MAX),
-                    e["kind"].as_str().unwrap_or("?").to_string(),
-                );
+                let kind = e["kind"].as_str().unwrap_or("?").to_string();
+                if kind == "migrate" {
+                    migrate_started = at;
+                }
+                kinds.insert(e["step"].as_u64().unwrap_or(u64::MAX), kind);
             }
             Some("step_done") => {
                 let kind = kinds
                     .get(&e["step"].as_u64().unwrap_or(u64::MAX))
                     .cloned()
                     .unwrap_or_default();
+                if kind == "migrate" {
+                    migration_ms = e["action_ms"].as_f64().unwrap_or(f64::NAN);
+                }
                 *steps.entry(kind).or_default() += e["duration_ms"].as_f64().unwrap_or(0.0);
             }
+            Some("apply_done") => walk_ms = at,
             _ => {}
         }
     }
-    Applied { wall, steps }
+    // `step_started` comes after the step's check, just before its action.
+    Applied {
+        wall,
+        steps,
+        migration_ms,
+        before_ms: migrate_started,
+        after_ms: walk_ms - migrate_started - migration_ms,
+        walk_ms,
+    }
 }
 
 /// Waits until every guest answers its peers.
@@ -121,10 +145,16 @@ fn median(v: &mut [f64]) -> f64 {
 struct Series {
     wall: Vec<f64>,
     migrate: Vec<f64>,
-    others: Vec<f64>,
     blackout: Vec<f64>,
     downtime: Vec<f64>,
-    overhead: Vec<f64>,
+    /// Wall time minus the bare migration of the same round.
+    over_bare: Vec<f64>,
+    /// Wall time minus smig's own migration: what smig adds around it.
+    own: Vec<f64>,
+    /// Of `own`: process start, discovery, plan, report and exit (outside the walk).
+    outside: Vec<f64>,
+    before: Vec<f64>,
+    after: Vec<f64>,
     steps: BTreeMap<String, Vec<f64>>,
 }
 
@@ -173,22 +203,23 @@ fn main() {
             std::thread::sleep(Duration::from_secs(2));
             let blackout = blackout_since(&mark);
             let wall = a.wall.as_secs_f64() * 1000.0;
-            let migrate = a.steps.get("migrate").copied().unwrap_or(f64::NAN);
+            let own = wall - a.migration_ms;
             eprintln!(
-                "round {round}: smig {s} {wall:.0} ms (migrate {migrate:.0} ms), blackout {blackout:.0} ms"
+                "round {round}: smig {s} {wall:.0} ms (migration {:.0} ms, smig's own {own:.0} ms: outside the walk {:.0}, before {:.0}, after {:.0}), blackout {blackout:.0} ms",
+                a.migration_ms,
+                wall - a.walk_ms,
+                a.before_ms,
+                a.after_ms,
             );
             let e = series.entry(s).or_default();
             e.wall.push(wall);
-            e.migrate.push(migrate);
-            e.others.push(
-                a.steps
-                    .iter()
-                    .filter(|(k, _)| *k != "migrate")
-                    .map(|(_, v)| v)
-                    .sum(),
-            );
+            e.migrate.push(a.migration_ms);
             e.blackout.push(blackout);
-            e.overhead.push(wall - bare_wall);
+            e.over_bare.push(wall - bare_wall);
+            e.own.push(own);
+            e.outside.push(wall - a.walk_ms);
+            e.before.push(a.before_ms);
+            e.after.push(a.after_ms);
             for (k, v) in &a.steps {
                 e.steps.entry(k.clone()).or_default().push(*v);
             }
@@ -197,31 +228,49 @@ fn main() {
     }
     traffic_ok();
     println!(
-        "| db hv2 → c1, median of {rounds} | wall | overhead over bare | migrate (virsh / step) | libvirt downtime | blackout seen by web | blackout / bare |"
+        "| db hv2 → c1, median of {rounds} | wall | migration | smig's own time (wall − migration) | of it: start, discovery, plan, exit / before / after the migration | wall − bare wall | libvirt downtime | blackout seen by web | blackout / bare |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let bare_blackout = median(&mut series["bare virsh migrate"].blackout.clone());
     let bare_wall = median(&mut series["bare virsh migrate"].wall.clone());
+    let ms = |v: &mut Vec<f64>| {
+        if v.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:.0} ms", median(v))
+        }
+    };
     for name in ["bare virsh migrate", "block-first", "prestaged"] {
         let Some(s) = series.get_mut(name) else {
             continue;
         };
-        let wall = median(&mut s.wall);
-        let over = if s.overhead.is_empty() {
+        let own = if s.own.is_empty() {
             "—".to_string()
         } else {
-            let o = median(&mut s.overhead);
-            format!("{o:+.0} ms ({:+.0}%)", 100.0 * o / bare_wall)
+            let o = median(&mut s.own);
+            format!("{o:.0} ms ({:.1}% of bare)", 100.0 * o / bare_wall)
         };
-        let down = if s.downtime.is_empty() {
+        let parts = if s.own.is_empty() {
             "—".to_string()
         } else {
-            format!("{:.0} ms", median(&mut s.downtime))
+            format!(
+                "{} / {} / {}",
+                ms(&mut s.outside),
+                ms(&mut s.before),
+                ms(&mut s.after)
+            )
+        };
+        let over = if s.over_bare.is_empty() {
+            "—".to_string()
+        } else {
+            format!("{:+.0} ms", median(&mut s.over_bare))
         };
         let bo = median(&mut s.blackout);
         println!(
-            "| {name} | {wall:.0} ms | {over} | {:.0} ms | {down} | {bo:.0} ms | {:.1}x |",
-            median(&mut s.migrate),
+            "| {name} | {} | {} | {own} | {parts} | {over} | {} | {bo:.0} ms | {:.1}x |",
+            ms(&mut s.wall),
+            ms(&mut s.migrate),
+            ms(&mut s.downtime),
             bo / bare_blackout
         );
     }
@@ -239,4 +288,15 @@ fn main() {
             parts.join(", ")
         );
     }
+    println!(
+        "\nsmig's own time per round: {}",
+        ["block-first", "prestaged"]
+            .iter()
+            .filter_map(|n| series.get(n).map(|s| format!(
+                "{n} {:?}",
+                s.own.iter().map(|v| v.round()).collect::<Vec<_>>()
+            )))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
 }
