@@ -220,6 +220,10 @@ pub struct NetnsHostNetwork {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Background work of earlier calls (armed resets), awaited by `settle`.
     pending: Mutex<Vec<tokio::task::JoinHandle<DriverResult<()>>>>,
+    /// Where the last read of a VM's connections saw each of them: VM address → flow →
+    /// hosts tracking it. A reset of connections just read starts from this instead of
+    /// reading conntrack on every host again.
+    seen: Mutex<HashMap<Ipv4Addr, HashMap<FlowKey, Vec<HostId>>>>,
     /// How long a reset waits for the guests' next packets (each sees the RST). A peer of a
     /// VM that was blocked for a while sends again only at its next TCP retransmission, and
     /// the retransmission timer doubles each time: the window covers a few seconds of block.
@@ -266,6 +270,7 @@ impl NetnsHostNetwork {
             ops: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             pending: Mutex::new(Vec::new()),
+            seen: Mutex::new(HashMap::new()),
             reset_window: Duration::from_secs(10),
         }
     }
@@ -672,6 +677,28 @@ fn connection_of(e: &Entry, address: Ipv4Addr) -> Option<Connection> {
     })
 }
 
+/// A connection of a VM as (protocol, the VM's end, the other end).
+type FlowKey = (Protocol, SocketAddrV4, SocketAddrV4);
+
+fn flow_key(c: &Connection) -> FlowKey {
+    (c.protocol, c.local, c.remote)
+}
+
+/// The conntrack tuple of `c` from the VM's end. Conntrack finds an entry by the tuple of
+/// either direction, so it names the entry whichever end began the flow.
+fn tuple_of(c: &Connection) -> Tuple {
+    Tuple {
+        proto: match c.protocol {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        },
+        src: *c.local.ip(),
+        dst: *c.remote.ip(),
+        sport: c.local.port(),
+        dport: c.remote.port(),
+    }
+}
+
 fn same_flow(c: &Connection, e: &Entry) -> bool {
     let a = (
         SocketAddrV4::new(e.orig.src, e.orig.sport),
@@ -832,24 +859,35 @@ impl HostNetwork for NetnsHostNetwork {
             return Ok(Vec::new());
         }
         let tables = self.conntrack_of(op, self.hosts.keys()).await?;
-        Ok(vms
+        let mut memo = HashMap::new();
+        let found = vms
             .iter()
             .map(|(_, address)| {
                 let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> =
                     BTreeMap::new();
-                for (_, entries) in &tables {
+                let mut hosts: HashMap<FlowKey, Vec<HostId>> = HashMap::new();
+                for (h, entries) in &tables {
                     for c in entries.iter().filter_map(|e| connection_of(e, *address)) {
+                        let at = hosts.entry(flow_key(&c)).or_default();
+                        if !at.contains(h) {
+                            at.push(h.clone());
+                        }
                         let key = (c.local, c.remote, c.protocol as u8);
                         seen.entry(key)
                             .and_modify(|known| known.ipsec |= c.ipsec)
                             .or_insert(c);
                     }
                 }
+                memo.insert(*address, hosts);
                 let mut out: Vec<Connection> = seen.into_values().collect();
                 out.sort_by_key(|c| (c.local, c.remote));
                 out
             })
-            .collect())
+            .collect();
+        if let Ok(mut m) = self.seen.lock() {
+            m.extend(memo);
+        }
+        Ok(found)
     }
 
     /// Resets the given TCP connections of the VM at `address` through `host` (where the VM
@@ -864,15 +902,41 @@ impl HostNetwork for NetnsHostNetwork {
         // Where the flows are tracked: the VM's host and its peers' hosts. A VM just moved
         // and still blocked sends nothing yet; its peers keep sending from theirs.
         let mut tracked: BTreeMap<HostId, Vec<Tuple>> = BTreeMap::new();
-        for (h, entries) in self.conntrack_of(op, self.hosts.keys()).await? {
-            let mine: Vec<Tuple> = entries
+        // Connections read just before (the usual case) need no second conntrack read: the
+        // hosts that saw them are known, and the VM's own host is always covered, where a
+        // flow may have shown up since.
+        let known = self.seen.lock().ok().and_then(|m| {
+            let flows = m.get(&address)?;
+            connections
                 .iter()
-                .filter(|e| connection_of(e, address).is_some())
-                .filter(|e| connections.iter().any(|c| same_flow(c, e)))
-                .map(|e| e.orig)
-                .collect();
-            if !mine.is_empty() || &h == host {
-                tracked.insert(h, mine);
+                .map(|c| flows.get(&flow_key(c)).map(|hosts| (c, hosts.clone())))
+                .collect::<Option<Vec<_>>>()
+        });
+        match known {
+            Some(known) => {
+                tracked.insert(host.clone(), Vec::new());
+                for (c, hosts) in known {
+                    for h in hosts.iter().chain([host]) {
+                        let tuples = tracked.entry(h.clone()).or_default();
+                        let t = tuple_of(c);
+                        if !tuples.contains(&t) {
+                            tuples.push(t);
+                        }
+                    }
+                }
+            }
+            None => {
+                for (h, entries) in self.conntrack_of(op, self.hosts.keys()).await? {
+                    let mine: Vec<Tuple> = entries
+                        .iter()
+                        .filter(|e| connection_of(e, address).is_some())
+                        .filter(|e| connections.iter().any(|c| same_flow(c, e)))
+                        .map(|e| e.orig)
+                        .collect();
+                    if !mine.is_empty() || &h == host {
+                        tracked.insert(h, mine);
+                    }
+                }
             }
         }
         let tcp: Vec<nft::Flow> = connections
@@ -891,8 +955,8 @@ impl HostNetwork for NetnsHostNetwork {
             // Every packet of each flow, either way, entering a port of a subnet bridge on any
             // of those hosts is answered with a RST out of that port: from now on the flows
             // carry nothing, and each guest sees its RST with its next packet. The rules stay
-            // armed in the background until every flow met its reset or the window ends
-            // (`settle` waits for that); the apply goes on meanwhile.
+            // armed in the background, where the guests are nudged, until every flow met its
+            // reset or the window ends (`settle` waits for that); the apply goes on meanwhile.
             let keys: Vec<String> = tracked.keys().map(|h| format!("reset {}", h.0)).collect();
             let names: Vec<&str> = keys.iter().map(String::as_str).collect();
             let turn = self.exclusive(op, &names).await?;
@@ -935,9 +999,28 @@ impl HostNetwork for NetnsHostNetwork {
             }
             let window = self.reset_window;
             let flows = tcp.len();
+            // Each guest of a flow on these hosts answers a nudge at once, and its answer
+            // meets the RST: no waiting for its next packet of its own.
+            let nudged: Vec<(SocketAddrV4, SocketAddrV4)> = tcp
+                .iter()
+                .flat_map(|f| {
+                    let (a, b) = (
+                        SocketAddrV4::new(f.src, f.sport),
+                        SocketAddrV4::new(f.dst, f.dport),
+                    );
+                    [(a, b), (b, a)]
+                })
+                .collect();
             let task = tokio::spawn(async move {
                 let _turn = turn;
                 let deadline = Instant::now() + window;
+                // A nudge only hastens the resets: if one cannot be sent (a port gone
+                // meanwhile), the armed rules still answer the guest's own next packet.
+                let nudging = nudge_at.into_iter().map(|(o, taps)| {
+                    let flows = nudged.clone();
+                    async move { o.nudge(taps, flows).await }
+                });
+                let _hastened = futures_util::future::join_all(nudging).await;
                 let mut outcome = Ok(());
                 while Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -963,28 +1046,6 @@ impl HostNetwork for NetnsHostNetwork {
             .iter()
             .map(|(h, tuples)| async move { forget(op, h, &self.ops(op, &h.0)?, tuples).await });
         futures_util::future::try_join_all(forgetting).await?;
-        if !nudge_at.is_empty() {
-            // Each guest of a flow on these hosts answers a nudge at once, and its answer
-            // meets the RST: no waiting for its next packet of its own.
-            let flows: Vec<(SocketAddrV4, SocketAddrV4)> = tcp
-                .iter()
-                .flat_map(|f| {
-                    let (a, b) = (
-                        SocketAddrV4::new(f.src, f.sport),
-                        SocketAddrV4::new(f.dst, f.dport),
-                    );
-                    [(a, b), (b, a)]
-                })
-                .collect();
-            let nudging = nudge_at.into_iter().map(|(o, taps)| {
-                let flows = flows.clone();
-                async move { o.nudge(taps, flows).await }
-            });
-            // A nudge only hastens the resets: if one cannot be sent (a port gone meanwhile),
-            // the armed rules still answer the guest's own next packet, and `settle` waits
-            // for that within the reset window.
-            let _hastened = futures_util::future::join_all(nudging).await;
-        }
         Ok(())
     }
 
