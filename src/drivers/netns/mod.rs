@@ -431,32 +431,38 @@ impl NetnsHostNetwork {
                 }
             }
         }
-        let (oa, ob) = (self.overlay(&op, a).await?, self.overlay(&op, b).await?);
+        let (oa, ob) = futures_util::try_join!(self.overlay(&op, a), self.overlay(&op, b))?;
         let purpose = path_purpose(kind, subnet, a, b);
         let vni = links::vni(&purpose);
         let name = links::link_name(&purpose);
-        for (me, peer, local, remote) in [(a, b, oa, ob), (b, a, ob, oa)] {
-            let o = self.ops(&op, me)?;
-            let p = o
-                .nft_table()
-                .await
-                .map_err(|e| DriverError::failed(&op, me, e))?;
-            // The guard first: the link never exists without it.
-            o.nft_apply(nft::guard_commands(&p))
-                .await
-                .map_err(|e| DriverError::failed(&op, me, e))?;
-            let spec = VxlanSpec {
-                name: name.clone(),
-                alias: format!("smig {kind} subnet={subnet} remote={peer}"),
-                vni,
-                local,
-                remote,
-                bridge: self.bridge(&op, me, subnet)?,
-            };
-            o.ensure_vxlan(spec)
-                .await
-                .map_err(|e| DriverError::failed(&op, me, e))?;
-        }
+        // Both ends at once: each is its own host.
+        let end = |me: &str, peer: &str, local: Ipv4Addr, remote: Ipv4Addr| {
+            let (op, name) = (&op, &name);
+            let (me, peer) = (me.to_string(), peer.to_string());
+            async move {
+                let o = self.ops(op, &me)?;
+                let p = o
+                    .nft_table()
+                    .await
+                    .map_err(|e| DriverError::failed(op, &me, e))?;
+                // The guard first: the link never exists without it.
+                o.nft_apply(nft::guard_commands(&p))
+                    .await
+                    .map_err(|e| DriverError::failed(op, &me, e))?;
+                let spec = VxlanSpec {
+                    name: name.clone(),
+                    alias: format!("smig {kind} subnet={subnet} remote={peer}"),
+                    vni,
+                    local,
+                    remote,
+                    bridge: self.bridge(op, &me, subnet)?,
+                };
+                o.ensure_vxlan(spec)
+                    .await
+                    .map_err(|e| DriverError::failed(op, &me, e))
+            }
+        };
+        futures_util::try_join!(end(a, b, oa, ob), end(b, a, ob, oa))?;
         Ok(())
     }
 
