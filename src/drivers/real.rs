@@ -157,7 +157,7 @@ pub fn drivers(landscape: &Landscape, options: &RealOptions) -> DriverResult<Dri
 }
 
 /// An [`Ipsec`] driver that also keeps each secure_link's subnet data path between its two
-/// hosts: created after the SA is initiated, removed before the connection is unloaded
+/// hosts: created while the SA is initiated, removed before the connection is unloaded
 /// (unless another smig connection between the same hosts still needs it).
 pub struct SecurePath {
     ipsec: Arc<dyn Ipsec>,
@@ -222,18 +222,23 @@ impl Ipsec for SecurePath {
     }
 
     async fn initiate(&self, host: &HostId, name: &str) -> DriverResult<()> {
-        self.ipsec.initiate(host, name).await?;
         let Some(conn) = self.find(host, name).await? else {
             return Err(DriverError::failed(
                 "ipsec.initiate",
                 host,
-                format!("{name} is not loaded after initiating it"),
+                format!("{name} is not loaded, so it cannot be initiated"),
             ));
         };
-        for subnet in self.subnets_of(&conn.link) {
-            self.network.overlay_add(host, &conn.remote, subnet).await?;
-        }
-        Ok(())
+        // The data path is laid while IKE runs: its guard drops whatever would leave other
+        // than through the SA, so until the SA is up nothing of it crosses at all.
+        let paths = async {
+            for subnet in self.subnets_of(&conn.link) {
+                self.network.overlay_add(host, &conn.remote, subnet).await?;
+            }
+            Ok(())
+        };
+        let (initiated, laid) = tokio::join!(self.ipsec.initiate(host, name), paths);
+        initiated.and(laid)
     }
 
     async fn unload(&self, host: &HostId, name: &str) -> DriverResult<()> {
