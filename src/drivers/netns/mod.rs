@@ -1028,13 +1028,21 @@ impl HostNetwork for NetnsHostNetwork {
                 });
                 let _hastened = futures_util::future::join_all(nudging).await;
                 let mut outcome = Ok(());
+                // Nudged guests answer within a millisecond or so: look soon, then less often.
+                let mut pause = Duration::from_millis(5);
                 while Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
                     let mut sent = std::collections::BTreeSet::new();
-                    for (h, o) in &armed {
-                        match o.nft_list("netdev").await {
+                    let listing = armed.iter().map(|(h, o)| async move {
+                        o.nft_list("netdev")
+                            .await
+                            .map_err(|e| DriverError::failed(op, h, e))
+                    });
+                    for listed in futures_util::future::join_all(listing).await {
+                        match listed {
                             Ok(listed) => sent.extend(nft::resets_sent(&listed)),
-                            Err(e) => outcome = Err(DriverError::failed(op, h, e)),
+                            Err(e) => outcome = Err(e),
                         }
                     }
                     if sent.len() == flows || outcome.is_err() {
