@@ -104,18 +104,14 @@ fn landscape_and_plan(vms: usize) -> (Landscape, Observed, Plan) {
             &src,
             blk(&src),
             blocked(&src),
-            Inverse::Action {
-                action: unblk(&src),
-            },
+            Inverse::action(unblk(&src)),
         );
         let b = add(
             StepKind::Block,
             &dst,
             blk(&dst),
             blocked(&dst),
-            Inverse::Action {
-                action: unblk(&dst),
-            },
+            Inverse::action(unblk(&dst)),
         );
         let m = add(
             StepKind::Migrate,
@@ -125,16 +121,14 @@ fn landscape_and_plan(vms: usize) -> (Landscape, Observed, Plan) {
                 domain: name.clone(),
                 host: src.clone(),
             },
-            Inverse::Action {
-                action: mig(&dst, &src),
-            },
+            Inverse::action(mig(&dst, &src)),
         );
         let e = add(
             StepKind::Enable,
             &dst,
             unblk(&dst),
             not_blocked(&dst),
-            Inverse::Action { action: blk(&dst) },
+            Inverse::action(blk(&dst)),
         );
         let c = add(
             StepKind::Cleanup,

@@ -141,14 +141,12 @@ fn live_block_first_follows_fig_3() {
     ));
     // Rolling back an enable blocks again: it never re-opens cleartext.
     assert!(matches!(
-        &g[NodeIndex::new(7)].inverse,
-        Inverse::Action {
-            action: Action::Block { .. }
-        }
+        g[NodeIndex::new(7)].inverse.as_action(),
+        Some(Action::Block { .. })
     ));
     assert!(matches!(
-        &g[NodeIndex::new(2)].inverse,
-        Inverse::Action { action: Action::Migrate { from, paused: false, .. } } if from == &host("cloud.c1")
+        g[NodeIndex::new(2)].inverse.as_action(),
+        Some(Action::Migrate { from, paused: false, .. }) if from == &host("cloud.c1")
     ));
     assert_eq!(p.changes.len(), 2);
     assert_eq!(p.changes[1].address, "vm.db");
@@ -218,10 +216,8 @@ fn cold_shuts_down_before_migrating_and_starts_after() {
     assert_sound(&p);
     let g = &p.graph;
     assert!(matches!(
-        &g[NodeIndex::new(2)].inverse,
-        Inverse::Action {
-            action: Action::Start { .. }
-        }
+        g[NodeIndex::new(2)].inverse.as_action(),
+        Some(Action::Start { .. })
     ));
     assert!(matches!(
         &g[NodeIndex::new(3)].action,
@@ -267,10 +263,8 @@ fn whole_subnet_gets_a_tunnel_until_the_routing_core_learns() {
         Action::TunnelAdd { core, remote, .. } if core == "dc" && remote == &host("cloud.c1")
     ));
     assert!(matches!(
-        &p.graph[NodeIndex::new(19)].inverse,
-        Inverse::Action {
-            action: Action::TunnelAdd { .. }
-        }
+        p.graph[NodeIndex::new(19)].inverse.as_action(),
+        Some(Action::TunnelAdd { .. })
     ));
     assert!(p.changes.iter().any(|c| c.address == "subnet.data"));
 }
@@ -362,13 +356,11 @@ fn moving_back_to_trusted_removes_ipsec_only_once_inside() {
     }
     // The block on the untrusted source is undone fail-closed.
     assert!(matches!(
-        &g[NodeIndex::new(0)].inverse,
-        Inverse::Action {
-            action: Action::Unblock {
-                secure_only: true,
-                ..
-            }
-        }
+        g[NodeIndex::new(0)].inverse.as_action(),
+        Some(Action::Unblock {
+            secure_only: true,
+            ..
+        })
     ));
 }
 

@@ -455,7 +455,7 @@ impl Walker {
                     end.stopped_at.get_or_insert(key.clone());
                     continue;
                 }
-                Inverse::Action { action } => action.clone(),
+                Inverse::Action { action } => (**action).clone(),
             };
             if let Action::IpsecRemove {
                 link,
@@ -570,9 +570,9 @@ impl Walker {
                 added_blocks.push((vm.clone(), HostId(host.as_str().into())));
             }
             if let Record::UndoDone { step, .. } = &e.record {
-                if let Some(Inverse::Action {
-                    action: Action::Block { vm, host, .. },
-                }) = g.node_weight(NodeIndex::new(*step)).map(|s| &s.inverse)
+                if let Some(Action::Block { vm, host, .. }) = g
+                    .node_weight(NodeIndex::new(*step))
+                    .and_then(|s| s.inverse.as_action())
                 {
                     added_blocks.push((vm.to_string(), host.clone()));
                 }
@@ -584,10 +584,7 @@ impl Walker {
     /// After undoing a step: a domain its precondition had running, now paused there (a
     /// paused domain stays paused when migrated back), is resumed, as before the step.
     async fn restore_running(&self, step: &Step) -> Result<(), String> {
-        let Inverse::Action {
-            action: Action::Migrate { to, .. },
-        } = &step.inverse
-        else {
+        let Some(Action::Migrate { to, .. }) = step.inverse.as_action() else {
             return Ok(());
         };
         for f in &step.precondition {
@@ -754,10 +751,7 @@ fn moved_vms(plan: &Plan) -> HashMap<Name, Name> {
 fn vm_domains(plan: &Plan) -> HashMap<Name, Name> {
     let mut m = HashMap::new();
     for s in plan.graph.node_weights() {
-        let actions = std::iter::once(&s.action).chain(match &s.inverse {
-            Inverse::Action { action } => Some(action),
-            _ => None,
-        });
+        let actions = std::iter::once(&s.action).chain(s.inverse.as_action());
         for a in actions {
             match a {
                 Action::Migrate { vm, domain, .. }

@@ -55,7 +55,7 @@ fn step_key(kind: StepKind, subject: &str, target: &Target) -> String {
 }
 
 fn undo(action: Action) -> Inverse {
-    Inverse::Action { action }
+    Inverse::action(action)
 }
 
 fn state_fact(domain: &Name, host: &HostId, state: DomainState) -> Fact {

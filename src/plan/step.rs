@@ -275,12 +275,30 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Inverse {
+    // Boxed: most steps have an inverse action, and a step holding two actions inline
+    // would be twice as large (the schema and the JSON are those of the action).
     /// Run this action.
-    Action { action: Action },
+    Action { action: Box<Action> },
     /// Nothing to undo (a check, or an effect rollback does not need to reverse).
     Nothing,
     /// Cannot be undone: once it completed, rollback stops here and the apply halts fail-closed.
     PointOfNoReturn { reason: String },
+}
+
+impl Inverse {
+    /// The inverse that runs `action`.
+    pub fn action(action: Action) -> Self {
+        Inverse::Action {
+            action: Box::new(action),
+        }
+    }
+    /// The action rollback runs, if any.
+    pub fn as_action(&self) -> Option<&Action> {
+        match self {
+            Inverse::Action { action } => Some(action),
+            _ => None,
+        }
+    }
 }
 
 /// A checkable statement about the discovered landscape. Preconditions and effects are lists

@@ -228,7 +228,7 @@ fn migrate(vm: &str, from: &str, to: &str) -> Action {
 }
 
 fn undo(action: Action) -> Inverse {
-    Inverse::Action { action }
+    Inverse::action(action)
 }
 
 /// The plan for [`landscape`] from [`observed_before`], FIG. 3 order (block first) with the

@@ -57,15 +57,13 @@ pub fn reference_plan() -> Plan {
         vm: "db".into(),
         host: hv2.clone(),
     }];
-    block.inverse = Inverse::Action {
-        action: Action::Unblock {
-            vm: "db".into(),
-            host: hv2.clone(),
-            address: db_addr,
-            peers: vec![web_addr],
-            secure_only: false,
-        },
-    };
+    block.inverse = Inverse::action(Action::Unblock {
+        vm: "db".into(),
+        host: hv2.clone(),
+        address: db_addr,
+        peers: vec![web_addr],
+        secure_only: false,
+    });
     let b = g.add_node(block);
 
     let mut migrate = step(
@@ -105,20 +103,18 @@ pub fn reference_plan() -> Plan {
             host: hv2.clone(),
         },
     ];
-    migrate.inverse = Inverse::Action {
-        action: Action::Migrate {
-            vm: "db".into(),
-            domain: "db".into(),
-            from: c1.clone(),
-            to: hv2.clone(),
-            to_uri: "qemu+tls://10.77.0.12/system".into(),
-            mode: MigrationMode::Live,
-            tls: true,
-            paused: false,
-            max_downtime_ms: Some(300),
-            bandwidth_mibps: None,
-        },
-    };
+    migrate.inverse = Inverse::action(Action::Migrate {
+        vm: "db".into(),
+        domain: "db".into(),
+        from: c1.clone(),
+        to: hv2.clone(),
+        to_uri: "qemu+tls://10.77.0.12/system".into(),
+        mode: MigrationMode::Live,
+        tls: true,
+        paused: false,
+        max_downtime_ms: Some(300),
+        bandwidth_mibps: None,
+    });
     let m = g.add_node(migrate);
 
     let ipsec = |local: &HostId, remote: &HostId, la: &str, ra: &str| {
@@ -141,13 +137,11 @@ pub fn reference_plan() -> Plan {
             host: local.clone(),
             remote: remote.clone(),
         }];
-        s.inverse = Inverse::Action {
-            action: Action::IpsecRemove {
-                link: "web_db".into(),
-                local: local.clone(),
-                remote: remote.clone(),
-            },
-        };
+        s.inverse = Inverse::action(Action::IpsecRemove {
+            link: "web_db".into(),
+            local: local.clone(),
+            remote: remote.clone(),
+        });
         s
     };
     let i1 = g.add_node(ipsec(&hv1, &c1, "10.77.0.11", "10.78.0.21"));
@@ -186,15 +180,13 @@ pub fn reference_plan() -> Plan {
         vm: "db".into(),
         host: c1.clone(),
     }];
-    enable.inverse = Inverse::Action {
-        action: Action::Block {
-            vm: "db".into(),
-            host: c1.clone(),
-            address: db_addr,
-            peers: vec![web_addr],
-            allow_ipsec: false,
-        },
-    };
+    enable.inverse = Inverse::action(Action::Block {
+        vm: "db".into(),
+        host: c1.clone(),
+        address: db_addr,
+        peers: vec![web_addr],
+        allow_ipsec: false,
+    });
     let e = g.add_node(enable);
 
     let mut cleanup = step(
@@ -523,9 +515,7 @@ pub fn kitchen_sink_plan() -> Plan {
             1 => Inverse::PointOfNoReturn {
                 reason: "post-copy".into(),
             },
-            _ => Inverse::Action {
-                action: action.clone(),
-            },
+            _ => Inverse::action(action.clone()),
         };
         let target = if i % 2 == 0 {
             Target::Host(host("dc.hv1"))
