@@ -9,6 +9,60 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
+use std::ops::Index;
+
+/// Steps per chunk of [`Steps`]: a chunk stays well below the size from which the system
+/// allocator maps fresh pages for each allocation (128 KiB at first).
+const CHUNK: usize = 256;
+
+/// The draft's steps, by position, in fixed-size chunks. One vector of every step would be
+/// the plan's largest allocation: at 100k VMs the system allocator maps it afresh for each
+/// plan, and writing it faults in every page; chunks are recycled like any small allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Steps {
+    chunks: Vec<Vec<Step>>,
+    len: usize,
+}
+
+impl Steps {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn push(&mut self, step: Step) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(step),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK);
+                c.push(step);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Step> {
+        self.chunks.iter().flatten()
+    }
+
+    /// Keeps the steps whose `keep` entry is true, in order.
+    fn retain(&mut self, keep: &[bool]) {
+        let mut kept = Steps::default();
+        for (s, &k) in std::mem::take(self).chunks.into_iter().flatten().zip(keep) {
+            if k {
+                kept.push(s);
+            }
+        }
+        *self = kept;
+    }
+}
+
+impl Index<usize> for Steps {
+    type Output = Step;
+    fn index(&self, i: usize) -> &Step {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
 
 /// The steps of one moving VM, by position in the draft.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,7 +81,7 @@ pub(crate) struct VmSteps {
 /// The graph under construction.
 #[derive(Debug, Default)]
 pub(crate) struct Draft<'d> {
-    pub steps: Vec<Step>,
+    pub steps: Steps,
     /// Per step, the position in `Diff::moves` of the move it belongs to (`u32::MAX`:
     /// shared). Numbering keeps a VM's steps together by it.
     pub owner: Vec<u32>,
@@ -45,7 +99,7 @@ impl<'d> Draft<'d> {
     /// An empty draft with room for about `steps` steps.
     pub fn with_capacity(steps: usize, moves: usize) -> Self {
         Draft {
-            steps: Vec::with_capacity(steps),
+            steps: Steps::default(),
             owner: Vec::with_capacity(steps),
             edges: Vec::with_capacity(steps + steps / 4),
             vm: vec![VmSteps::default(); moves],
@@ -131,8 +185,7 @@ impl<'d> Draft<'d> {
             self.edges.dedup();
             return;
         }
-        let mut k = keep.iter();
-        self.steps.retain(|_| k.next().copied().unwrap_or(false));
+        self.steps.retain(&keep);
         let mut k = keep.iter();
         self.owner.retain(|_| k.next().copied().unwrap_or(false));
         for e in &mut self.edges {
@@ -309,11 +362,16 @@ impl<'d> Draft<'d> {
             .collect();
         edges.sort_unstable();
         // Move each step into the graph in numbering order (one move per step; the slots
-        // reuse the steps' buffer).
-        let mut slots: Vec<Option<Step>> = self.steps.into_iter().map(Some).collect();
+        // reuse the chunks' buffers).
+        let mut slots: Vec<Vec<Option<Step>>> = self
+            .steps
+            .chunks
+            .into_iter()
+            .map(|c| c.into_iter().map(Some).collect())
+            .collect();
         let mut g = DiGraph::with_capacity(n, edges.len());
         for &i in &order {
-            if let Some(step) = slots[i].take() {
+            if let Some(step) = slots[i / CHUNK][i % CHUNK].take() {
                 g.add_node(step);
             }
         }
