@@ -208,3 +208,28 @@ fn every_good_case_passes_and_the_report_lists_four_invariants() {
         assert_eq!(numbers, [1, 2, 3, 7], "{name}");
     }
 }
+
+/// The plan with the context's VM names in allocations of their own, as in a plan read from
+/// a file: the checker finds VMs by text then.
+fn with_fresh_names(mut p: Plan) -> Plan {
+    p.context.placements = p
+        .context
+        .placements
+        .iter()
+        .map(|(vm, h)| (smig::model::Name::from(vm.as_str()), h.clone()))
+        .collect();
+    p
+}
+
+#[test]
+fn names_not_shared_with_the_configuration_are_checked_alike() {
+    let f = case("01-live-block-first");
+    let p = with_fresh_names(good(&f));
+    assert!(invariants::check(&p, &f.desired).holds());
+    let mut p = p;
+    let init = NodeIndex::new(4);
+    let restart = find(&p, StepKind::Restart, "vm.db");
+    remove_edge(&mut p, init, restart);
+    rejected(&p, &f, 1, "restart vm.db @ cloud.c1");
+    rejected(&p, &f, 2, "enable vm.db @ cloud.c1");
+}

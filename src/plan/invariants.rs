@@ -188,7 +188,7 @@ fn tag(action: &Action) -> Tag {
     }
 }
 
-fn vm_of(action: &Action) -> Option<&str> {
+fn vm_of(action: &Action) -> Option<&Name> {
     match action {
         Action::Block { vm, .. }
         | Action::Unblock { vm, .. }
@@ -198,7 +198,7 @@ fn vm_of(action: &Action) -> Option<&str> {
         | Action::Resume { vm, .. }
         | Action::Migrate { vm, .. }
         | Action::SecureConnections { vm, .. }
-        | Action::Cleanup { vm, .. } => Some(vm.as_str()),
+        | Action::Cleanup { vm, .. } => Some(vm),
         _ => None,
     }
 }
@@ -228,14 +228,26 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<SaPairRef<'_>> {
     }
 }
 
+/// A VM name as the index keys it: two keys are equal exactly when the texts are. A name the
+/// plan's context places is keyed by the address of the context's own name for that VM, so
+/// clones of it (the steps' and the links' names, when the plan was built from this
+/// configuration) are keyed without reading their text; other names by their text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum VmKey<'p> {
+    Placed(usize),
+    Unplaced(&'p str),
+}
+
 /// Where VMs run after the plan, which links the VMs with restart or enable steps take part
 /// in, and the declared hosts.
 struct Index<'p> {
-    /// Where VMs run afterwards, by the address of their name (peers named by clones of the
-    /// VMs' names are found without reading the text); `placements_by_name` answers the rest.
+    /// Where VMs run afterwards, by the address of the context's name of the VM.
     placements: HashMap<usize, &'p HostId>,
     placements_by_name: &'p std::collections::BTreeMap<Name, HostId>,
-    links: HashMap<&'p str, Vec<&'p SecureLink>>,
+    /// The context's names by text, for names that are not clones of them (a plan read
+    /// from a file); built on first need.
+    placed_by_text: std::cell::OnceCell<HashMap<&'p str, usize>>,
+    links: HashMap<VmKey<'p>, Vec<&'p SecureLink>>,
     established: HashSet<SaPairRef<'p>>,
     hosts: HashMap<&'p HostId, &'p Host>,
 }
@@ -245,23 +257,6 @@ impl<'p> Index<'p> {
         let mut placements = HashMap::with_capacity(plan.context.placements.len());
         for (vm, h) in &plan.context.placements {
             placements.insert(vm.addr(), h);
-        }
-        let mut links: HashMap<&str, Vec<&SecureLink>> = HashMap::new();
-        for n in plan.graph.node_indices() {
-            let s = &plan.graph[n];
-            if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
-                links.entry(vm).or_default();
-            }
-            if let Some((vm, _)) = s.action.arrives_running() {
-                links.entry(vm).or_default();
-            }
-        }
-        for link in desired.secure_links.values() {
-            for m in &link.between {
-                if let Some(l) = links.get_mut(m.as_str()) {
-                    l.push(link);
-                }
-            }
         }
         let hosts = desired
             .hosts()
@@ -274,23 +269,66 @@ impl<'p> Index<'p> {
             .iter()
             .map(|p| sa_pair_ref(&p.link, &p.a, &p.b))
             .collect();
-        Index {
+        let mut index = Index {
             placements,
             placements_by_name: &plan.context.placements,
-            links,
+            placed_by_text: std::cell::OnceCell::new(),
+            links: HashMap::new(),
             established,
             hosts,
+        };
+        let mut links: HashMap<VmKey, Vec<&SecureLink>> = HashMap::new();
+        for s in plan.graph.node_weights() {
+            if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
+                links.entry(index.key(vm)).or_default();
+            }
+            if let Some((vm, _)) = s.action.arrives_running() {
+                links.entry(index.key(vm)).or_default();
+            }
+        }
+        for link in desired.secure_links.values() {
+            for m in &link.between {
+                if let Some(l) = links.get_mut(&index.key(m)) {
+                    l.push(link);
+                }
+            }
+        }
+        index.links = links;
+        index
+    }
+
+    /// The key of a VM name (see [`VmKey`]).
+    fn key(&self, name: &'p Name) -> VmKey<'p> {
+        if self.placements.contains_key(&name.addr()) {
+            return VmKey::Placed(name.addr());
+        }
+        let by_text = self.placed_by_text.get_or_init(|| {
+            self.placements_by_name
+                .keys()
+                .map(|n| (n.as_str(), n.addr()))
+                .collect()
+        });
+        match by_text.get(name.as_str()) {
+            Some(&addr) => VmKey::Placed(addr),
+            None => VmKey::Unplaced(name.as_str()),
         }
     }
 
-    /// The SAs `vm` needs when it runs on `host`, given where its peers end up.
-    fn needs(&self, desired: &Landscape, vm: &str, host: &'p HostId, out: &mut Vec<SaPairRef<'p>>) {
+    /// The SAs the VM keyed `vm` needs when it runs on `host`, given where its peers end up.
+    fn needs(
+        &self,
+        desired: &Landscape,
+        vm: VmKey<'p>,
+        host: &'p HostId,
+        out: &mut Vec<SaPairRef<'p>>,
+    ) {
         out.clear();
-        for link in self.links.get(vm).into_iter().flatten() {
-            for peer in link.between.iter().filter(|m| m.as_str() != vm) {
-                let found = match self.placements.get(&peer.addr()) {
-                    Some(&p) => Some(p),
-                    None => self.placements_by_name.get(peer.as_str()),
+        for link in self.links.get(&vm).into_iter().flatten() {
+            for peer in &link.between {
+                let found = match self.key(peer) {
+                    k if k == vm => continue,
+                    VmKey::Placed(addr) => self.placements.get(&addr).copied(),
+                    VmKey::Unplaced(_) => None,
                 };
                 let Some(p) = found else {
                     continue;
@@ -322,13 +360,13 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
     }
 
     let index = Index::new(plan, desired);
-    let mut secured_vms: HashSet<&str> = HashSet::new();
+    let mut secured_vms: HashSet<VmKey> = HashSet::new();
     let mut responders: HashMap<SaPairRef, Vec<NodeIndex>> = HashMap::new();
     for n in plan.graph.node_indices() {
         let s = &plan.graph[n];
         match &s.action {
             Action::SecureConnections { vm, .. } => {
-                secured_vms.insert(vm.as_str());
+                secured_vms.insert(index.key(vm));
             }
             Action::IpsecInstall {
                 link,
@@ -354,7 +392,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
         // a live migration arriving unpaused.
         let starts = match s.kind {
             StepKind::Restart | StepKind::Enable => vm_of(&s.action).zip(step_host(plan, n)),
-            StepKind::Migrate => s.action.arrives_running().map(|(vm, to)| (vm.as_ref(), to)),
+            StepKind::Migrate => s.action.arrives_running(),
             _ => None,
         };
         if let Some((vm, host)) = starts {
@@ -365,7 +403,8 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                     .filter(|a| tags[a.index()] == Tag::Initiate)
                     .filter_map(|&a| initiates(plan, a)),
             );
-            index.needs(desired, vm, host, &mut needed);
+            let key = index.key(vm);
+            index.needs(desired, key, host, &mut needed);
             for &p in &needed {
                 if index.established.contains(&p) || installed.contains(&p) {
                     continue;
@@ -383,7 +422,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                 }
                 v1.push(msg);
             }
-            let must = secured_vms.contains(vm) || plan.context.must_secure.contains(vm);
+            let must = secured_vms.contains(&key) || plan.context.must_secure.contains(vm.as_str());
             if s.kind == StepKind::Enable && must {
                 let secured = anc.iter().any(|&a| {
                     tags[a.index()] == Tag::Secure && matches!(&plan.graph[a].action, Action::SecureConnections { vm: w, .. } if w == vm)
