@@ -5,53 +5,38 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine with the lab's guests running (load average 1.4-1.9),
+//! Measured on the 2-core build machine with the lab's guests running (load average 1.1-2.5),
 //! with the system allocator as in the binary; three runs of the default repetitions (7 and 3
-//! timed builds), medians of the runs' medians; 1k: one run of 21 (with mimalloc, since
-//! dropped). "build CPU" is this thread's own CPU time; "first build" is the first timed
-//! build, which faults in the plan's memory as the one build of a `smig plan` does. Steps now
-//! include `connections.secure` for every VM behind IPsec and no `restart` for pre-staged
-//! moves:
+//! timed builds), medians of the runs' medians. "build CPU" is this thread's own CPU time;
+//! "first build" is the first timed build, which faults in the plan's memory as the one build
+//! of a `smig plan` does:
 //!
 //! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 1,000 | 50 | 1,596 | 1.3 ms | 1.3 ms | 1.3 ms | 17 ms | 13 MiB |
-//! | 10,000 | 500 | 14,835 | 22.7 ms | 21.8 ms | 24 ms | 39-40 ms | 38 MiB |
-//! | 100,000 | 5,000 | 148,093 | 435 ms | 382 ms | 436 ms | 499-527 ms | 348-351 MiB |
+//! | 10,000 | 500 | 14,835 | 24.8 ms | 23.5 ms | 24.0 ms | 34-36 ms | 32 MiB |
+//! | 100,000 | 5,000 | 148,093 | 426 ms | 412-429 ms | 424 ms | 509-541 ms | 297 MiB |
 //!
-//! The 100k/10k ratio is 19x: the 12x target is still **missed**. With mimalloc (which the
-//! binary no longer uses: a `smig apply` crashed inside its `free` on the lab) the same
-//! machine measured 19.8 / 398 ms = 20x; before the shared names, 28.3 / 461.5 ms = 16.3x:
-//! both sizes got faster, 10k more, so the ratio grew. Alternating with the previous code
-//! under load 2.0-4.7 (19 runs each, mimalloc): 10k 38.4 -> 30.8 ms, 100k 688 -> 543 ms,
-//! 17.9x -> 17.6x.
+//! The 100k/10k ratio is 17.2x (first builds: 14.7x): the 12x target is still **missed**.
+//! Before this change, on the same machine: 10k 25.3 ms, 38 MiB; 100k 451 ms, 348 MiB (18x).
 //!
-//! What changed: names are shared (`smig::model::Name`, an `Arc<str>`), so steps, facts and
-//! inverses clone pointers instead of allocating strings, and clones of one name compare equal
-//! without reading it; a move's steps, a link member's position and move, and a peer's placement
-//! in the invariant check are found by index or by the address of the member's (shared) name
-//! rather than by hashing names; dedupe hashes only the keys of shared steps; numbering walks a
-//! flat successor array; each move's resource change is built without temporary maps.
+//! What changed: `Inverse::Action` boxes its action, so a step no longer holds two actions
+//! inline (360 -> 264 bytes); the draft keeps its steps in chunks of 256 instead of one
+//! vector that grows with the plan; the invariant check finds VMs by the address of the plan
+//! context's shared name, by text only for names it does not share.
 //!
-//! Where the rest goes, per phase at 100k vs 10k (timers around the phases, one run): diff 95
-//! vs 5.2 ms (18x), passes 84 vs 5.0 ms (17x), numbering 37 vs 2.2 ms (16x), resource changes
-//! 48 vs 4.4 ms (11x), context 8.8 vs 0.7 ms (13x), invariant check 54 vs 3.8 ms (14x). Each
-//! phase does the same work per VM or step at both sizes, but at 100k the landscape (~110
-//! MiB) and the plan (~220 MiB) are far beyond the 32 MiB L3, so each random access (a VM by
-//! name, a link's members, a step's strings, an `Arc`'s count) goes to DRAM. Page faults are
-//! not the cause: `perf stat -e page-faults` counts about 4,300 faults per repeated 100k build
-//! (mimalloc purges freed pages after a short delay, which a 400 ms build outlasts) and about
-//! 3 with `MIMALLOC_PURGE_DELAY=-1`, but the medians did not move (four alternating runs,
-//! default vs purging off: 407 vs 413 ms at 100k, 20.6 vs 23.1 ms at 10k), so the kernel's page
-//! zeroing that `perf record` shows (19% of a 10-build 100k run) must come mostly from the
-//! first build and the landscape generation. What remains to shrink: the step itself (360 bytes inline: the action and its
-//! inverse are 120 bytes each, and numbering holds every step twice while it moves them into
-//! the graph), the resource-change JSON (three B-tree maps per move) and the name-keyed
-//! lookups of the diff (each VM's current host, by domain name) and of the invariant check.
+//! Where the rest goes: every phase (diff, passes, numbering, resource changes, context,
+//! invariant check) costs 12-17x at 100k for the same work per VM or step, because the
+//! landscape (~110 MiB) and the plan (~190 MiB) are far beyond the 32 MiB L3, so each random
+//! access (a VM by name, a link's members, a step's strings, an `Arc`'s count) goes to DRAM;
+//! callgrind counts ~10x the instructions. glibc also serves each allocation of 32 MiB or more
+//! with a fresh mmap: at 100k the graph's node array (148,093 x 272 bytes, 40 MB) is one, so
+//! every build faults in ~10,000 pages (`perf stat -e page-faults`; at 10k, none after the
+//! first build). A step of at most ~216 bytes would keep it in the heap; a one-pointer `Name`
+//! gets there, but only with hand-written unsafe code, not kept. What would remain to try:
+//! fewer allocations per step (key string, fact vectors, cloned peer lists), integer ids
+//! instead of names in the planner's joins, and the resource-change JSON (three maps per move).
 //!
-//! The allocator is the system's, as in the binary. The first build of a process pays the
-//! page faults of a fresh heap (here 0.4-1.1 s at 100k, 22-55 ms at 10k). Peak RSS varies by
-//! ~30 MiB with huge pages.
+//! The first build of a process pays the page faults of a fresh heap.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
