@@ -26,7 +26,7 @@
 //!
 //! The pre-staged blackout target (≤ 2x bare) is met; the overhead target (≤ max(5%, 200 ms))
 //! is missed while a cleartext connection is reset (README.md, "Measured", says where the time
-//! goes); an apply with nothing to reset took 167-190 ms.
+//! goes); an apply with nothing to reset took 167 and 187 ms (two single runs).
 
 #[path = "../tests/lab_support/mod.rs"]
 mod lab_support;
