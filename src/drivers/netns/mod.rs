@@ -869,16 +869,15 @@ impl HostNetwork for NetnsHostNetwork {
         let found = vms
             .iter()
             .map(|(_, address)| {
-                let mut seen: BTreeMap<(SocketAddrV4, SocketAddrV4, u8), Connection> =
-                    BTreeMap::new();
+                let mut seen: HashMap<FlowKey, Connection> = HashMap::new();
                 let mut hosts: HashMap<FlowKey, Vec<HostId>> = HashMap::new();
                 for (h, entries) in &tables {
                     for c in entries.iter().filter_map(|e| connection_of(e, *address)) {
-                        let at = hosts.entry(flow_key(&c)).or_default();
+                        let key = flow_key(&c);
+                        let at = hosts.entry(key).or_default();
                         if !at.contains(h) {
                             at.push(h.clone());
                         }
-                        let key = (c.local, c.remote, c.protocol as u8);
                         seen.entry(key)
                             .and_modify(|known| known.ipsec |= c.ipsec)
                             .or_insert(c);
@@ -886,7 +885,7 @@ impl HostNetwork for NetnsHostNetwork {
                 }
                 memo.insert(*address, hosts);
                 let mut out: Vec<Connection> = seen.into_values().collect();
-                out.sort_by_key(|c| (c.local, c.remote));
+                out.sort_by_key(|c| (c.local, c.remote, c.protocol as u8));
                 out
             })
             .collect();
