@@ -339,15 +339,20 @@ pub fn delete(t: &Tuple) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A tuple from web (192.168.10.11) to db (192.168.10.12).
+    fn web_to_db(proto: u8, sport: u16, dport: u16) -> Tuple {
+        Tuple {
+            proto,
+            src: Ipv4Addr::new(192, 168, 10, 11),
+            dst: Ipv4Addr::new(192, 168, 10, 12),
+            sport,
+            dport,
+        }
+    }
+
     #[test]
     fn an_encoded_tuple_parses_back() {
-        let t = Tuple {
-            proto: 6,
-            src: "192.168.10.11".parse().unwrap(),
-            dst: "192.168.10.12".parse().unwrap(),
-            sport: 40123,
-            dport: 7,
-        };
+        let t = web_to_db(6, 40123, 7);
         let b = encode_tuple(&t);
         let e = parse_entry(&b).unwrap();
         assert_eq!(e.orig, t);
@@ -357,13 +362,7 @@ mod tests {
 
     #[test]
     fn an_icmp_tuple_carries_its_id_type_and_code() {
-        let t = Tuple {
-            proto: 1,
-            src: "192.168.10.11".parse().unwrap(),
-            dst: "192.168.10.12".parse().unwrap(),
-            sport: 113,
-            dport: 8 << 8,
-        };
+        let t = web_to_db(1, 113, 8 << 8);
         let b = encode_tuple(&t);
         // id (u16), type (u8) and code (u8) attributes, not ports
         let nested_in = |b: &[u8], kind: u16| -> Vec<u8> {
