@@ -728,6 +728,18 @@ async fn next_interrupt(rx: &mut Option<watch::Receiver<u8>>) -> u8 {
     }
 }
 
+/// The reads that decide [`effect_holds`].
+fn effect_queries(step: &Step, locator: &Locator) -> BTreeSet<Query> {
+    let mut q = BTreeSet::new();
+    if step.effect.is_empty() {
+        action_queries(&step.action, &mut q);
+    }
+    for f in &step.effect {
+        fact_queries(f, locator, &mut q);
+    }
+    q
+}
+
 fn effect_holds(step: &Step, o: &crate::model::Observed) -> bool {
     if step.effect.is_empty() {
         action_holds(&step.action, o)
@@ -944,13 +956,7 @@ async fn run_step(
         return fail(e.to_string());
     }
     // Only what decides the effect: the preconditions were for starting.
-    let mut q = BTreeSet::new();
-    if step.effect.is_empty() {
-        action_queries(&step.action, &mut q);
-    }
-    for f in &step.effect {
-        fact_queries(f, &checks.locator, &mut q);
-    }
+    let q = effect_queries(&step, &checks.locator);
     match checks.readings.observe(&ctx.drivers, &q).await {
         Ok(o) if effect_holds(&step, &o) => {}
         Ok(o) => {
