@@ -238,12 +238,14 @@ impl Readings {
     ) -> DriverResult<Observed> {
         let (epoch, kept, missing) = {
             let s = self.lock();
-            let (kept, missing): (Vec<&Query>, Vec<&Query>) =
-                queries.iter().partition(|q| s.kept.contains_key(q));
-            let kept: Vec<(Query, Reading)> = kept
-                .into_iter()
-                .filter_map(|q| s.kept.get(q).map(|r| (q.clone(), r.clone())))
-                .collect();
+            let mut kept: Vec<(&Query, Reading)> = Vec::new();
+            let mut missing: Vec<&Query> = Vec::new();
+            for q in queries {
+                match s.kept.get(q) {
+                    Some(r) => kept.push((q, r.clone())),
+                    None => missing.push(q),
+                }
+            }
             (s.epoch, kept, missing)
         };
         let fresh =
@@ -257,9 +259,7 @@ impl Readings {
             }
         }
         Ok(assemble(
-            kept.iter()
-                .map(|(q, r)| (q, r.clone()))
-                .chain(missing.into_iter().zip(fresh)),
+            kept.into_iter().chain(missing.into_iter().zip(fresh)),
         ))
     }
 }
