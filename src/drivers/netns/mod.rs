@@ -544,6 +544,58 @@ impl NetnsHostNetwork {
         futures_util::future::try_join_all(reads).await
     }
 
+    /// Where `connections` of the VM at `address` (running on `host`) are tracked, with the
+    /// conntrack tuple of each there. The VM's own host is always among them.
+    async fn tracked(
+        &self,
+        op: &str,
+        host: &HostId,
+        address: Ipv4Addr,
+        connections: &[Connection],
+    ) -> DriverResult<BTreeMap<HostId, Vec<Tuple>>> {
+        // Where the flows are tracked: the VM's host and its peers' hosts. A VM just moved
+        // and still blocked sends nothing yet; its peers keep sending from theirs.
+        let mut tracked: BTreeMap<HostId, Vec<Tuple>> = BTreeMap::new();
+        // Connections read just before (the usual case) need no second conntrack read: the
+        // hosts that saw them are known, and the VM's own host is always covered, where a
+        // flow may have shown up since.
+        let known = self.seen.lock().ok().and_then(|m| {
+            let flows = m.get(&address)?;
+            connections
+                .iter()
+                .map(|c| flows.get(&flow_key(c)).map(|hosts| (c, hosts.clone())))
+                .collect::<Option<Vec<_>>>()
+        });
+        match known {
+            Some(known) => {
+                tracked.insert(host.clone(), Vec::new());
+                for (c, hosts) in known {
+                    for h in hosts.iter().chain([host]) {
+                        let tuples = tracked.entry(h.clone()).or_default();
+                        let t = tuple_of(c);
+                        if !tuples.contains(&t) {
+                            tuples.push(t);
+                        }
+                    }
+                }
+            }
+            None => {
+                for (h, entries) in self.conntrack_of(op, self.hosts.keys()).await? {
+                    let mine: Vec<Tuple> = entries
+                        .iter()
+                        .filter(|e| connection_of(e, address).is_some())
+                        .filter(|e| connections.iter().any(|c| same_flow(c, e)))
+                        .map(|e| e.orig)
+                        .collect();
+                    if !mine.is_empty() || &h == host {
+                        tracked.insert(h, mine);
+                    }
+                }
+            }
+        }
+        Ok(tracked)
+    }
+
     /// Forgets, at an endpoint that no smig path for the subnet reaches any more, that the
     /// subnet's flows crossed one: their conntrack entries carrying [`nft::IPSEC_MARK`] go
     /// (conntrack picks a live flow up again, unmarked, on its next packet). Otherwise a flow
@@ -904,46 +956,7 @@ impl HostNetwork for NetnsHostNetwork {
         connections: &[Connection],
     ) -> DriverResult<()> {
         let op = "network.reset_connections";
-        // Where the flows are tracked: the VM's host and its peers' hosts. A VM just moved
-        // and still blocked sends nothing yet; its peers keep sending from theirs.
-        let mut tracked: BTreeMap<HostId, Vec<Tuple>> = BTreeMap::new();
-        // Connections read just before (the usual case) need no second conntrack read: the
-        // hosts that saw them are known, and the VM's own host is always covered, where a
-        // flow may have shown up since.
-        let known = self.seen.lock().ok().and_then(|m| {
-            let flows = m.get(&address)?;
-            connections
-                .iter()
-                .map(|c| flows.get(&flow_key(c)).map(|hosts| (c, hosts.clone())))
-                .collect::<Option<Vec<_>>>()
-        });
-        match known {
-            Some(known) => {
-                tracked.insert(host.clone(), Vec::new());
-                for (c, hosts) in known {
-                    for h in hosts.iter().chain([host]) {
-                        let tuples = tracked.entry(h.clone()).or_default();
-                        let t = tuple_of(c);
-                        if !tuples.contains(&t) {
-                            tuples.push(t);
-                        }
-                    }
-                }
-            }
-            None => {
-                for (h, entries) in self.conntrack_of(op, self.hosts.keys()).await? {
-                    let mine: Vec<Tuple> = entries
-                        .iter()
-                        .filter(|e| connection_of(e, address).is_some())
-                        .filter(|e| connections.iter().any(|c| same_flow(c, e)))
-                        .map(|e| e.orig)
-                        .collect();
-                    if !mine.is_empty() || &h == host {
-                        tracked.insert(h, mine);
-                    }
-                }
-            }
-        }
+        let tracked = self.tracked(op, host, address, connections).await?;
         let tcp: Vec<nft::Flow> = connections
             .iter()
             .filter(|c| c.protocol == Protocol::Tcp)
