@@ -175,10 +175,16 @@ async fn driver_in_private_namespaces() {
     assert!(has_table(&host_ns, "netdev"));
     let listed = ops.nft_list("netdev").await.expect("list reset table");
     assert!(nft::resets_sent(&listed).is_empty(), "no packet, no reset");
-    ops.nft_apply(nft::unreset_commands())
+    ops.nft_delete_table(nft::RESET_FAMILY)
         .await
-        .expect("unreset");
+        .expect("reset table deleted over nfnetlink");
     assert!(!has_table(&host_ns, "netdev"));
+    ops.nft_delete_table(nft::RESET_FAMILY)
+        .await
+        .expect("deleting a table that is gone is fine");
+    ops.nft_delete_table("bridge")
+        .await
+        .expect_err("smig has no bridge-family table");
     assert!(ops.conntrack().await.is_ok(), "conntrack dump");
 
     // subnet tunnel core -> host, twice each way

@@ -499,6 +499,9 @@ mod tests {
         async fn nft_list(&self, _: &str) -> Result<Value, String> {
             Ok(Value::Null)
         }
+        async fn nft_delete_table(&self, _: &str) -> Result<(), String> {
+            Ok(())
+        }
         async fn links(&self) -> Result<Vec<links::LinkEntry>, String> {
             Ok(self.links.lock().unwrap().clone())
         }

@@ -1,21 +1,16 @@
 //! Netfilter connection tracking of the current network namespace over ctnetlink (a raw
-//! `NETLINK_NETFILTER` socket): dump IPv4 entries, delete one. Blocking: called on a
-//! [`super::namespace::NamespaceThread`].
+//! `NETLINK_NETFILTER` socket, [`super::nfnetlink`]): dump IPv4 entries, delete one. Blocking;
+//! the socket's namespace is where it was opened.
 
+use super::nfnetlink::{
+    attrs, message, nested, push_attr, Socket, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use std::io;
 use std::net::Ipv4Addr;
 
-const NETLINK_NETFILTER: i32 = 12;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -58,24 +53,6 @@ pub struct Entry {
     pub mark: u32,
     /// TCP state, for TCP entries.
     pub tcp_state: Option<u8>,
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        b = &b[align4(len).min(b.len())..];
-    }
-    out
 }
 
 fn parse_tuple(b: &[u8]) -> Option<Tuple> {
@@ -158,20 +135,6 @@ pub fn parse_entry(b: &[u8]) -> Option<Entry> {
     })
 }
 
-fn push_attr(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize(align4(buf.len()), 0);
-}
-
-fn nested(ty: u16, inner: Vec<u8>) -> Vec<u8> {
-    let mut b = Vec::new();
-    push_attr(&mut b, ty | NLA_F_NESTED, &inner);
-    b
-}
-
 /// The `CTA_TUPLE_ORIG` attribute identifying an entry.
 pub fn encode_tuple(t: &Tuple) -> Vec<u8> {
     let mut ip = Vec::new();
@@ -193,123 +156,22 @@ pub fn encode_tuple(t: &Tuple) -> Vec<u8> {
     nested(CTA_TUPLE_ORIG, inner)
 }
 
-fn message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(20 + payload.len());
-    let len = (16 + 4 + payload.len()) as u32;
-    b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&(((NFNL_SUBSYS_CTNETLINK) << 8) | ty).to_ne_bytes());
-    b.extend_from_slice(&flags.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family AF_INET, version 0, res_id 0
-    b.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
-    b.extend_from_slice(payload);
-    b
+/// A ctnetlink message (IPv4) of type `ty`.
+fn ct_message(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let family = libc::AF_INET as u8;
+    message(
+        NFNL_SUBSYS_CTNETLINK << 8 | ty,
+        flags,
+        seq,
+        family,
+        0,
+        payload,
+    )
 }
 
-struct Socket(i32);
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // SAFETY: closing a descriptor this struct owns.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-impl Socket {
-    fn open() -> io::Result<Socket> {
-        // SAFETY: plain syscalls; the descriptor is owned by the returned value.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let s = Socket(fd);
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: valid descriptor and option buffer.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        Ok(s)
-    }
-    fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: zeroed sockaddr_nl addressed to the kernel (pid 0).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let n = unsafe {
-            libc::sendto(
-                self.0,
-                msg.as_ptr() as *const libc::c_void,
-                msg.len(),
-                0,
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-    /// Reads replies until DONE (dump) or the ACK/error; hands each entry payload to `f`.
-    fn recv_all(&self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            // SAFETY: reading into an owned buffer of the given length.
-            let n =
-                unsafe { libc::recv(self.0, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 16 {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                if len < 16 || len > b.len() {
-                    return Err(io::Error::other("truncated netlink message"));
-                }
-                let body = &b[16..len];
-                match ty {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = if body.len() >= 4 {
-                            i32::from_ne_bytes([body[0], body[1], body[2], body[3]])
-                        } else {
-                            0
-                        };
-                        return if code == 0 {
-                            Ok(())
-                        } else {
-                            Err(io::Error::from_raw_os_error(-code))
-                        };
-                    }
-                    _ if body.len() >= 4 => f(&body[4..]),
-                    _ => {}
-                }
-                b = &b[align4(len).min(b.len())..];
-            }
-        }
-    }
-}
-
-/// Every IPv4 conntrack entry of the current namespace.
-pub fn dump() -> io::Result<Vec<Entry>> {
-    let s = Socket::open()?;
-    s.send(&message(
+/// Every IPv4 conntrack entry of the socket's namespace.
+pub fn dump(s: &Socket) -> io::Result<Vec<Entry>> {
+    s.send(&ct_message(
         IPCTNL_MSG_CT_GET,
         NLM_F_REQUEST | NLM_F_DUMP,
         1,
@@ -321,11 +183,11 @@ pub fn dump() -> io::Result<Vec<Entry>> {
 }
 
 /// Deletes the entry whose original tuple is `t`; an absent entry is fine.
-pub fn delete(t: &Tuple) -> io::Result<()> {
-    let s = Socket::open()?;
-    s.send(&message(
+pub fn delete(s: &Socket, t: &Tuple) -> io::Result<()> {
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    s.send(&ct_message(
         IPCTNL_MSG_CT_DELETE,
-        NLM_F_REQUEST | NLM_F_ACK,
+        flags,
         2,
         &encode_tuple(t),
     ))?;
@@ -338,6 +200,7 @@ pub fn delete(t: &Tuple) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::netns::nfnetlink::NLA_F_NESTED;
 
     /// A tuple from web (192.168.10.11) to db (192.168.10.12).
     fn web_to_db(proto: u8, sport: u16, dport: u16) -> Tuple {

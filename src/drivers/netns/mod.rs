@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod libnft;
 pub mod links;
 pub mod namespace;
+pub mod nfnetlink;
 pub mod nft;
 pub mod nudge;
 
@@ -44,6 +45,8 @@ pub trait HostOps: Send + Sync {
     async fn nft_apply(&self, commands: Vec<Value>) -> Result<(), String>;
     /// `nft -j list table FAMILY smig`.
     async fn nft_list(&self, family: &str) -> Result<Value, String>;
+    /// Deletes table `FAMILY smig` with all it holds, if it is there.
+    async fn nft_delete_table(&self, family: &str) -> Result<(), String>;
     async fn links(&self) -> Result<Vec<LinkEntry>, String>;
     async fn routes(&self) -> Result<Vec<RouteEntry>, String>;
     /// The overlay endpoint address (the /32 on `lo`).
@@ -80,6 +83,22 @@ impl NetnsOps {
         f: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, String> + Send + 'static,
     ) -> Result<T, String> {
         self.thread.run(f).await.map_err(|e| e.to_string())?
+    }
+
+    /// Opens a netfilter netlink socket in the namespace, then runs the blocking `f` with it
+    /// on tokio's blocking pool: the namespace's thread stays free while the kernel works.
+    async fn nfnetlink<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&nfnetlink::Socket) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let s = self
+            .run(move |_| nfnetlink::Socket::open().map_err(|e| format!("{what}: {e}")))
+            .await?;
+        tokio::task::spawn_blocking(move || f(&s))
+            .await
+            .map_err(|e| format!("{what}: {e}"))?
+            .map_err(|e| format!("{what}: {e}"))
     }
 
     async fn netlink<T, F, Fut>(&self, f: F) -> Result<T, String>
@@ -162,12 +181,22 @@ impl HostOps for NetnsOps {
         self.netlink(move |h| async move { links::delete_link(&h, &name).await })
             .await
     }
+    async fn nft_delete_table(&self, family: &str) -> Result<(), String> {
+        let family = match family {
+            "inet" => nfnetlink::NFPROTO_INET,
+            "netdev" => nfnetlink::NFPROTO_NETDEV,
+            other => return Err(format!("nft: no family {other} for smig's table")),
+        };
+        self.nfnetlink("nft delete table", move |s| {
+            nfnetlink::delete_table(s, family, nft::TABLE)
+        })
+        .await
+    }
     async fn conntrack(&self) -> Result<Vec<Entry>, String> {
-        self.run(|_| conntrack::dump().map_err(|e| format!("conntrack dump: {e}")))
-            .await
+        self.nfnetlink("conntrack dump", conntrack::dump).await
     }
     async fn conntrack_delete(&self, tuple: Tuple) -> Result<(), String> {
-        self.run(move |_| conntrack::delete(&tuple).map_err(|e| format!("conntrack delete: {e}")))
+        self.nfnetlink("conntrack delete", move |s| conntrack::delete(s, &tuple))
             .await
     }
     async fn nudge(
@@ -673,11 +702,12 @@ async fn forget(
 }
 
 async fn disarm(op: &str, armed: &[(HostId, Arc<dyn HostOps>)]) -> DriverResult<()> {
-    for (h, o) in armed {
-        o.nft_apply(nft::unreset_commands())
+    let deleting = armed.iter().map(|(h, o)| async move {
+        o.nft_delete_table(nft::RESET_FAMILY)
             .await
-            .map_err(|e| DriverError::failed(op, h, e))?;
-    }
+            .map_err(|e| DriverError::failed(op, h, e))
+    });
+    futures_util::future::try_join_all(deleting).await?;
     Ok(())
 }
 
@@ -1047,7 +1077,7 @@ impl HostNetwork for NetnsHostNetwork {
                     pause = (pause * 2).min(Duration::from_millis(50));
                     let mut sent = std::collections::BTreeSet::new();
                     let listing = armed.iter().map(|(h, o)| async move {
-                        o.nft_list("netdev")
+                        o.nft_list(nft::RESET_FAMILY)
                             .await
                             .map_err(|e| DriverError::failed(op, h, e))
                     });

@@ -443,6 +443,9 @@ pub struct Flow {
     pub dport: u16,
 }
 
+/// The family of smig's transient reset table (`netdev smig`), which goes as a whole.
+pub const RESET_FAMILY: &str = "netdev";
+
 /// Name of the transient reset chain in table `netdev smig`.
 pub const RESET_CHAIN: &str = "reset";
 
@@ -451,11 +454,11 @@ pub const RESET_CHAIN: &str = "reset";
 /// guests' own stacks see the RST and reconnect. (The kernel here has no bridge-family
 /// reject; netdev-family ingress reject works on bridge ports.)
 pub fn reset_commands(flows: &[Flow], devices: &[String]) -> Vec<Value> {
-    let mut cmds = vec![json!({"add": {"table": {"family": "netdev", "name": TABLE}}})];
+    let mut cmds = vec![json!({"add": {"table": {"family": RESET_FAMILY, "name": TABLE}}})];
     for (i, dev) in devices.iter().enumerate() {
         let chain = format!("{RESET_CHAIN}-{i}");
         cmds.push(
-            json!({"add": {"chain": {"family": "netdev", "table": TABLE, "name": chain,
+            json!({"add": {"chain": {"family": RESET_FAMILY, "table": TABLE, "name": chain,
             "type": "filter", "hook": "ingress", "dev": dev, "prio": -10,
             "policy": "accept"}}}),
         );
@@ -464,16 +467,18 @@ pub fn reset_commands(flows: &[Flow], devices: &[String]) -> Vec<Value> {
                 (f.src, f.sport, f.dst, f.dport),
                 (f.dst, f.dport, f.src, f.sport),
             ] {
-                cmds.push(json!({"add": {"rule": {"family": "netdev", "table": TABLE,
-                "chain": chain, "comment": format!("smig reset {n}"),
-                "expr": [
-                    eq(payload("ip", "saddr"), json!(s.to_string())),
-                    eq(payload("ip", "daddr"), json!(d.to_string())),
-                    eq(payload("tcp", "sport"), json!(sp)),
-                    eq(payload("tcp", "dport"), json!(dp)),
-                    json!({"counter": null}),
-                    json!({"reject": {"type": "tcp reset"}}),
-                ]}}}));
+                cmds.push(
+                    json!({"add": {"rule": {"family": RESET_FAMILY, "table": TABLE,
+                    "chain": chain, "comment": format!("smig reset {n}"),
+                    "expr": [
+                        eq(payload("ip", "saddr"), json!(s.to_string())),
+                        eq(payload("ip", "daddr"), json!(d.to_string())),
+                        eq(payload("tcp", "sport"), json!(sp)),
+                        eq(payload("tcp", "dport"), json!(dp)),
+                        json!({"counter": null}),
+                        json!({"reject": {"type": "tcp reset"}}),
+                    ]}}}),
+                );
             }
         }
     }
@@ -511,11 +516,6 @@ pub fn resets_sent(json: &Value) -> std::collections::BTreeSet<usize> {
             hit.then_some(n)
         })
         .collect()
-}
-
-/// Removes the transient reset table.
-pub fn unreset_commands() -> Vec<Value> {
-    vec![json!({"delete": {"table": {"family": "netdev", "name": TABLE}}})]
 }
 
 #[cfg(test)]

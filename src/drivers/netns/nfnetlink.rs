@@ -1,0 +1,270 @@
+//! The netfilter netlink socket (`NETLINK_NETFILTER`) and its message framing, shared by
+//! ctnetlink ([`super::conntrack`]) and the one nf_tables change smig sends without
+//! libnftables: deleting a whole table ([`delete_table`]).
+//!
+//! A socket keeps the network namespace it was opened in. [`Socket::open`] runs on a
+//! [`super::namespace::NamespaceThread`]; the blocking exchange may then run on any thread.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const NETLINK_NETFILTER: i32 = 12;
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+pub const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFTA_TABLE_NAME: u16 = 1;
+
+/// nftables families (`NFPROTO_*`).
+pub const NFPROTO_INET: u8 = 1;
+pub const NFPROTO_NETDEV: u8 = 5;
+
+pub fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// The attributes of `b`, as (type without flags, value).
+pub fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((ty, &b[4..len]));
+        b = &b[align4(len).min(b.len())..];
+    }
+    out
+}
+
+pub fn push_attr(buf: &mut Vec<u8>, ty: u16, value: &[u8]) {
+    let len = 4 + value.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(value);
+    buf.resize(align4(buf.len()), 0);
+}
+
+pub fn nested(ty: u16, inner: Vec<u8>) -> Vec<u8> {
+    let mut b = Vec::new();
+    push_attr(&mut b, ty | NLA_F_NESTED, &inner);
+    b
+}
+
+/// One netlink message of type `ty` with an `nfgenmsg` header (`family`, version 0,
+/// `res_id` in network order) followed by `payload`.
+pub fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20 + payload.len());
+    let len = (16 + 4 + payload.len()) as u32;
+    b.extend_from_slice(&len.to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.push(family);
+    b.push(0);
+    b.extend_from_slice(&res_id.to_be_bytes());
+    b.extend_from_slice(payload);
+    b
+}
+
+/// The batch deleting table `family name`: nf_tables changes travel in a batch, and only the
+/// deletion asks for an acknowledgement.
+pub fn delete_table_batch(family: u8, name: &str) -> Vec<u8> {
+    let mut table = Vec::new();
+    let mut text = name.as_bytes().to_vec();
+    text.push(0);
+    push_attr(&mut table, NFTA_TABLE_NAME, &text);
+    let subsys = NFNL_SUBSYS_NFTABLES;
+    let mut b = message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, 0, subsys, &[]);
+    b.extend(message(
+        subsys << 8 | NFT_MSG_DELTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        2,
+        family,
+        0,
+        &table,
+    ));
+    b.extend(message(
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        3,
+        0,
+        subsys,
+        &[],
+    ));
+    b
+}
+
+/// Deletes nftables table `family name` with everything in it, through `s`; a table that is
+/// not there is fine. The kernel lets a deletion wait for an RCU grace period (milliseconds),
+/// so this runs off the namespace thread and without libnftables' one-call-at-a-time lock.
+pub fn delete_table(s: &Socket, family: u8, name: &str) -> io::Result<()> {
+    s.send(&delete_table_batch(family, name))?;
+    match s.recv_all(|_| {}) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// A `NETLINK_NETFILTER` socket; receiving gives up after 5 s.
+#[derive(Debug)]
+pub struct Socket(OwnedFd);
+
+impl Socket {
+    /// Opens a socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Socket> {
+        // SAFETY: plain syscall; the descriptor is owned by the returned value at once.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                NETLINK_NETFILTER,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let s = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: valid descriptor and option buffer.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        Ok(s)
+    }
+
+    pub fn send(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_nl addressed to the kernel (pid 0).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: the buffer and the address outlive the call.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                msg.as_ptr() as *const libc::c_void,
+                msg.len(),
+                0,
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads replies until DONE (dump) or the ACK/error; hands each message's payload after
+    /// its `nfgenmsg` header to `f`.
+    pub fn recv_all(&self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: reading into an owned buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut b = &buf[..n as usize];
+            while b.len() >= 16 {
+                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let ty = u16::from_ne_bytes([b[4], b[5]]);
+                if len < 16 || len > b.len() {
+                    return Err(io::Error::other("truncated netlink message"));
+                }
+                let body = &b[16..len];
+                match ty {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let code = if body.len() >= 4 {
+                            i32::from_ne_bytes([body[0], body[1], body[2], body[3]])
+                        } else {
+                            0
+                        };
+                        return if code == 0 {
+                            Ok(())
+                        } else {
+                            Err(io::Error::from_raw_os_error(-code))
+                        };
+                    }
+                    _ if body.len() >= 4 => f(&body[4..]),
+                    _ => {}
+                }
+                b = &b[align4(len).min(b.len())..];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages of a buffer, as (type, flags, nfgenmsg family, res_id, payload).
+    fn messages(mut b: &[u8]) -> Vec<(u16, u16, u8, u16, Vec<u8>)> {
+        let mut out = Vec::new();
+        while b.len() >= 20 {
+            let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            let flags = u16::from_ne_bytes([b[6], b[7]]);
+            let res_id = u16::from_be_bytes([b[18], b[19]]);
+            out.push((ty, flags, b[16], res_id, b[20..len].to_vec()));
+            b = &b[align4(len)..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_table_deletion_is_one_acknowledged_message_inside_a_batch() {
+        let m = messages(&delete_table_batch(NFPROTO_NETDEV, "smig"));
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            (m[0].0, m[0].3),
+            (NFNL_MSG_BATCH_BEGIN, NFNL_SUBSYS_NFTABLES)
+        );
+        assert_eq!((m[2].0, m[2].3), (NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES));
+        let (ty, flags, family, _, payload) = &m[1];
+        assert_eq!(*ty, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE);
+        assert_eq!(*flags, NLM_F_REQUEST | NLM_F_ACK);
+        assert_eq!(*family, NFPROTO_NETDEV);
+        assert_eq!(attrs(payload), vec![(NFTA_TABLE_NAME, &b"smig\0"[..])]);
+        // Only the deletion is acknowledged: the batch markers are not.
+        assert!(m[0].1 & NLM_F_ACK == 0 && m[2].1 & NLM_F_ACK == 0);
+    }
+
+    #[test]
+    fn attributes_are_padded_to_four_bytes_and_parse_back() {
+        let mut b = Vec::new();
+        push_attr(&mut b, 3, b"abcde");
+        push_attr(&mut b, 4, &[7]);
+        assert_eq!(b.len(), 12 + 8);
+        assert_eq!(attrs(&b), vec![(3, &b"abcde"[..]), (4, &[7u8][..])]);
+        assert!(attrs(&[255, 255, 1, 0]).is_empty(), "a length past the end");
+    }
+}
