@@ -185,7 +185,7 @@ async fn driver_in_private_namespaces() {
     ops.nft_delete_table("bridge")
         .await
         .expect_err("smig has no bridge-family table");
-    assert!(ops.conntrack().await.is_ok(), "conntrack dump");
+    assert!(ops.conntrack(Vec::new()).await.is_ok(), "conntrack read");
 
     // subnet tunnel core -> host, twice each way
     let core = Target::RoutingCore("dc".into());
@@ -234,4 +234,119 @@ async fn driver_in_private_namespaces() {
     let routes = drv.routes("dc").await.unwrap();
     assert!(routes.iter().all(|r| !r.via_smig_tunnel), "{routes:?}");
     drop(ns);
+}
+
+/// `conntrack ARGS` in namespace `ns`, which must succeed.
+fn conntrack(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "conntrack"])
+        .args(args)
+        .output()
+        .expect("conntrack");
+    assert!(
+        out.status.success(),
+        "conntrack {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A TCP entry 192.168.78.11:`sport` -> `dst`:7, ESTABLISHED.
+fn tcp_entry(sport: u16, dst: &str) -> Vec<String> {
+    let sport = sport.to_string();
+    [
+        "-p",
+        "tcp",
+        "-s",
+        "192.168.78.11",
+        "-d",
+        dst,
+        "--sport",
+        &sport,
+        "--dport",
+        "7",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn with<'a>(entry: &'a [String], more: &[&'a str]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = entry.iter().map(String::as_str).collect();
+    v.extend_from_slice(more);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conntrack_read_follows_the_table_through_its_events() {
+    let ns = "smig-t-ct";
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    ip(&["netns", "add", ns]);
+    let _made = Namespaces(vec![ns.to_string()]);
+    let insert = [
+        "--state",
+        "ESTABLISHED",
+        "--timeout",
+        "120",
+        "-u",
+        "ASSURED",
+    ];
+    let (old, new, other) = (
+        tcp_entry(40001, "192.168.78.12"),
+        tcp_entry(40002, "192.168.78.12"),
+        tcp_entry(40003, "10.9.9.9"),
+    );
+    // `old` exists before the first read, `new` appears after it.
+    conntrack(
+        ns,
+        &with(&old, &["-I"])
+            .into_iter()
+            .chain(insert)
+            .collect::<Vec<_>>(),
+    );
+    let ops = NetnsOps::enter(ns).expect("enter");
+    let scope = vec!["192.168.78.12/32".parse().unwrap()];
+    let ports = |entries: &[smig::drivers::netns::conntrack::Entry]| {
+        let mut p: Vec<(u16, u32)> = entries.iter().map(|e| (e.orig.sport, e.mark)).collect();
+        p.sort();
+        p
+    };
+    let first = ops.conntrack(scope.clone()).await.expect("first read");
+    assert_eq!(ports(&first), [(40001, 0)]);
+    assert_eq!(first[0].tcp_state, Some(3), "ESTABLISHED");
+    for e in [&new, &other] {
+        conntrack(
+            ns,
+            &with(e, &["-I"])
+                .into_iter()
+                .chain(insert)
+                .collect::<Vec<_>>(),
+        );
+    }
+    conntrack(ns, &with(&old, &["-U", "-m", "7"]));
+    conntrack(ns, &with(&new, &["-U", "-m", "9"]));
+    let second = ops.conntrack(scope.clone()).await.expect("second read");
+    assert_eq!(
+        ports(&second),
+        [(40001, 7), (40002, 9)],
+        "a new entry, both marks, nothing outside the scope"
+    );
+    // Gone by another hand: reported or not, a read no longer has them.
+    conntrack(ns, &with(&old, &["-D"]));
+    conntrack(ns, &with(&new, &["-D"]));
+    assert_eq!(ports(&ops.conntrack(scope.clone()).await.unwrap()), []);
+    // Deleted by the driver itself.
+    conntrack(
+        ns,
+        &with(&new, &["-I"])
+            .into_iter()
+            .chain(insert)
+            .collect::<Vec<_>>(),
+    );
+    let again = ops.conntrack(scope.clone()).await.unwrap();
+    assert_eq!(ports(&again), [(40002, 0)]);
+    ops.conntrack_delete(again[0].orig).await.expect("delete");
+    assert_eq!(ports(&ops.conntrack(scope).await.unwrap()), []);
+    let wide = ops.conntrack(vec!["10.9.9.0/24".parse().unwrap()]).await;
+    assert_eq!(ports(&wide.unwrap()), [(40003, 0)]);
 }

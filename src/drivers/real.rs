@@ -548,7 +548,7 @@ mod tests {
             l.retain(|x| x.name != name);
             Ok(())
         }
-        async fn conntrack(&self) -> Result<Vec<conntrack::Entry>, String> {
+        async fn conntrack(&self, _: Vec<ipnet::Ipv4Net>) -> Result<Vec<conntrack::Entry>, String> {
             Ok(vec![])
         }
         async fn conntrack_delete(&self, _: conntrack::Tuple) -> Result<(), String> {

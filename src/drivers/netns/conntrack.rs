@@ -1,16 +1,23 @@
 //! Netfilter connection tracking of the current network namespace over ctnetlink (a raw
-//! `NETLINK_NETFILTER` socket, [`super::nfnetlink`]): dump IPv4 entries, delete one. Blocking;
-//! the socket's namespace is where it was opened.
+//! `NETLINK_NETFILTER` socket, [`super::nfnetlink`]): dump IPv4 entries, look one up, delete
+//! one, and follow the table through its events ([`Watch`]). Blocking; a socket's namespace is
+//! where it was opened.
 
 use super::nfnetlink::{
     attrs, message, nested, push_attr, Socket, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
+use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
+/// ctnetlink's multicast groups: new, updated and destroyed entries.
+const NF_NETLINK_CONNTRACK_EVENTS: u32 = 0b111;
+/// Room for the events queued between two reads (overflowing it costs a new dump, no more).
+const EVENT_BUFFER: usize = 4 << 20;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -34,7 +41,7 @@ const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 pub const TCP_ESTABLISHED: u8 = 3;
 
 /// One direction's 5-tuple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub proto: u8,
     pub src: Ipv4Addr,
@@ -197,6 +204,153 @@ pub fn delete(s: &Socket, t: &Tuple) -> io::Result<()> {
     }
 }
 
+/// The entry whose original tuple is `t`, if there is one.
+pub fn get(s: &Socket, t: &Tuple) -> io::Result<Option<Entry>> {
+    let flags = NLM_F_REQUEST | NLM_F_ACK;
+    s.send(&ct_message(IPCTNL_MSG_CT_GET, flags, 3, &encode_tuple(t)))?;
+    let mut found = None;
+    match s.recv_all(|b| found = found.or(parse_entry(b))) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+        Ok(()) => Ok(found),
+    }
+}
+
+/// A namespace's conntrack table, kept current from ctnetlink's events instead of a full
+/// dump per read: a dump walks the kernel's whole conntrack hash (every bucket, milliseconds
+/// even when nearly empty), an event costs nothing until it is read.
+///
+/// The socket subscribes before the one dump, so every change after the dump is queued as an
+/// event. One gap remains: with `nf_conntrack_events = 2` (the kernel's default) an entry
+/// created while nothing listened carries no event cache, and its changes and its end are
+/// never reported. Entries known only from the dump are therefore asked for again, one lookup
+/// each, whenever a read covers them. If the event queue overflows, the table is dumped anew.
+#[derive(Debug)]
+pub struct Watch {
+    events: Socket,
+    query: Socket,
+    entries: HashMap<Tuple, Known>,
+    dumped: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    entry: Entry,
+    /// An event told of this entry: the kernel reports its changes.
+    reported: bool,
+}
+
+impl Watch {
+    /// Subscribes in the calling thread's network namespace. The first read dumps.
+    pub fn open() -> io::Result<Watch> {
+        Ok(Watch {
+            events: Socket::open_subscribed(NF_NETLINK_CONNTRACK_EVENTS, EVENT_BUFFER)?,
+            query: Socket::open()?,
+            entries: HashMap::new(),
+            dumped: false,
+        })
+    }
+
+    /// The current entries for which `wanted` holds.
+    pub fn read(&mut self, wanted: impl Fn(&Entry) -> bool) -> io::Result<Vec<Entry>> {
+        if !self.dumped || !self.drain()? {
+            self.resync()?;
+        }
+        let unreported: Vec<Tuple> = self
+            .entries
+            .values()
+            .filter(|k| !k.reported && wanted(&k.entry))
+            .map(|k| k.entry.orig)
+            .collect();
+        for t in unreported {
+            match get(&self.query, &t)? {
+                Some(entry) => {
+                    self.entries.insert(
+                        t,
+                        Known {
+                            entry,
+                            reported: false,
+                        },
+                    );
+                }
+                None => {
+                    self.entries.remove(&t);
+                }
+            }
+        }
+        Ok(self
+            .entries
+            .values()
+            .map(|k| k.entry)
+            .filter(|e| wanted(e))
+            .collect())
+    }
+
+    /// Forgets an entry just deleted: one created before the watch would never report it.
+    pub fn forget(&mut self, t: &Tuple) {
+        self.entries.remove(t);
+    }
+
+    /// Applies the queued events; false when some were lost.
+    fn drain(&mut self) -> io::Result<bool> {
+        let entries = &mut self.entries;
+        match self
+            .events
+            .recv_pending(|ty, body| apply_event(entries, ty, body))
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Dumps the table afresh, then applies what happened meanwhile.
+    fn resync(&mut self) -> io::Result<()> {
+        // What is queued now predates the dump, which shows its outcome.
+        let _ = self.drain();
+        self.entries = dump(&self.query)?
+            .into_iter()
+            .map(|entry| {
+                let known = Known {
+                    entry,
+                    reported: false,
+                };
+                (entry.orig, known)
+            })
+            .collect();
+        self.dumped = true;
+        if !self.drain()? {
+            // Lost again while dumping: entries the events would have changed are asked for
+            // one by one on every read until they report, so the table stays right.
+            self.entries.values_mut().for_each(|k| k.reported = false);
+        }
+        Ok(())
+    }
+}
+
+/// Applies one ctnetlink event (`ty`: the netlink message type) to `entries`.
+fn apply_event(entries: &mut HashMap<Tuple, Known>, ty: u16, body: &[u8]) {
+    let Some(entry) = parse_entry(body) else {
+        return;
+    };
+    match ty & 0xff {
+        IPCTNL_MSG_CT_NEW => {
+            let known = entries.entry(entry.orig).or_insert(Known {
+                entry,
+                reported: true,
+            });
+            // An update carries the TCP state only when it changed.
+            let tcp_state = entry.tcp_state.or(known.entry.tcp_state);
+            known.entry = Entry { tcp_state, ..entry };
+            known.reported = true;
+        }
+        IPCTNL_MSG_CT_DELETE => {
+            entries.remove(&entry.orig);
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +401,31 @@ mod tests {
             ]
         );
         assert_eq!(parse_entry(&b).unwrap().orig, t);
+    }
+
+    #[test]
+    fn events_add_update_and_remove_entries_keeping_a_state_they_do_not_repeat() {
+        let t = web_to_db(6, 40123, 7);
+        let mut entries = HashMap::new();
+        let mut with_state = encode_tuple(&t);
+        let mut tcp = Vec::new();
+        push_attr(&mut tcp, CTA_PROTOINFO_TCP_STATE, &[TCP_ESTABLISHED]);
+        with_state.extend(nested(CTA_PROTOINFO, nested(CTA_PROTOINFO_TCP, tcp)));
+        apply_event(&mut entries, NFNL_SUBSYS_CTNETLINK << 8, &with_state);
+        assert_eq!(entries[&t].entry.tcp_state, Some(TCP_ESTABLISHED));
+        assert!(entries[&t].reported);
+        // An update without the TCP state (a new mark, say) keeps the state known.
+        let mut marked = encode_tuple(&t);
+        push_attr(&mut marked, CTA_MARK, &7u32.to_be_bytes());
+        apply_event(&mut entries, NFNL_SUBSYS_CTNETLINK << 8, &marked);
+        assert_eq!(entries[&t].entry.tcp_state, Some(TCP_ESTABLISHED));
+        assert_eq!(entries[&t].entry.mark, 7);
+        apply_event(
+            &mut entries,
+            NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE,
+            &encode_tuple(&t),
+        );
+        assert!(entries.is_empty());
     }
 
     #[test]

@@ -53,7 +53,9 @@ pub trait HostOps: Send + Sync {
     async fn overlay_address(&self) -> Result<Option<Ipv4Addr>, String>;
     async fn ensure_vxlan(&self, spec: VxlanSpec) -> Result<(), String>;
     async fn delete_link(&self, name: String) -> Result<(), String>;
-    async fn conntrack(&self) -> Result<Vec<Entry>, String>;
+    /// The conntrack entries with an end (source or destination of the original direction)
+    /// in one of `scope`.
+    async fn conntrack(&self, scope: Vec<Ipv4Net>) -> Result<Vec<Entry>, String>;
     async fn conntrack_delete(&self, tuple: Tuple) -> Result<(), String>;
     /// Sends each of `flows` (`from` → `to`) a TCP segment out of each of `ports` (link
     /// indices of guest-facing bridge ports), to every MAC address learned there, which the
@@ -68,6 +70,8 @@ pub trait HostOps: Send + Sync {
 /// [`HostOps`] inside a named network namespace of this machine.
 pub struct NetnsOps {
     thread: NamespaceThread,
+    /// The namespace's conntrack table, followed from the first read on.
+    conntrack: tokio::sync::Mutex<Option<conntrack::Watch>>,
 }
 
 impl NetnsOps {
@@ -75,6 +79,7 @@ impl NetnsOps {
     pub fn enter(name: &str) -> std::io::Result<NetnsOps> {
         Ok(NetnsOps {
             thread: NamespaceThread::enter(name)?,
+            conntrack: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -192,12 +197,34 @@ impl HostOps for NetnsOps {
         })
         .await
     }
-    async fn conntrack(&self) -> Result<Vec<Entry>, String> {
-        self.nfnetlink("conntrack dump", conntrack::dump).await
+    async fn conntrack(&self, scope: Vec<Ipv4Net>) -> Result<Vec<Entry>, String> {
+        let mut kept = self.conntrack.lock().await;
+        let mut watch = match kept.take() {
+            Some(w) => w,
+            None => {
+                self.run(|_| conntrack::Watch::open().map_err(|e| format!("conntrack events: {e}")))
+                    .await?
+            }
+        };
+        let (watch, read) = tokio::task::spawn_blocking(move || {
+            let read = watch.read(|e| in_scope(e, &scope));
+            (watch, read)
+        })
+        .await
+        .map_err(|e| format!("conntrack read: {e}"))?;
+        // After an error the next read starts over with a new subscription and dump.
+        if read.is_ok() {
+            *kept = Some(watch);
+        }
+        read.map_err(|e| format!("conntrack read: {e}"))
     }
     async fn conntrack_delete(&self, tuple: Tuple) -> Result<(), String> {
         self.nfnetlink("conntrack delete", move |s| conntrack::delete(s, &tuple))
-            .await
+            .await?;
+        if let Some(w) = self.conntrack.lock().await.as_mut() {
+            w.forget(&tuple);
+        }
+        Ok(())
     }
     async fn nudge(
         &self,
@@ -556,16 +583,18 @@ impl NetnsHostNetwork {
             .collect())
     }
 
-    /// The conntrack entries of each of `hosts`, read on all of them at once.
+    /// The conntrack entries of each of `hosts` with an end in `scope`, read on all of them
+    /// at once.
     async fn conntrack_of<'h>(
         &self,
         op: &str,
         hosts: impl Iterator<Item = &'h HostId>,
+        scope: &[Ipv4Net],
     ) -> DriverResult<Vec<(HostId, Vec<Entry>)>> {
         let reads = hosts.map(|h| async move {
             let o = self.ops(op, &h.0)?;
             let entries = o
-                .conntrack()
+                .conntrack(scope.to_vec())
                 .await
                 .map_err(|e| DriverError::failed(op, h, e))?;
             Ok::<_, DriverError>((h.clone(), entries))
@@ -609,7 +638,8 @@ impl NetnsHostNetwork {
                 }
             }
             None => {
-                for (h, entries) in self.conntrack_of(op, self.hosts.keys()).await? {
+                let scope = [Ipv4Net::from(address)];
+                for (h, entries) in self.conntrack_of(op, self.hosts.keys(), &scope).await? {
                     let mine: Vec<Tuple> = entries
                         .iter()
                         .filter(|e| connection_of(e, address).is_some())
@@ -651,7 +681,7 @@ impl NetnsHostNetwork {
             }
         }
         let entries = o
-            .conntrack()
+            .conntrack(vec![*cidr])
             .await
             .map_err(|e| DriverError::failed(op, endpoint, e))?;
         for e in entries.iter().filter(|e| {
@@ -735,6 +765,13 @@ fn endpoint_of(at: &Target) -> String {
 }
 
 /// The VM's side and the other side of a conntrack entry, when the VM takes part in it.
+/// Whether an end of `e`'s original direction lies in one of `scope`.
+fn in_scope(e: &Entry, scope: &[Ipv4Net]) -> bool {
+    scope
+        .iter()
+        .any(|n| n.contains(&e.orig.src) || n.contains(&e.orig.dst))
+}
+
 fn connection_of(e: &Entry, address: Ipv4Addr) -> Option<Connection> {
     let protocol = match e.orig.proto {
         6 => Protocol::Tcp,
@@ -834,7 +871,7 @@ impl HostNetwork for NetnsHostNetwork {
             // a flow arriving through the SA look set up in cleartext, and the filter would
             // cut it; without the entry its first packet through the SA starts it afresh.
             let stale: Vec<Tuple> = o
-                .conntrack()
+                .conntrack(vec![Ipv4Net::from(rule.address)])
                 .await
                 .map_err(|e| DriverError::failed(op, host, e))?
                 .into_iter()
@@ -946,7 +983,8 @@ impl HostNetwork for NetnsHostNetwork {
         if vms.is_empty() {
             return Ok(Vec::new());
         }
-        let tables = self.conntrack_of(op, self.hosts.keys()).await?;
+        let scope: Vec<Ipv4Net> = vms.iter().map(|(_, a)| Ipv4Net::from(*a)).collect();
+        let tables = self.conntrack_of(op, self.hosts.keys(), &scope).await?;
         let mut memo = HashMap::new();
         let found = vms
             .iter()

@@ -179,47 +179,114 @@ impl Socket {
     pub fn recv_all(&self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            // SAFETY: reading into an owned buffer of the given length.
-            let n = unsafe {
-                libc::recv(
-                    self.0.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut b = &buf[..n as usize];
-            while b.len() >= 16 {
-                let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
-                let ty = u16::from_ne_bytes([b[4], b[5]]);
-                if len < 16 || len > b.len() {
-                    return Err(io::Error::other("truncated netlink message"));
-                }
-                let body = &b[16..len];
-                match ty {
-                    NLMSG_DONE => return Ok(()),
-                    NLMSG_ERROR => {
-                        let code = if body.len() >= 4 {
-                            i32::from_ne_bytes([body[0], body[1], body[2], body[3]])
-                        } else {
-                            0
-                        };
-                        return if code == 0 {
-                            Ok(())
-                        } else {
-                            Err(io::Error::from_raw_os_error(-code))
-                        };
-                    }
-                    _ if body.len() >= 4 => f(&body[4..]),
-                    _ => {}
-                }
-                b = &b[align4(len).min(b.len())..];
+            let n = self.recv(&mut buf, 0)?;
+            match each_message(&buf[..n], &mut |_, body| f(body))? {
+                Some(0) => return Ok(()),
+                Some(code) => return Err(io::Error::from_raw_os_error(-code)),
+                None => {}
             }
         }
     }
+
+    /// Opens a socket in the calling thread's network namespace that receives the multicast
+    /// `groups` (a bit mask), with a receive buffer of `buffer` bytes.
+    pub fn open_subscribed(groups: u32, buffer: usize) -> io::Result<Socket> {
+        let s = Socket::open()?;
+        // SAFETY: zeroed sockaddr_nl with our group mask; the kernel picks the port id.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = groups;
+        let size = buffer as libc::c_int;
+        // SAFETY: valid descriptor, address and option buffers.
+        unsafe {
+            // Only root may go past rmem_max; otherwise the plain option is the best we get.
+            if libc::setsockopt(
+                s.0.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            ) != 0
+            {
+                libc::setsockopt(
+                    s.0.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    &size as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as u32,
+                );
+            }
+            if libc::bind(
+                s.0.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(s)
+    }
+
+    /// Hands every message already queued on the socket to `f` as (message type, payload
+    /// after the `nfgenmsg` header), without waiting for more. `ENOBUFS` means the queue
+    /// overflowed and messages were lost.
+    pub fn recv_pending(&self, mut f: impl FnMut(u16, &[u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.recv(&mut buf, libc::MSG_DONTWAIT) {
+                Ok(n) => {
+                    each_message(&buf[..n], &mut f)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+        // SAFETY: reading into an owned buffer of the given length.
+        let n = unsafe {
+            libc::recv(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                flags,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Hands each netfilter message of one received buffer to `f` as (type, payload after the
+/// `nfgenmsg` header). Returns the error code of an ACK/error message (0 for an ACK, `-errno`
+/// otherwise) or 0 at DONE, which end a reply; `None` when the buffer ends first.
+fn each_message(mut b: &[u8], f: &mut impl FnMut(u16, &[u8])) -> io::Result<Option<i32>> {
+    while b.len() >= 16 {
+        let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let ty = u16::from_ne_bytes([b[4], b[5]]);
+        if len < 16 || len > b.len() {
+            return Err(io::Error::other("truncated netlink message"));
+        }
+        let body = &b[16..len];
+        match ty {
+            NLMSG_DONE => return Ok(Some(0)),
+            NLMSG_ERROR => {
+                let code = match body {
+                    [a, b, c, d, ..] => i32::from_ne_bytes([*a, *b, *c, *d]),
+                    _ => 0,
+                };
+                return Ok(Some(code));
+            }
+            _ if body.len() >= 4 => f(ty, &body[4..]),
+            _ => {}
+        }
+        b = &b[align4(len).min(b.len())..];
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
