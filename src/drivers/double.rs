@@ -850,6 +850,24 @@ impl HostNetwork for LandscapeDouble {
         .await
     }
 
+    /// The double keeps connections per VM, not per host: one read per address, through
+    /// the first host.
+    async fn connections_of(
+        &self,
+        hosts: &[HostId],
+        addresses: &[Ipv4Addr],
+    ) -> DriverResult<Vec<Vec<Connection>>> {
+        let Some(first) = hosts.first() else {
+            return Ok(addresses.iter().map(|_| Vec::new()).collect());
+        };
+        futures_util::future::try_join_all(
+            addresses
+                .iter()
+                .map(|a| HostNetwork::connections(self, first, *a)),
+        )
+        .await
+    }
+
     async fn reset_connections(
         &self,
         host: &HostId,

@@ -265,13 +265,26 @@ pub trait HostNetwork: Send + Sync {
     async fn tunnel_remove(&self, at: &Target, subnet: &str) -> DriverResult<()>;
     /// Non-managed connections of the VM at `address`, as seen on its host.
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>>;
-    /// [`Self::connections`] of several VMs (host, address), in the same order. A driver
-    /// that reads a whole table per host overrides it to read each table once.
+    /// Non-managed connections of the VMs at `addresses`, in the same order, as any of `hosts`
+    /// sees them: discovery reads them while it learns where each VM runs. A driver that
+    /// reads a whole table per host overrides it to read each table once.
     async fn connections_of(
         &self,
-        vms: &[(HostId, Ipv4Addr)],
+        hosts: &[HostId],
+        addresses: &[Ipv4Addr],
     ) -> DriverResult<Vec<Vec<Connection>>> {
-        futures_util::future::try_join_all(vms.iter().map(|(h, a)| self.connections(h, *a))).await
+        let each = addresses.iter().map(|a| async move {
+            let mut all: Vec<Connection> = Vec::new();
+            for h in hosts {
+                for c in self.connections(h, *a).await? {
+                    if !all.contains(&c) {
+                        all.push(c);
+                    }
+                }
+            }
+            Ok::<_, DriverError>(all)
+        });
+        futures_util::future::try_join_all(each).await
     }
     /// Resets connections (conntrack delete / SOCK_DESTROY) so they re-establish.
     async fn reset_connections(
@@ -394,10 +407,14 @@ impl Discover for Drivers {
                         .map_err(unreachable)?;
                 Ok::<_, DiscoverError>((name.clone(), ObservedRoutingCore { routes, tunnels }))
             });
-        let (all_domains, hosts, cores) = futures_util::join!(
+        // Connections are read at the same time, for every VM of the configuration: a VM's
+        // flows are tracked on its own host and on its peers', wherever it runs.
+        let addresses: Vec<Ipv4Addr> = landscape.vms.values().map(|vm| vm.address).collect();
+        let (all_domains, hosts, cores, seen) = futures_util::join!(
             self.hypervisor.domains_of(&ids),
             futures_util::future::try_join_all(hosts),
             futures_util::future::try_join_all(cores),
+            self.network.connections_of(&ids, &addresses),
         );
         let mut all_domains: BTreeMap<HostId, _> = all_domains.into_iter().collect();
         for (id, block_rules, ipsec, tunnels) in hosts? {
@@ -416,26 +433,14 @@ impl Discover for Drivers {
             );
         }
         observed.routing_cores.extend(cores?);
-        // Connections are seen on whichever host runs the VM now.
-        let (names, asked): (Vec<&str>, Vec<(HostId, Ipv4Addr)>) = landscape
-            .vms
-            .values()
-            .filter_map(|vm| {
-                let here = observed
-                    .hosts
-                    .iter()
-                    .find(|(_, h)| h.domains.contains_key(vm.domain.as_str()))?;
-                Some((&*vm.name, (here.0.clone(), vm.address)))
-            })
-            .unzip();
-        let seen = self
-            .network
-            .connections_of(&asked)
-            .await
-            .map_err(unreachable)?;
-        for (name, conns) in names.into_iter().zip(seen) {
-            if !conns.is_empty() {
-                observed.connections.insert(name.to_string(), conns);
+        // Kept for the VMs that run somewhere.
+        for (vm, conns) in landscape.vms.values().zip(seen.map_err(unreachable)?) {
+            let runs = observed
+                .hosts
+                .values()
+                .any(|h| h.domains.contains_key(vm.domain.as_str()));
+            if runs && !conns.is_empty() {
+                observed.connections.insert(vm.name.to_string(), conns);
             }
         }
         Ok(observed)

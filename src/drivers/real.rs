@@ -389,9 +389,10 @@ impl HostNetwork for SubnetTunnels {
     }
     async fn connections_of(
         &self,
-        vms: &[(HostId, Ipv4Addr)],
+        hosts: &[HostId],
+        addresses: &[Ipv4Addr],
     ) -> DriverResult<Vec<Vec<Connection>>> {
-        self.network.connections_of(vms).await
+        self.network.connections_of(hosts, addresses).await
     }
     async fn reset_connections(
         &self,

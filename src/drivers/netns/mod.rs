@@ -968,27 +968,30 @@ impl HostNetwork for NetnsHostNetwork {
     /// and its old host still track the flows it had. A flow counts as IPsec-protected when a
     /// host saw it begin through a smig path (a host's own sockets are not marked there).
     async fn connections(&self, host: &HostId, address: Ipv4Addr) -> DriverResult<Vec<Connection>> {
-        let mut all = self.connections_of(&[(host.clone(), address)]).await?;
+        let mut hosts: Vec<HostId> = vec![host.clone()];
+        hosts.extend(self.hosts.keys().filter(|h| *h != host).cloned());
+        let mut all = self.connections_of(&hosts, &[address]).await?;
         Ok(all.pop().unwrap_or_default())
     }
 
-    /// Reads conntrack once on every host (a flow is seen where it is forwarded: the VM's
-    /// host and its peers' hosts), then picks each VM's flows; IPsec-protected where any host
-    /// saw it cross a smig path.
+    /// Reads conntrack once on each of `hosts` (a flow is seen where it is forwarded: the
+    /// VM's host and its peers' hosts), then picks each VM's flows; IPsec-protected where any
+    /// host saw it cross a smig path.
     async fn connections_of(
         &self,
-        vms: &[(HostId, Ipv4Addr)],
+        hosts: &[HostId],
+        addresses: &[Ipv4Addr],
     ) -> DriverResult<Vec<Vec<Connection>>> {
         let op = "network.connections";
-        if vms.is_empty() {
+        if addresses.is_empty() {
             return Ok(Vec::new());
         }
-        let scope: Vec<Ipv4Net> = vms.iter().map(|(_, a)| Ipv4Net::from(*a)).collect();
-        let tables = self.conntrack_of(op, self.hosts.keys(), &scope).await?;
+        let scope: Vec<Ipv4Net> = addresses.iter().map(|a| Ipv4Net::from(*a)).collect();
+        let tables = self.conntrack_of(op, hosts.iter(), &scope).await?;
         let mut memo = HashMap::new();
-        let found = vms
+        let found = addresses
             .iter()
-            .map(|(_, address)| {
+            .map(|address| {
                 let mut seen: HashMap<FlowKey, Connection> = HashMap::new();
                 let mut hosts: HashMap<FlowKey, Vec<HostId>> = HashMap::new();
                 for (h, entries) in &tables {
