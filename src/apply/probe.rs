@@ -183,13 +183,47 @@ pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResu
     Ok(assemble(queries.iter().zip(readings)))
 }
 
+/// What a step's action may change among the walker's readings while it runs. Traffic is
+/// live, so every action may change what conntrack shows: each influence covers all
+/// [`Query::Connections`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Influence {
+    /// Anything: a reading of any kind may change.
+    Everything,
+    /// Connections only (resetting flows touches no rule, SA or domain).
+    Connections,
+    /// The block rules of one host, and connections.
+    BlockRules(HostId),
+}
+
+impl Influence {
+    /// The influence of `action`: narrow only where the action provably changes nothing else.
+    pub fn of(action: &Action) -> Influence {
+        match action {
+            Action::SecureConnections { .. } => Influence::Connections,
+            Action::Block { host, .. } | Action::Unblock { host, .. } => {
+                Influence::BlockRules(host.clone())
+            }
+            _ => Influence::Everything,
+        }
+    }
+
+    fn covers(&self, q: &Query) -> bool {
+        match (self, q) {
+            (Influence::Everything, _) | (_, Query::Connections { .. }) => true,
+            (Influence::BlockRules(h), Query::BlockRules(r)) => h == r,
+            _ => false,
+        }
+    }
+}
+
 /// Readings the forward walk shares between its steps' checks.
 ///
-/// A reading taken while no step was acting stays current until a step next starts acting:
-/// smig's own actions are the changes the walker waits on, and a change from elsewhere could
-/// come just after a fresh read as well. So the check after one step and the check before the
-/// next read each part of the landscape once. Readings taken while a step acts are used for
-/// that check only.
+/// A reading stays current until a step next starts acting on what it shows (its
+/// [`Influence`]): smig's own actions are the changes the walker waits on, and a change from
+/// elsewhere could come just after a fresh read as well. So the check after one step and the
+/// check before the next read each part of the landscape once. A reading taken while an
+/// action that may change it runs, starts or ends is used for that check only.
 #[derive(Default)]
 pub struct Readings {
     state: Mutex<ReadingsState>,
@@ -199,19 +233,51 @@ pub struct Readings {
 struct ReadingsState {
     /// Counts every start and end of a step's action.
     epoch: u64,
-    acting: usize,
+    /// Each start and end of an action, as (epoch, its influence), since the oldest read
+    /// still running began.
+    changes: Vec<(u64, Influence)>,
+    /// The influences of the actions running now.
+    running: Vec<(u64, Influence)>,
+    /// The epochs at which the reads running now began.
+    reading: Vec<u64>,
     kept: BTreeMap<Query, Reading>,
 }
 
+impl ReadingsState {
+    /// An action starts or ends: what it may change is no longer known.
+    fn change(&mut self, influence: &Influence) -> u64 {
+        self.epoch += 1;
+        self.kept.retain(|q, _| !influence.covers(q));
+        if !self.reading.is_empty() {
+            self.changes.push((self.epoch, influence.clone()));
+        }
+        self.epoch
+    }
+
+    /// Whether a reading of `q` begun at `since` may be kept.
+    fn current(&self, q: &Query, since: u64) -> bool {
+        !self.running.iter().any(|(_, i)| i.covers(q))
+            && !self
+                .changes
+                .iter()
+                .any(|(at, i)| *at > since && i.covers(q))
+    }
+}
+
 /// One step's action running (see [`Readings::acting`]); dropping it ends it.
-pub struct Acting<'a>(&'a Readings);
+pub struct Acting<'a> {
+    readings: &'a Readings,
+    id: u64,
+}
 
 impl Drop for Acting<'_> {
     fn drop(&mut self) {
-        let mut s = self.0.lock();
-        s.epoch += 1;
-        s.acting -= 1;
-        s.kept.clear();
+        let mut s = self.readings.lock();
+        let Some(i) = s.running.iter().position(|(id, _)| *id == self.id) else {
+            return;
+        };
+        let (_, influence) = s.running.remove(i);
+        s.change(&influence);
     }
 }
 
@@ -220,14 +286,13 @@ impl Readings {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A step starts acting: the readings kept so far are dropped, and none is kept until
-    /// every action that runs has ended.
-    pub fn acting(&self) -> Acting<'_> {
+    /// A step starts acting: the readings it may change are dropped, and none of them is kept
+    /// until it has ended.
+    pub fn acting(&self, influence: Influence) -> Acting<'_> {
         let mut s = self.lock();
-        s.epoch += 1;
-        s.acting += 1;
-        s.kept.clear();
-        Acting(self)
+        let id = s.change(&influence);
+        s.running.push((id, influence));
+        Acting { readings: self, id }
     }
 
     /// Like [`observe`], reading only what is not kept.
@@ -236,8 +301,8 @@ impl Readings {
         drivers: &Drivers,
         queries: &BTreeSet<Query>,
     ) -> DriverResult<Observed> {
-        let (epoch, kept, missing) = {
-            let s = self.lock();
+        let (since, kept, missing) = {
+            let mut s = self.lock();
             let mut kept: Vec<(&Query, Reading)> = Vec::new();
             let mut missing: Vec<&Query> = Vec::new();
             for q in queries {
@@ -246,20 +311,33 @@ impl Readings {
                     None => missing.push(q),
                 }
             }
-            (s.epoch, kept, missing)
+            let since = s.epoch;
+            s.reading.push(since);
+            (since, kept, missing)
         };
         let fresh =
-            futures_util::future::try_join_all(missing.iter().map(|q| read(drivers, q))).await?;
+            futures_util::future::try_join_all(missing.iter().map(|q| read(drivers, q))).await;
         {
             let mut s = self.lock();
-            if s.epoch == epoch && s.acting == 0 {
-                for (q, r) in missing.iter().zip(&fresh) {
-                    s.kept.insert((*q).clone(), r.clone());
+            if let Some(i) = s.reading.iter().position(|e| *e == since) {
+                s.reading.swap_remove(i);
+            }
+            if let Ok(fresh) = &fresh {
+                for (q, r) in missing.iter().zip(fresh) {
+                    if s.current(q, since) {
+                        s.kept.insert((*q).clone(), r.clone());
+                    }
                 }
+            }
+            // Changes older than every read still running decide nothing any more.
+            let oldest = s.reading.iter().min().copied();
+            match oldest {
+                Some(oldest) => s.changes.retain(|(at, _)| *at > oldest),
+                None => s.changes.clear(),
             }
         }
         Ok(assemble(
-            kept.into_iter().chain(missing.into_iter().zip(fresh)),
+            kept.into_iter().chain(missing.into_iter().zip(fresh?)),
         ))
     }
 }
@@ -425,7 +503,7 @@ mod tests {
         readings.observe(&drivers, &both).await.unwrap();
         assert_eq!(reads(), 2, "only the missing part is read");
 
-        let acting = readings.acting();
+        let acting = readings.acting(Influence::Everything);
         readings.observe(&drivers, &q).await.unwrap();
         readings.observe(&drivers, &q).await.unwrap();
         assert_eq!(reads(), 4, "while a step acts, every check reads");
@@ -435,5 +513,74 @@ mod tests {
         assert_eq!(reads(), 6, "an action's end drops what was read before");
         readings.observe(&drivers, &both).await.unwrap();
         assert_eq!(reads(), 6);
+    }
+
+    #[tokio::test]
+    async fn an_action_drops_only_the_readings_it_may_change() {
+        let double = Arc::new(LandscapeDouble::new(Fixture::reference().observed));
+        let drivers = Drivers::all(double.clone());
+        let (hv1, hv2) = (HostId("dc.hv1".into()), HostId("dc.hv2".into()));
+        let conns = Query::Connections {
+            vm: "db".into(),
+            host: hv2.clone(),
+            address: "192.168.10.12".parse().unwrap(),
+        };
+        let all: BTreeSet<Query> = [
+            Query::BlockRules(hv1.clone()),
+            Query::BlockRules(hv2.clone()),
+            Query::Ipsec(hv2.clone()),
+            conns.clone(),
+        ]
+        .into();
+        let reads = || double.calls().len();
+        let readings = Readings::default();
+        readings.observe(&drivers, &all).await.unwrap();
+        assert_eq!(reads(), 4);
+
+        // Resetting connections: only the connections are read again, during and after.
+        let acting = readings.acting(Influence::Connections);
+        readings.observe(&drivers, &all).await.unwrap();
+        assert_eq!(reads(), 5, "rules and SAs kept while connections are reset");
+        drop(acting);
+        readings.observe(&drivers, &all).await.unwrap();
+        readings.observe(&drivers, &all).await.unwrap();
+        assert_eq!(
+            reads(),
+            6,
+            "connections read once after the reset, then kept"
+        );
+
+        // A block on hv2: hv2's rules and the connections go; hv1's rules and the SAs stay.
+        let acting = readings.acting(Influence::BlockRules(hv2.clone()));
+        readings.observe(&drivers, &all).await.unwrap();
+        assert_eq!(reads(), 8);
+        drop(acting);
+        readings.observe(&drivers, &all).await.unwrap();
+        readings.observe(&drivers, &all).await.unwrap();
+        assert_eq!(reads(), 10);
+
+        // Anything else drops everything.
+        drop(readings.acting(Influence::Everything));
+        readings.observe(&drivers, &all).await.unwrap();
+        assert_eq!(reads(), 14);
+    }
+
+    #[test]
+    fn a_reading_spanning_the_start_or_end_of_an_action_that_may_change_it_is_not_kept() {
+        let mut s = ReadingsState::default();
+        let q = Query::BlockRules(HostId("dc.hv1".into()));
+        let other = Query::BlockRules(HostId("dc.hv2".into()));
+        let since = s.epoch;
+        s.reading.push(since);
+        s.change(&Influence::BlockRules(HostId("dc.hv1".into())));
+        assert!(
+            !s.current(&q, since),
+            "an action on hv1 began during the read"
+        );
+        assert!(s.current(&other, since), "hv2's rules are not its business");
+        s.change(&Influence::Connections);
+        assert!(s.current(&other, since));
+        s.change(&Influence::Everything);
+        assert!(!s.current(&other, since));
     }
 }

@@ -947,7 +947,7 @@ async fn run_step(
             bytes_total: p.data_total,
         })
     });
-    let acting = checks.readings.acting();
+    let acting = checks.readings.acting(probe::Influence::of(&step.action));
     let action_started = Instant::now();
     let performed = perform(&ctx, &step.action, Some(&o), progress, abort).await;
     let action_ms = action_started.elapsed().as_millis() as u64;
