@@ -190,20 +190,45 @@ pub async fn observe(drivers: &Drivers, queries: &BTreeSet<Query>) -> DriverResu
 pub enum Influence {
     /// Anything: a reading of any kind may change.
     Everything,
-    /// Connections only (resetting flows touches no rule, SA or domain).
-    Connections,
-    /// The block rules of one host, and connections.
-    BlockRules(HostId),
+    /// These readings (and connections) only.
+    Only(BTreeSet<Query>),
 }
 
 impl Influence {
     /// The influence of `action`: narrow only where the action provably changes nothing else.
+    /// A migration, a tunnel, a route check and a cleanup count as changing everything.
     pub fn of(action: &Action) -> Influence {
+        let domain = |d: &Name, h: &HostId| Query::Domain {
+            host: h.clone(),
+            domain: d.clone(),
+        };
+        let only = |q: &[Query]| Influence::Only(q.iter().cloned().collect());
         match action {
-            Action::SecureConnections { .. } => Influence::Connections,
+            // Resetting flows touches no rule, SA or domain.
+            Action::SecureConnections { .. } => only(&[]),
             Action::Block { host, .. } | Action::Unblock { host, .. } => {
-                Influence::BlockRules(host.clone())
+                only(&[Query::BlockRules(host.clone())])
             }
+            Action::Shutdown {
+                domain: d, host, ..
+            }
+            | Action::Start {
+                domain: d, host, ..
+            }
+            | Action::Pause {
+                domain: d, host, ..
+            }
+            | Action::Resume {
+                domain: d, host, ..
+            } => only(&[domain(d, host)]),
+            // The SA on both ends, and the data path with its guard in smig's table there.
+            Action::IpsecInstall { local, remote, .. }
+            | Action::IpsecRemove { local, remote, .. } => only(&[
+                Query::Ipsec(local.clone()),
+                Query::Ipsec(remote.clone()),
+                Query::BlockRules(local.clone()),
+                Query::BlockRules(remote.clone()),
+            ]),
             _ => Influence::Everything,
         }
     }
@@ -211,8 +236,7 @@ impl Influence {
     fn covers(&self, q: &Query) -> bool {
         match (self, q) {
             (Influence::Everything, _) | (_, Query::Connections { .. }) => true,
-            (Influence::BlockRules(h), Query::BlockRules(r)) => h == r,
-            _ => false,
+            (Influence::Only(these), q) => these.contains(q),
         }
     }
 }
@@ -538,7 +562,7 @@ mod tests {
         assert_eq!(reads(), 4);
 
         // Resetting connections: only the connections are read again, during and after.
-        let acting = readings.acting(Influence::Connections);
+        let acting = readings.acting(Influence::Only(BTreeSet::new()));
         readings.observe(&drivers, &all).await.unwrap();
         assert_eq!(reads(), 5, "rules and SAs kept while connections are reset");
         drop(acting);
@@ -551,7 +575,7 @@ mod tests {
         );
 
         // A block on hv2: hv2's rules and the connections go; hv1's rules and the SAs stay.
-        let acting = readings.acting(Influence::BlockRules(hv2.clone()));
+        let acting = readings.acting(Influence::Only([Query::BlockRules(hv2.clone())].into()));
         readings.observe(&drivers, &all).await.unwrap();
         assert_eq!(reads(), 8);
         drop(acting);
@@ -566,19 +590,47 @@ mod tests {
     }
 
     #[test]
+    fn influences_of_the_reference_move() {
+        let f = Fixture::reference();
+        let plan = crate::plan::build(&f.desired, &f.observed, &Default::default()).unwrap();
+        let mut seen = BTreeSet::new();
+        for step in plan.graph.node_weights() {
+            let i = Influence::of(&step.action);
+            let mut own = BTreeSet::new();
+            action_queries(&step.action, &mut own);
+            // What an action's own check reads, it may change.
+            assert!(own.iter().all(|q| i.covers(q)), "{:?}: {i:?}", step.kind);
+            let narrow = matches!(i, Influence::Only(_));
+            seen.insert((step.kind, narrow));
+        }
+        use crate::plan::StepKind as K;
+        for (kind, narrow) in [
+            (K::Block, true),
+            (K::Migrate, false),
+            (K::Restart, true),
+            (K::IpsecInstall, true),
+            (K::ConnectionsSecure, true),
+            (K::Enable, true),
+            (K::Cleanup, false),
+        ] {
+            assert!(seen.contains(&(kind, narrow)), "{kind}: {seen:?}");
+        }
+    }
+
+    #[test]
     fn a_reading_spanning_the_start_or_end_of_an_action_that_may_change_it_is_not_kept() {
         let mut s = ReadingsState::default();
         let q = Query::BlockRules(HostId("dc.hv1".into()));
         let other = Query::BlockRules(HostId("dc.hv2".into()));
         let since = s.epoch;
         s.reading.push(since);
-        s.change(&Influence::BlockRules(HostId("dc.hv1".into())));
+        s.change(&Influence::Only([q.clone()].into()));
         assert!(
             !s.current(&q, since),
             "an action on hv1 began during the read"
         );
         assert!(s.current(&other, since), "hv2's rules are not its business");
-        s.change(&Influence::Connections);
+        s.change(&Influence::Only(BTreeSet::new()));
         assert!(s.current(&other, since));
         s.change(&Influence::Everything);
         assert!(!s.current(&other, since));
