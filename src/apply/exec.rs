@@ -144,15 +144,17 @@ pub async fn perform(
             };
             // One end per step: the responder loads; the initiator loads and brings the SA up.
             // An initiator whose peer lost its end (a rollback re-installing a removed SA)
-            // loads the peer's end first, as the responder step would have.
-            if *initiate
-                && !d
-                    .ipsec
-                    .connections(remote)
-                    .await?
-                    .iter()
-                    .any(|c| c.name == name)
-            {
+            // loads the peer's end as well, as the responder step would have; its own end loads
+            // while the peer is asked.
+            let peer_loaded = async {
+                if !*initiate {
+                    return Ok(true);
+                }
+                let peer = d.ipsec.connections(remote).await?;
+                Ok::<_, DriverError>(peer.iter().any(|c| c.name == name))
+            };
+            let (peer_loaded, loaded) = tokio::join!(peer_loaded, d.ipsec.load(local, &config));
+            if !peer_loaded? {
                 let peer = IpsecConfig {
                     local: remote.clone(),
                     local_address: *remote_address,
@@ -162,7 +164,7 @@ pub async fn perform(
                 };
                 d.ipsec.load(remote, &peer).await?;
             }
-            d.ipsec.load(local, &config).await?;
+            loaded?;
             if *initiate {
                 d.ipsec.initiate(local, &name).await?;
             }

@@ -164,6 +164,9 @@ pub struct SecurePath {
     network: Arc<dyn HostNetwork>,
     /// secure_link → the subnets of its VMs.
     subnets: BTreeMap<String, BTreeSet<String>>,
+    /// (host, connection) → (secure_link, remote host) of what this process loaded: an
+    /// initiate right after its load need not list the daemon's connections to learn them.
+    loaded: std::sync::Mutex<BTreeMap<(HostId, String), (String, HostId)>>,
 }
 
 impl SecurePath {
@@ -194,6 +197,7 @@ impl SecurePath {
             ipsec,
             network,
             subnets,
+            loaded: Default::default(),
         }
     }
 
@@ -218,22 +222,38 @@ impl Ipsec for SecurePath {
     }
 
     async fn load(&self, host: &HostId, config: &IpsecConfig) -> DriverResult<()> {
-        self.ipsec.load(host, config).await
+        self.ipsec.load(host, config).await?;
+        if let Ok(mut l) = self.loaded.lock() {
+            let key = (host.clone(), config.name.clone());
+            l.insert(key, (config.link.clone(), config.remote.clone()));
+        }
+        Ok(())
     }
 
     async fn initiate(&self, host: &HostId, name: &str) -> DriverResult<()> {
-        let Some(conn) = self.find(host, name).await? else {
-            return Err(DriverError::failed(
-                "ipsec.initiate",
-                host,
-                format!("{name} is not loaded, so it cannot be initiated"),
-            ));
+        let known = self
+            .loaded
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&(host.clone(), name.to_string())).cloned());
+        let (link, remote) = match known {
+            Some(k) => k,
+            None => match self.find(host, name).await? {
+                Some(conn) => (conn.link, conn.remote),
+                None => {
+                    return Err(DriverError::failed(
+                        "ipsec.initiate",
+                        host,
+                        format!("{name} is not loaded, so it cannot be initiated"),
+                    ))
+                }
+            },
         };
         // The data path is laid while IKE runs: its guard drops whatever would leave other
         // than through the SA, so until the SA is up nothing of it crosses at all.
         let paths = async {
-            for subnet in self.subnets_of(&conn.link) {
-                self.network.overlay_add(host, &conn.remote, subnet).await?;
+            for subnet in self.subnets_of(&link) {
+                self.network.overlay_add(host, &remote, subnet).await?;
             }
             Ok(())
         };
@@ -242,6 +262,9 @@ impl Ipsec for SecurePath {
     }
 
     async fn unload(&self, host: &HostId, name: &str) -> DriverResult<()> {
+        if let Ok(mut l) = self.loaded.lock() {
+            l.remove(&(host.clone(), name.to_string()));
+        }
         if let Some(conn) = self.find(host, name).await? {
             // Subnets that another smig connection between the same two hosts still carries.
             let mut kept = BTreeSet::new();
