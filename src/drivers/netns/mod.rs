@@ -468,26 +468,42 @@ impl NetnsHostNetwork {
     pub async fn path_add(&self, kind: &str, a: &str, b: &str, subnet: &str) -> DriverResult<()> {
         let op = format!("network.{kind}_add");
         let _turn = self.exclusive(&op, &[a, b]).await?;
-        for (me, peer) in [(a, b), (b, a)] {
-            if !self.untrusted.contains(me) {
-                continue;
-            }
-            for k in ["tunnel", "overlay"] {
-                if let Some((_, other)) = self
-                    .paths(&op, me, k)
-                    .await?
-                    .into_iter()
-                    .find(|(s, r)| s == subnet && r != peer)
-                {
-                    return Err(DriverError::failed(
-                        &op,
-                        me,
-                        format!("subnet {subnet} already reaches {me} through a smig {k} from {other}; a second path would close an L2 loop"),
-                    ));
+        // An untrusted end may have one smig path per subnet only: a second would close an L2
+        // loop. Checked while the overlay addresses are read.
+        let single = |me: &str, peer: &str| {
+            let op = &op;
+            let (me, peer) = (me.to_string(), peer.to_string());
+            async move {
+                if !self.untrusted.contains(&me) {
+                    return Ok(());
                 }
+                let o = self.ops(op, &me)?;
+                let all = o
+                    .links()
+                    .await
+                    .map_err(|e| DriverError::failed(op, &me, e))?;
+                for k in ["tunnel", "overlay"] {
+                    if let Some((_, other)) = all
+                        .iter()
+                        .filter_map(|l| parse_alias(l.alias.as_deref()?, k))
+                        .find(|(s, r)| s == subnet && *r != peer)
+                    {
+                        return Err(DriverError::failed(
+                            op,
+                            &me,
+                            format!("subnet {subnet} already reaches {me} through a smig {k} from {other}; a second path would close an L2 loop"),
+                        ));
+                    }
+                }
+                Ok(())
             }
-        }
-        let (oa, ob) = futures_util::try_join!(self.overlay(&op, a), self.overlay(&op, b))?;
+        };
+        let (oa, ob, (), ()) = futures_util::try_join!(
+            self.overlay(&op, a),
+            self.overlay(&op, b),
+            single(a, b),
+            single(b, a),
+        )?;
         let purpose = path_purpose(kind, subnet, a, b);
         let vni = links::vni(&purpose);
         let name = links::link_name(&purpose);
@@ -715,7 +731,6 @@ impl NetnsHostNetwork {
     }
 }
 
-/// Removes the transient reset rules from every armed host.
 /// Deletes the conntrack entries with these original tuples at `host`.
 async fn forget(
     op: &str,
@@ -731,6 +746,7 @@ async fn forget(
     Ok(())
 }
 
+/// Removes the transient reset rules from every armed host, all at once.
 async fn disarm(op: &str, armed: &[(HostId, Arc<dyn HostOps>)]) -> DriverResult<()> {
     let deleting = armed.iter().map(|(h, o)| async move {
         o.nft_delete_table(nft::RESET_FAMILY)
