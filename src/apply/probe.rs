@@ -196,7 +196,7 @@ pub enum Influence {
 
 impl Influence {
     /// The influence of `action`: narrow only where the action provably changes nothing else.
-    /// A migration, a tunnel, a route check and a cleanup count as changing everything.
+    /// A tunnel, a route check and a cleanup count as changing everything.
     pub fn of(action: &Action) -> Influence {
         let domain = |d: &Name, h: &HostId| Query::Domain {
             host: h.clone(),
@@ -221,6 +221,13 @@ impl Influence {
             | Action::Resume {
                 domain: d, host, ..
             } => only(&[domain(d, host)]),
+            // A migration moves the domain; rules, SAs and paths stay as they are.
+            Action::Migrate {
+                domain: d,
+                from,
+                to,
+                ..
+            } => only(&[domain(d, from), domain(d, to)]),
             // The SA on both ends, and the data path with its guard in smig's table there.
             Action::IpsecInstall { local, remote, .. }
             | Action::IpsecRemove { local, remote, .. } => only(&[
@@ -606,7 +613,7 @@ mod tests {
         use crate::plan::StepKind as K;
         for (kind, narrow) in [
             (K::Block, true),
-            (K::Migrate, false),
+            (K::Migrate, true),
             (K::Restart, true),
             (K::IpsecInstall, true),
             (K::ConnectionsSecure, true),
