@@ -172,6 +172,7 @@ fn walk(vms: usize, delay_ms: u64, journal: Box<dyn JournalSink>) -> (Duration, 
             on_failure: OnFailure::Halt,
             ..Default::default()
         },
+        discovered: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -86,6 +86,7 @@ fn engine(case: &Case, double: &Arc<LandscapeDouble>, options: WalkOptions) -> E
         },
         events: smig::apply::events::discard(),
         options,
+        discovered: None,
     }
 }
 

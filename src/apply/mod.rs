@@ -9,6 +9,7 @@ pub mod report;
 pub mod session;
 pub mod walker;
 
+use crate::model::Observed;
 use crate::plan::Plan;
 use crate::state::journal::{self, JournalSink, Outcome, PlanRecord, Record, JOURNAL_VERSION};
 use crate::state::StateError;
@@ -80,6 +81,9 @@ pub struct Engine {
     pub ctx: ExecContext,
     pub events: EventSink,
     pub options: WalkOptions,
+    /// What discovery read just before [`Engine::apply`], under the apply's lock: the walk's
+    /// first checks start from it instead of reading it again.
+    pub discovered: Option<Arc<Observed>>,
 }
 
 /// A finished run: its report and the journal sink, for the caller to close.
@@ -119,7 +123,8 @@ impl Engine {
                 parallelism: self.options.parallelism,
             }),
         )?;
-        self.drive("apply", &meta.apply_id, plan, shared, &HashSet::new())
+        let seed = self.discovered.as_deref();
+        self.drive("apply", &meta.apply_id, plan, shared, &HashSet::new(), seed)
             .await
     }
 
@@ -143,7 +148,8 @@ impl Engine {
                 parallelism: self.options.parallelism,
             }),
         )?;
-        self.drive("resume", &apply_id, &plan, shared, &done).await
+        self.drive("resume", &apply_id, &plan, shared, &done, None)
+            .await
     }
 
     /// Undoes what the journaled apply did.
@@ -220,9 +226,10 @@ impl Engine {
         plan: &Plan,
         shared: Arc<Shared>,
         done_before: &HashSet<usize>,
+        seed: Option<&Observed>,
     ) -> Result<Run, ApplyError> {
         let mut walker = self.walker();
-        let end = walker.forward(plan, &shared, done_before).await;
+        let end = walker.forward(plan, &shared, done_before, seed).await;
         let (outcome, error, summary) = match end {
             ForwardEnd::Completed => (Outcome::Succeeded, None, None),
             ForwardEnd::Failed { key, error } => {

@@ -326,6 +326,39 @@ impl Readings {
         Acting { readings: self, id }
     }
 
+    /// Readings kept from `observed`, a discovery taken just before the walk (while no step
+    /// acted), for those of `queries` it answers the way [`read`] would: a host's domains,
+    /// block rules and SAs. Connections and routing cores are read afresh.
+    pub fn seeded(observed: &Observed, queries: impl IntoIterator<Item = Query>) -> Readings {
+        let mut kept = BTreeMap::new();
+        for q in queries {
+            let reading = match &q {
+                Query::Domain { host, domain } => observed
+                    .hosts
+                    .get(host)
+                    .map(|h| Reading::Domain(h.domains.get(domain.as_str()).cloned())),
+                Query::BlockRules(host) => observed
+                    .hosts
+                    .get(host)
+                    .map(|h| Reading::BlockRules(h.block_rules.clone())),
+                Query::Ipsec(host) => observed
+                    .hosts
+                    .get(host)
+                    .map(|h| Reading::Ipsec(h.ipsec.clone())),
+                _ => None,
+            };
+            if let Some(r) = reading {
+                kept.insert(q, r);
+            }
+        }
+        Readings {
+            state: Mutex::new(ReadingsState {
+                kept,
+                ..ReadingsState::default()
+            }),
+        }
+    }
+
     /// Like [`observe`], reading only what is not kept.
     pub async fn observe(
         &self,
@@ -594,6 +627,41 @@ mod tests {
         drop(readings.acting(Influence::Everything));
         readings.observe(&drivers, &all).await.unwrap();
         assert_eq!(reads(), 14);
+    }
+
+    #[tokio::test]
+    async fn seeded_readings_answer_like_fresh_reads_without_asking_the_drivers() {
+        let observed = Fixture::reference().observed;
+        let double = Arc::new(LandscapeDouble::new(observed.clone()));
+        let drivers = Drivers::all(double.clone());
+        let (hv2, c1) = (HostId("dc.hv2".into()), HostId("cloud.c1".into()));
+        let domain = |h: &HostId| Query::Domain {
+            host: h.clone(),
+            domain: "db".into(),
+        };
+        let hosts: BTreeSet<Query> = [
+            domain(&hv2),
+            domain(&c1),
+            Query::BlockRules(hv2.clone()),
+            Query::Ipsec(c1.clone()),
+        ]
+        .into();
+        let fresh = observe(&drivers, &hosts).await.unwrap();
+        let asked = double.calls().len();
+        let conns = Query::Connections {
+            vm: "db".into(),
+            host: hv2.clone(),
+            address: "192.168.10.12".parse().unwrap(),
+        };
+        let readings = Readings::seeded(&observed, hosts.iter().cloned().chain([conns.clone()]));
+        let seeded = readings.observe(&drivers, &hosts).await.unwrap();
+        assert_eq!(double.calls().len(), asked, "nothing asked");
+        assert_eq!(
+            serde_json::to_value(&seeded).unwrap(),
+            serde_json::to_value(&fresh).unwrap()
+        );
+        readings.observe(&drivers, &[conns].into()).await.unwrap();
+        assert_eq!(double.calls().len(), asked + 1, "connections are read afresh");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::events::{Event, EventSink};
 use super::exec::{perform, ExecContext};
 use super::probe::{self, action_holds, action_queries, fact_queries, Locator, Query, Readings};
 use crate::drivers::{AbortHandle, AbortSignal, MigrationProgress, ProgressSink};
-use crate::model::{DomainState, HostId, Name};
+use crate::model::{DomainState, HostId, Name, Observed};
 use crate::plan::{Action, Inverse, Plan, Step};
 use crate::state::journal::{JournalEntry, JournalSink, Record};
 use crate::state::StateError;
@@ -213,18 +213,31 @@ impl Walker {
     /// Walks the plan forward. `done_before`: steps an earlier run journaled as done; they are
     /// accepted when fresh discovery agrees (their effect holds, or a later done step explains
     /// why it no longer does), else run again.
+    /// `seed`: what discovery read just before, while no step acted (see [`Readings::seeded`]).
     pub async fn forward(
         &mut self,
         plan: &Plan,
         shared: &Arc<Shared>,
         done_before: &HashSet<usize>,
+        seed: Option<&Observed>,
     ) -> ForwardEnd {
         let g = &plan.graph;
         let n = g.node_count();
-        let checks = Arc::new(Checks {
-            locator: Locator::from_actions(g.node_weights().map(|s| &s.action)),
-            readings: Readings::default(),
-        });
+        let locator = Locator::from_actions(g.node_weights().map(|s| &s.action));
+        let readings = match seed {
+            Some(o) => {
+                let mut q = BTreeSet::new();
+                for s in g.node_weights() {
+                    for f in s.precondition.iter().chain(&s.effect) {
+                        fact_queries(f, &locator, &mut q);
+                    }
+                    action_queries(&s.action, &mut q);
+                }
+                Readings::seeded(o, q)
+            }
+            None => Readings::default(),
+        };
+        let checks = Arc::new(Checks { locator, readings });
         let mut waiting: Vec<usize> = (0..n)
             .map(|i| {
                 g.neighbors_directed(NodeIndex::new(i), petgraph::Direction::Incoming)

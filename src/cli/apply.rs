@@ -225,6 +225,7 @@ fn engine(
         },
         events: event_sink(json, double),
         options,
+        discovered: None,
     }
 }
 
@@ -363,7 +364,12 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         config_fingerprint: Some(current.config),
         observed_fingerprint: Some(current.observed),
     };
-    let engine = engine(loaded.landscape, &double, args.run.json, options);
+    let mut engine = engine(loaded.landscape, &double, args.run.json, options);
+    // Discovery has just read the landscape under the lock: unless someone was asked to
+    // confirm meanwhile, the walk's first checks start from it.
+    if plan_file.is_some() || args.auto_approve {
+        engine.discovered = Some(Arc::new(observed));
+    }
     let run = rt.block_on(session::apply_locked(lock, &engine, &plan, &meta))?;
     finish(&run, args.run.json)
 }

@@ -577,6 +577,7 @@ pub fn engine(
                 on_failure,
                 ..Default::default()
             },
+            discovered: None,
         },
         store,
     )
