@@ -661,7 +661,11 @@ mod tests {
             serde_json::to_value(&fresh).unwrap()
         );
         readings.observe(&drivers, &[conns].into()).await.unwrap();
-        assert_eq!(double.calls().len(), asked + 1, "connections are read afresh");
+        assert_eq!(
+            double.calls().len(),
+            asked + 1,
+            "connections are read afresh"
+        );
     }
 
     #[test]
