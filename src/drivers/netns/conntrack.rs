@@ -254,7 +254,9 @@ impl Watch {
     /// The current entries for which `wanted` holds.
     pub fn read(&mut self, wanted: impl Fn(&Entry) -> bool) -> io::Result<Vec<Entry>> {
         if !self.dumped || !self.drain()? {
+            // Just dumped: as current as a dump gets, nothing to ask for again.
             self.resync()?;
+            return Ok(self.matching(&wanted));
         }
         let unreported: Vec<Tuple> = self
             .entries
@@ -278,12 +280,15 @@ impl Watch {
                 }
             }
         }
-        Ok(self
-            .entries
+        Ok(self.matching(&wanted))
+    }
+
+    fn matching(&self, wanted: impl Fn(&Entry) -> bool) -> Vec<Entry> {
+        self.entries
             .values()
             .map(|k| k.entry)
             .filter(|e| wanted(e))
-            .collect())
+            .collect()
     }
 
     /// Forgets an entry just deleted: one created before the watch would never report it.
