@@ -195,47 +195,30 @@ pub enum Influence {
 }
 
 impl Influence {
-    /// The influence of `action`: narrow only where the action provably changes nothing else.
-    /// A tunnel, a route check and a cleanup count as changing everything.
+    /// The influence of `action`: what its own check reads (see [`action_queries`]), narrow
+    /// only where the action provably changes nothing else. A tunnel, a route check and a
+    /// cleanup count as changing everything.
     pub fn of(action: &Action) -> Influence {
-        let domain = |d: &Name, h: &HostId| Query::Domain {
-            host: h.clone(),
-            domain: d.clone(),
-        };
-        let only = |q: &[Query]| Influence::Only(q.iter().cloned().collect());
+        let mut own = BTreeSet::new();
+        action_queries(action, &mut own);
         match action {
-            // Resetting flows touches no rule, SA or domain.
-            Action::SecureConnections { .. } => only(&[]),
-            Action::Block { host, .. } | Action::Unblock { host, .. } => {
-                only(&[Query::BlockRules(host.clone())])
-            }
-            Action::Shutdown {
-                domain: d, host, ..
-            }
-            | Action::Start {
-                domain: d, host, ..
-            }
-            | Action::Pause {
-                domain: d, host, ..
-            }
-            | Action::Resume {
-                domain: d, host, ..
-            } => only(&[domain(d, host)]),
-            // A migration moves the domain; rules, SAs and paths stay as they are.
-            Action::Migrate {
-                domain: d,
-                from,
-                to,
-                ..
-            } => only(&[domain(d, from), domain(d, to)]),
+            // A reset touches no rule, SA or domain; a block one host's rules; a migration,
+            // start, stop, pause or resume the domain.
+            Action::SecureConnections { .. }
+            | Action::Block { .. }
+            | Action::Unblock { .. }
+            | Action::Shutdown { .. }
+            | Action::Start { .. }
+            | Action::Pause { .. }
+            | Action::Resume { .. }
+            | Action::Migrate { .. } => Influence::Only(own),
             // The SA on both ends, and the data path with its guard in smig's table there.
             Action::IpsecInstall { local, remote, .. }
-            | Action::IpsecRemove { local, remote, .. } => only(&[
-                Query::Ipsec(local.clone()),
-                Query::Ipsec(remote.clone()),
-                Query::BlockRules(local.clone()),
-                Query::BlockRules(remote.clone()),
-            ]),
+            | Action::IpsecRemove { local, remote, .. } => {
+                own.insert(Query::BlockRules(local.clone()));
+                own.insert(Query::BlockRules(remote.clone()));
+                Influence::Only(own)
+            }
             _ => Influence::Everything,
         }
     }
