@@ -283,7 +283,9 @@ async fn conntrack_read_follows_the_table_through_its_events() {
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
     ip(&["netns", "add", ns]);
     let _made = Namespaces(vec![ns.to_string()]);
+    // Creates the entry, established.
     let insert = [
+        "-I",
         "--state",
         "ESTABLISHED",
         "--timeout",
@@ -297,13 +299,7 @@ async fn conntrack_read_follows_the_table_through_its_events() {
         tcp_entry(40003, "10.9.9.9"),
     );
     // `old` exists before the first read, `new` appears after it.
-    conntrack(
-        ns,
-        &with(&old, &["-I"])
-            .into_iter()
-            .chain(insert)
-            .collect::<Vec<_>>(),
-    );
+    conntrack(ns, &with(&old, &insert));
     let ops = NetnsOps::enter(ns).expect("enter");
     let scope = vec!["192.168.78.12/32".parse().unwrap()];
     let ports = |entries: &[smig::drivers::netns::conntrack::Entry]| {
@@ -315,13 +311,7 @@ async fn conntrack_read_follows_the_table_through_its_events() {
     assert_eq!(ports(&first), [(40001, 0)]);
     assert_eq!(first[0].tcp_state, Some(3), "ESTABLISHED");
     for e in [&new, &other] {
-        conntrack(
-            ns,
-            &with(e, &["-I"])
-                .into_iter()
-                .chain(insert)
-                .collect::<Vec<_>>(),
-        );
+        conntrack(ns, &with(e, &insert));
     }
     conntrack(ns, &with(&old, &["-U", "-m", "7"]));
     conntrack(ns, &with(&new, &["-U", "-m", "9"]));
@@ -336,13 +326,7 @@ async fn conntrack_read_follows_the_table_through_its_events() {
     conntrack(ns, &with(&new, &["-D"]));
     assert_eq!(ports(&ops.conntrack(scope.clone()).await.unwrap()), []);
     // Deleted by the driver itself.
-    conntrack(
-        ns,
-        &with(&new, &["-I"])
-            .into_iter()
-            .chain(insert)
-            .collect::<Vec<_>>(),
-    );
+    conntrack(ns, &with(&new, &insert));
     let again = ops.conntrack(scope.clone()).await.unwrap();
     assert_eq!(ports(&again), [(40002, 0)]);
     ops.conntrack_delete(again[0].orig).await.expect("delete");
