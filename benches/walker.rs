@@ -44,7 +44,7 @@ fn landscape_and_plan(vms: usize) -> (Landscape, Observed, Plan) {
             .parse()
             .unwrap();
         o.hosts.get_mut(&src).unwrap().domains.insert(
-            name.to_string(),
+            name.clone(),
             Domain {
                 state: DomainState::Running,
                 persistent: true,

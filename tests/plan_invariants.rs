@@ -209,8 +209,8 @@ fn every_good_case_passes_and_the_report_lists_four_invariants() {
     }
 }
 
-/// The plan with the context's VM names in allocations of their own, as in a plan read from
-/// a file: the checker finds VMs by text then.
+/// The plan with the context's VM names made afresh from their text, as in a plan read from
+/// a file: interned, they are the configuration's names again.
 fn with_fresh_names(mut p: Plan) -> Plan {
     p.context.placements = p
         .context

@@ -397,7 +397,7 @@ fn assemble<'q>(readings: impl Iterator<Item = (&'q Query, Reading)>) -> Observe
             (Query::Domain { host, domain }, Reading::Domain(d)) => {
                 let h = o.hosts.entry(host.clone()).or_default();
                 if let Some(d) = d {
-                    h.domains.insert(domain.to_string(), d);
+                    h.domains.insert(domain.clone(), d);
                 }
             }
             (Query::BlockRules(host), Reading::BlockRules(rules)) => {

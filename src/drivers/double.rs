@@ -22,7 +22,7 @@ use super::{
 use crate::discover::{Discover, DiscoverError};
 use crate::model::{
     BlockRule, Connection, Domain, DomainState, HostId, IpsecConnection, Landscape, MigrationMode,
-    Observed, Route, Tunnel,
+    Name, Observed, Route, Tunnel,
 };
 use crate::plan::Target;
 use ipnet::Ipv4Net;
@@ -451,7 +451,7 @@ fn args(v: impl Serialize) -> serde_json::Value {
 
 #[async_trait::async_trait]
 impl Hypervisor for LandscapeDouble {
-    async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<String, Domain>> {
+    async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<Name, Domain>> {
         self.call("hypervisor.domains", &host.0, args(()), false, |g| {
             Ok(host_mut(&mut g.observed, "hypervisor.domains", host)?
                 .domains
@@ -475,7 +475,7 @@ impl Hypervisor for LandscapeDouble {
         self.call("hypervisor.define", &host.0, a, true, |g| {
             host_mut(&mut g.observed, "hypervisor.define", host)?
                 .domains
-                .entry(domain.to_string())
+                .entry(Name::from(domain))
                 .or_insert(Domain {
                     state: DomainState::ShutOff,
                     persistent: true,
@@ -652,9 +652,11 @@ impl Hypervisor for LandscapeDouble {
                 let on_source = o
                     .hosts
                     .get(&request.from)
-                    .and_then(|h| h.domains.get(&request.domain))
+                    .and_then(|h| h.domains.get(request.domain.as_str()))
                     .cloned();
-                let on_target = o.hosts[&request.to].domains.contains_key(&request.domain);
+                let on_target = o.hosts[&request.to]
+                    .domains
+                    .contains_key(request.domain.as_str());
                 let Some(mut d) = on_source else {
                     if on_target {
                         return Ok(()); // already migrated
@@ -700,10 +702,10 @@ impl Hypervisor for LandscapeDouble {
                 }
                 d.persistent = true;
                 if let Some(h) = o.hosts.get_mut(&request.from) {
-                    h.domains.remove(&request.domain);
+                    h.domains.remove(request.domain.as_str());
                 }
                 if let Some(h) = o.hosts.get_mut(&request.to) {
-                    h.domains.insert(request.domain.clone(), d);
+                    h.domains.insert(Name::from(request.domain.as_str()), d);
                 }
                 Ok(())
             })

@@ -23,8 +23,8 @@ pub mod vici;
 
 use crate::discover::{Discover, DiscoverError};
 use crate::model::{
-    BlockRule, Connection, Domain, HostId, IpsecConnection, Landscape, MigrationMode, Observed,
-    ObservedHost, ObservedRoutingCore, Route, Secret, Tunnel,
+    BlockRule, Connection, Domain, HostId, IpsecConnection, Landscape, MigrationMode, Name,
+    Observed, ObservedHost, ObservedRoutingCore, Route, Secret, Tunnel,
 };
 use crate::plan::Target;
 use ipnet::Ipv4Net;
@@ -200,13 +200,13 @@ pub struct IpsecConfig {
 #[async_trait::async_trait]
 pub trait Hypervisor: Send + Sync {
     /// Every domain defined on the host (`virsh list --all`).
-    async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<String, Domain>>;
+    async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<Name, Domain>>;
     /// Every domain on each of `hosts`, one answer per host in the order given: an unreachable
     /// host does not hide the others. Drivers that can ask hosts in parallel do (libvirt).
     async fn domains_of(
         &self,
         hosts: &[HostId],
-    ) -> Vec<(HostId, DriverResult<BTreeMap<String, Domain>>)> {
+    ) -> Vec<(HostId, DriverResult<BTreeMap<Name, Domain>>)> {
         let mut out = Vec::with_capacity(hosts.len());
         for h in hosts {
             out.push((h.clone(), self.domains(h).await));

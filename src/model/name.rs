@@ -1,41 +1,54 @@
-//! [`Name`]: a shared, immutable string for the names of the model (VMs, domains, subnets,
-//! links, environments, hosts). Cloning one copies a pointer, so the many steps of a plan that
-//! name the same VM or host share one allocation. It serializes as a plain string.
+//! [`Name`]: an interned, immutable string for the names of the model (VMs, domains, subnets,
+//! links, environments, hosts). Each distinct text is stored once, in a process-wide table
+//! ([`ustr`]), and a `Name` is a pointer to it: cloning copies the pointer without touching
+//! memory, and two names are equal exactly when their pointers are. Texts are never freed,
+//! so only names go here, never secrets or text that grows with time. It serializes as a
+//! plain string.
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
+use ustr::Ustr;
 
-/// A shared, immutable string. Compares, orders and hashes as its text.
-#[derive(Clone, Eq, PartialOrd, Ord)]
-pub struct Name(Arc<str>);
+/// An interned, immutable string. Orders and hashes as its text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Name(Ustr);
 
+/// As the text's hash, so maps keyed by `Name` can be asked with a `&str`.
 impl std::hash::Hash for Name {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0.hash(state)
+        self.as_str().hash(state)
     }
 }
 
-/// Two clones of one name are equal without reading their text.
-impl PartialEq for Name {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+impl Ord for Name {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if self.0 == other.0 {
+            Ordering::Equal
+        } else {
+            self.as_str().cmp(other.as_str())
+        }
+    }
+}
+
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl Name {
     /// The text.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn as_str(&self) -> &'static str {
+        self.0.as_str()
     }
-    /// The address of the shared text: equal for clones of one name, so it can key a map
-    /// that finds a name without reading its text (a miss says nothing: equal texts may live
-    /// at different addresses).
+    /// The address of the interned text: equal exactly for equal names, so it can key a map
+    /// that finds a name without reading its text.
     pub fn addr(&self) -> usize {
-        Arc::as_ptr(&self.0) as *const u8 as usize
+        self.0.as_ptr() as usize
     }
 }
 
@@ -66,79 +79,79 @@ impl Borrow<str> for Name {
 
 impl From<&str> for Name {
     fn from(s: &str) -> Self {
-        Name(Arc::from(s))
+        Name(Ustr::from(s))
     }
 }
 
 impl From<String> for Name {
     fn from(s: String) -> Self {
-        Name(Arc::from(s))
+        Name(Ustr::from(&s))
     }
 }
 
 impl From<&String> for Name {
     fn from(s: &String) -> Self {
-        Name(Arc::from(s.as_str()))
+        Name(Ustr::from(s.as_str()))
     }
 }
 
 impl From<Name> for String {
     fn from(n: Name) -> Self {
-        n.0.to_string()
+        n.as_str().to_string()
     }
 }
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&*self.0, f)
+        fmt::Display::fmt(self.as_str(), f)
     }
 }
 
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl PartialEq<str> for Name {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for Name {
     fn eq(&self, other: &String) -> bool {
-        &*self.0 == other.as_str()
+        self.as_str() == other.as_str()
     }
 }
 
 impl PartialEq<Name> for str {
     fn eq(&self, other: &Name) -> bool {
-        self == &*other.0
+        self == other.as_str()
     }
 }
 
 impl PartialEq<Name> for &str {
     fn eq(&self, other: &Name) -> bool {
-        *self == &*other.0
+        *self == other.as_str()
     }
 }
 
 impl PartialEq<Name> for String {
     fn eq(&self, other: &Name) -> bool {
-        self.as_str() == &*other.0
+        self.as_str() == other.as_str()
     }
 }
 
 impl Serialize for Name {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -180,5 +193,9 @@ mod tests {
         assert!(a < b);
         let m: std::collections::BTreeMap<Name, u8> = [(n.clone(), 1)].into();
         assert_eq!(m.get("dc.hv1"), Some(&1));
+        // One text, one address, however the name was made.
+        assert_eq!(back.addr(), n.addr());
+        assert_eq!(Name::from(String::from("dc.hv1")).addr(), n.addr());
+        assert_ne!(a.addr(), b.addr());
     }
 }

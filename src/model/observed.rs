@@ -2,7 +2,7 @@
 //! format of a recorded snapshot (`smig plan --observed FILE`, `schemas/observed.schema.json`)
 //! and of the landscape test double's file.
 
-use super::HostId;
+use super::{HostId, Name};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ pub struct Observed {
 pub struct ObservedHost {
     /// libvirt domains by domain name. A domain not listed is absent from the host.
     #[serde(default)]
-    pub domains: BTreeMap<String, Domain>,
+    pub domains: BTreeMap<Name, Domain>,
     /// smig-owned block rules (nftables table `smig`), one per blocked VM.
     #[serde(default)]
     pub block_rules: Vec<BlockRule>,

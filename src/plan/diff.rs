@@ -282,16 +282,18 @@ impl<'a> Diff<'a> {
         // Where each domain is defined: one pass over the discovered hosts. Nearly every
         // domain is defined once; the others keep all their definitions in `defined_more`.
         let domains = observed.hosts.values().map(|h| h.domains.len()).sum();
-        let mut placements: HashMap<&str, (&HostId, DomainState)> = HashMap::with_capacity(domains);
-        let mut defined_more: HashMap<&str, Vec<(&HostId, DomainState)>> = HashMap::new();
+        // Keyed by the address of the interned name, so neither side reads text.
+        let mut placements: HashMap<usize, (&HostId, DomainState)> =
+            HashMap::with_capacity(domains);
+        let mut defined_more: HashMap<usize, Vec<(&HostId, DomainState)>> = HashMap::new();
         for (hid, host) in &observed.hosts {
             for (name, d) in &host.domains {
-                match placements.entry(name.as_str()) {
+                match placements.entry(name.addr()) {
                     Entry::Vacant(e) => {
                         e.insert((hid, d.state));
                     }
                     Entry::Occupied(e) => defined_more
-                        .entry(name.as_str())
+                        .entry(name.addr())
                         .or_insert_with(|| vec![*e.get()])
                         .push((hid, d.state)),
                 }
@@ -311,9 +313,9 @@ impl<'a> Diff<'a> {
         let mut current_list: Vec<Option<Current>> = Vec::with_capacity(desired.vms.len());
         for (name, vm) in &desired.vms {
             let single;
-            let found: &[(&HostId, DomainState)] = match placements.get(vm.domain.as_str()) {
+            let found: &[(&HostId, DomainState)] = match placements.get(&vm.domain.addr()) {
                 None => &[],
-                Some(one) => match defined_more.get(vm.domain.as_str()) {
+                Some(one) => match defined_more.get(&vm.domain.addr()) {
                     Some(all) => all,
                     None => {
                         single = [*one];
@@ -425,10 +427,8 @@ impl<'a> Diff<'a> {
         let mut missing: HashSet<HostId> = HashSet::new();
         let mut moves = Vec::new();
         // Each VM's position in `desired.vms` (= in `current_list` and `final_list`), by the
-        // address of its name: links name their members with clones of the VMs' names, so
-        // finding them reads no text. Names found elsewhere are looked up by text.
+        // address of its interned name, so finding a link's members reads no text.
         let mut position_at: HashMap<usize, u32> = HashMap::with_capacity(desired.vms.len());
-        let mut position_by_text: Option<HashMap<&str, u32>> = None;
         // Each VM's position in `moves`, `u32::MAX` for a VM that stays.
         let mut mover_at: Vec<u32> = Vec::with_capacity(desired.vms.len());
         let mut final_list: Vec<&HostId> = Vec::with_capacity(desired.vms.len());
@@ -464,19 +464,15 @@ impl<'a> Diff<'a> {
                 mover_at.push(u32::MAX);
             }
         }
-        let moving: HashMap<&str, &Move> = moves.iter().map(|m| (m.vm.name.as_str(), m)).collect();
         let move_of: HashMap<&str, u32> = moves
             .iter()
             .enumerate()
             .map(|(i, m)| (m.vm.name.as_str(), i as u32))
             .collect();
-        // The move of a link member, found by the address of its name when it shares the
-        // VM's name (see `position_at`), else by text.
+        // The move of a link member, if it moves.
         let member_move = |m: &Name| -> Option<&Move> {
-            match position_at.get(&m.addr()) {
-                Some(&p) => moves.get(mover_at[p as usize] as usize),
-                None => moving.get(m.as_str()).copied(),
-            }
+            let &p = position_at.get(&m.addr())?;
+            moves.get(mover_at[p as usize] as usize)
         };
         // One pass over the links: members that are not VMs (every VM has a final host now),
         // the links of each moving VM (only moving VMs are asked for their peers and SAs),
@@ -491,22 +487,7 @@ impl<'a> Diff<'a> {
             members.clear();
             member_pos.clear();
             for m in &link.between {
-                let found = match position_at.get(&m.addr()) {
-                    Some(&i) => Some(i),
-                    None => position_by_text
-                        .get_or_insert_with(|| {
-                            desired
-                                .vms
-                                .keys()
-                                .zip(&current_list)
-                                .filter(|(_, cur)| cur.is_some())
-                                .enumerate()
-                                .map(|(i, (name, _))| (name.as_str(), i as u32))
-                                .collect()
-                        })
-                        .get(m.as_str())
-                        .copied(),
-                };
+                let found = position_at.get(&m.addr()).copied();
                 match found {
                     Some(i) => {
                         members.push(final_list[i as usize]);

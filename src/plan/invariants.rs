@@ -228,26 +228,16 @@ fn initiates(plan: &Plan, n: NodeIndex) -> Option<SaPairRef<'_>> {
     }
 }
 
-/// A VM name as the index keys it: two keys are equal exactly when the texts are. A name the
-/// plan's context places is keyed by the address of the context's own name for that VM, so
-/// clones of it (the steps' and the links' names, when the plan was built from this
-/// configuration) are keyed without reading their text; other names by their text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum VmKey<'p> {
-    Placed(usize),
-    Unplaced(&'p str),
-}
+/// A VM name as the index keys it: the address of its interned text, equal exactly when the
+/// texts are (see [`Name::addr`]), so finding a VM reads no text.
+type VmKey = usize;
 
 /// Where VMs run after the plan, which links the VMs with restart or enable steps take part
 /// in, and the declared hosts.
 struct Index<'p> {
-    /// Where VMs run afterwards, by the address of the context's name of the VM.
-    placements: HashMap<usize, &'p HostId>,
-    placements_by_name: &'p std::collections::BTreeMap<Name, HostId>,
-    /// The context's names by text, for names that are not clones of them (a plan read
-    /// from a file); built on first need.
-    placed_by_text: std::cell::OnceCell<HashMap<&'p str, usize>>,
-    links: HashMap<VmKey<'p>, Vec<&'p SecureLink>>,
+    /// Where VMs run afterwards.
+    placements: HashMap<VmKey, &'p HostId>,
+    links: HashMap<VmKey, Vec<&'p SecureLink>>,
     established: HashSet<SaPairRef<'p>>,
     hosts: HashMap<&'p HostId, &'p Host>,
 }
@@ -271,8 +261,6 @@ impl<'p> Index<'p> {
             .collect();
         let mut index = Index {
             placements,
-            placements_by_name: &plan.context.placements,
-            placed_by_text: std::cell::OnceCell::new(),
             links: HashMap::new(),
             established,
             hosts,
@@ -280,15 +268,15 @@ impl<'p> Index<'p> {
         let mut links: HashMap<VmKey, Vec<&SecureLink>> = HashMap::new();
         for s in plan.graph.node_weights() {
             if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
-                links.entry(index.key(vm)).or_default();
+                links.entry(vm.addr()).or_default();
             }
             if let Some((vm, _)) = s.action.arrives_running() {
-                links.entry(index.key(vm)).or_default();
+                links.entry(vm.addr()).or_default();
             }
         }
         for link in desired.secure_links.values() {
             for m in &link.between {
-                if let Some(l) = links.get_mut(&index.key(m)) {
+                if let Some(l) = links.get_mut(&m.addr()) {
                     l.push(link);
                 }
             }
@@ -297,39 +285,22 @@ impl<'p> Index<'p> {
         index
     }
 
-    /// The key of a VM name (see [`VmKey`]).
-    fn key(&self, name: &'p Name) -> VmKey<'p> {
-        if self.placements.contains_key(&name.addr()) {
-            return VmKey::Placed(name.addr());
-        }
-        let by_text = self.placed_by_text.get_or_init(|| {
-            self.placements_by_name
-                .keys()
-                .map(|n| (n.as_str(), n.addr()))
-                .collect()
-        });
-        match by_text.get(name.as_str()) {
-            Some(&addr) => VmKey::Placed(addr),
-            None => VmKey::Unplaced(name.as_str()),
-        }
-    }
-
     /// The SAs the VM keyed `vm` needs when it runs on `host`, given where its peers end up.
     fn needs(
         &self,
         desired: &Landscape,
-        vm: VmKey<'p>,
+        vm: VmKey,
         host: &'p HostId,
         out: &mut Vec<SaPairRef<'p>>,
     ) {
         out.clear();
         for link in self.links.get(&vm).into_iter().flatten() {
             for peer in &link.between {
-                let found = match self.key(peer) {
-                    k if k == vm => continue,
-                    VmKey::Placed(addr) => self.placements.get(&addr).copied(),
-                    VmKey::Unplaced(_) => None,
-                };
+                let key = peer.addr();
+                if key == vm {
+                    continue;
+                }
+                let found = self.placements.get(&key).copied();
                 let Some(p) = found else {
                     continue;
                 };
@@ -366,7 +337,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
         let s = &plan.graph[n];
         match &s.action {
             Action::SecureConnections { vm, .. } => {
-                secured_vms.insert(index.key(vm));
+                secured_vms.insert(vm.addr());
             }
             Action::IpsecInstall {
                 link,
@@ -403,7 +374,7 @@ pub fn check(plan: &Plan, desired: &Landscape) -> InvariantReport {
                     .filter(|a| tags[a.index()] == Tag::Initiate)
                     .filter_map(|&a| initiates(plan, a)),
             );
-            let key = index.key(vm);
+            let key = vm.addr();
             index.needs(desired, key, host, &mut needed);
             for &p in &needed {
                 if index.established.contains(&p) || installed.contains(&p) {

@@ -181,7 +181,7 @@ pub fn generate(spec: &SyntheticSpec) -> (Landscape, Observed) {
         };
         if let Some(h) = observed.hosts.get_mut(&here) {
             h.domains.insert(
-                name.to_string(),
+                name.clone(),
                 Domain {
                     state,
                     persistent: true,
@@ -438,7 +438,7 @@ impl Fixture {
         }
         if let Some(h) = self.observed.hosts.get_mut(&host_id(discovered_on)) {
             h.domains.insert(
-                name.to_string(),
+                Name::from(name),
                 Domain {
                     state: DomainState::Running,
                     persistent: true,

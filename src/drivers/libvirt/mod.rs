@@ -26,7 +26,7 @@ use super::{
     AbortSignal, DriverError, DriverResult, Hypervisor, MigrationProgress, MigrationRequest,
     ProgressSink,
 };
-use crate::model::{Domain, DomainState, HostId, Landscape, MigrationMode};
+use crate::model::{Domain, DomainState, HostId, Landscape, MigrationMode, Name};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Once};
@@ -794,19 +794,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[async_trait::async_trait]
 impl Hypervisor for Libvirt {
-    async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<String, Domain>> {
+    async fn domains(&self, host: &HostId) -> DriverResult<BTreeMap<Name, Domain>> {
         Ok(self
             .inspect(host)
             .await?
             .into_iter()
-            .map(|(n, d)| (n, d.domain))
+            .map(|(n, d)| (Name::from(n), d.domain))
             .collect())
     }
 
     async fn domains_of(
         &self,
         hosts: &[HostId],
-    ) -> Vec<(HostId, DriverResult<BTreeMap<String, Domain>>)> {
+    ) -> Vec<(HostId, DriverResult<BTreeMap<Name, Domain>>)> {
         let mut all = self.inspect_hosts(hosts).await;
         hosts
             .iter()
@@ -814,7 +814,11 @@ impl Hypervisor for Libvirt {
                 let r = all.remove(h).unwrap_or_else(|| {
                     Err(DriverError::failed("hypervisor.domains", h, "not asked"))
                 });
-                let r = r.map(|m| m.into_iter().map(|(n, d)| (n, d.domain)).collect());
+                let r = r.map(|m| {
+                    m.into_iter()
+                        .map(|(n, d)| (Name::from(n), d.domain))
+                        .collect()
+                });
                 (h.clone(), r)
             })
             .collect()
