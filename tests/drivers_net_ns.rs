@@ -195,7 +195,17 @@ async fn driver_in_private_namespaces() {
         remote: "dc.h".into(),
         remote_address: "10.0.0.2".parse().unwrap(),
     };
+    // A data path adds and removes the guard chains beside a VM's block, and the block
+    // rule reading does not change (the walker keeps it across IPsec installs and removals).
+    drv.block(&h, &rule).await.expect("block before the path");
+    let blocked = drv.block_rules(&h).await.unwrap();
+    assert_eq!(blocked, vec![rule.clone()]);
     drv.tunnel_add(&core, &spec).await.expect("tunnel add");
+    assert_eq!(
+        drv.block_rules(&h).await.unwrap(),
+        blocked,
+        "after the guard"
+    );
     drv.tunnel_add(&core, &spec)
         .await
         .expect("tunnel add again");
@@ -226,6 +236,14 @@ async fn driver_in_private_namespaces() {
         "guards"
     );
     drv.tunnel_remove(&core, "app").await.expect("remove");
+    assert_eq!(
+        drv.block_rules(&h).await.unwrap(),
+        blocked,
+        "after the guard went"
+    );
+    drv.unblock(&h, "db", false)
+        .await
+        .expect("unblock after the path");
     drv.tunnel_remove(&core, "app").await.expect("remove again");
     assert_eq!(smx_links(&core_ns) + smx_links(&host_ns), 0);
     for ns in [&core_ns, &host_ns] {

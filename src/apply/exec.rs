@@ -248,16 +248,19 @@ pub async fn perform(
             host,
             ipsec_links,
         } => {
-            if d.network
-                .block_rules(host)
-                .await?
-                .iter()
-                .any(|r| &r.vm == vm)
-            {
+            // The check before the step read both (`probe::action_queries`).
+            let (rules, conns) = match seen.and_then(|o| o.hosts.get(host)) {
+                Some(h) => (h.block_rules.clone(), h.ipsec.clone()),
+                None => (
+                    d.network.block_rules(host).await?,
+                    d.ipsec.connections(host).await?,
+                ),
+            };
+            if rules.iter().any(|r| &r.vm == vm) {
                 d.network.unblock(host, vm, false).await?;
             }
             // This host's ends only: the other ends are steps of their own.
-            for c in d.ipsec.connections(host).await? {
+            for c in conns {
                 if ipsec_links.iter().any(|l| *l == c.link) {
                     d.ipsec.unload(host, &c.name).await?;
                 }
