@@ -173,12 +173,67 @@ async fn driver_in_private_namespaces() {
         .await
         .expect("reset rules");
     assert!(has_table(&host_ns, "netdev"));
-    let listed = ops.nft_list("netdev").await.expect("list reset table");
-    assert!(nft::resets_sent(&listed).is_empty(), "no packet, no reset");
+    let counts = || async {
+        let rules = ops
+            .nft_rule_counts(nft::RESET_FAMILY)
+            .await
+            .expect("reset rule counters over nfnetlink");
+        nft::resets_sent(&rules)
+    };
+    assert!(counts().await.is_empty(), "no packet, no reset");
+    // A segment of the flow entering port `va` (sent from its veth peer) meets its reset.
+    ip(&["-n", &host_ns, "link", "set", "vb", "up"]);
+    ip(&[
+        "-n",
+        &host_ns,
+        "addr",
+        "add",
+        "192.168.77.11/32",
+        "dev",
+        "vb",
+    ]);
+    ip(&[
+        "-n",
+        &host_ns,
+        "route",
+        "add",
+        "192.168.77.12/32",
+        "dev",
+        "vb",
+    ]);
+    ip(&[
+        "-n",
+        &host_ns,
+        "neigh",
+        "add",
+        "192.168.77.12",
+        "lladdr",
+        "02:00:00:00:00:12",
+        "dev",
+        "vb",
+    ]);
+    let syn = "import socket\n\
+        s = socket.socket()\n\
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'vb')\n\
+        s.bind(('192.168.77.11', 40000))\n\
+        s.settimeout(1)\n\
+        try:\n    s.connect(('192.168.77.12', 7))\n\
+        except OSError:\n    pass\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host_ns, "python3", "-c", syn])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(counts().await.into_iter().collect::<Vec<_>>(), vec![0]);
     ops.nft_delete_table(nft::RESET_FAMILY)
         .await
         .expect("reset table deleted over nfnetlink");
     assert!(!has_table(&host_ns, "netdev"));
+    assert!(counts().await.is_empty(), "no table, no rules");
     ops.nft_delete_table(nft::RESET_FAMILY)
         .await
         .expect("deleting a table that is gone is fine");

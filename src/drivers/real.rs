@@ -520,8 +520,11 @@ mod tests {
         async fn nft_apply(&self, _: Vec<Value>) -> Result<(), String> {
             Ok(())
         }
-        async fn nft_list(&self, _: &str) -> Result<Value, String> {
-            Ok(Value::Null)
+        async fn nft_rule_counts(
+            &self,
+            _: &str,
+        ) -> Result<Vec<crate::drivers::netns::nfnetlink::RuleCount>, String> {
+            Ok(Vec::new())
         }
         async fn nft_delete_table(&self, _: &str) -> Result<(), String> {
             Ok(())

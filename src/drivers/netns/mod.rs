@@ -43,8 +43,9 @@ pub trait HostOps: Send + Sync {
     async fn nft_table(&self) -> Result<nft::Present, String>;
     /// Applies nftables commands in one transaction.
     async fn nft_apply(&self, commands: Vec<Value>) -> Result<(), String>;
-    /// `nft -j list table FAMILY smig`.
-    async fn nft_list(&self, family: &str) -> Result<Value, String>;
+    /// The rules of table `FAMILY smig` with the packets their counters matched (none when
+    /// the table is absent).
+    async fn nft_rule_counts(&self, family: &str) -> Result<Vec<nfnetlink::RuleCount>, String>;
     /// Deletes table `FAMILY smig` with all it holds, if it is there.
     async fn nft_delete_table(&self, family: &str) -> Result<(), String>;
     async fn links(&self) -> Result<Vec<LinkEntry>, String>;
@@ -158,11 +159,10 @@ impl HostOps for NetnsOps {
         let text = nft::batch(commands).to_string();
         self.run(move |_| libnft::run(&text).map(|_| ())).await
     }
-    async fn nft_list(&self, family: &str) -> Result<Value, String> {
-        let family = family.to_string();
-        self.run(move |_| {
-            let out = libnft::run(&format!("list table {family} {}", nft::TABLE))?;
-            serde_json::from_str(&out).map_err(|e| format!("nft JSON: {e}"))
+    async fn nft_rule_counts(&self, family: &str) -> Result<Vec<nfnetlink::RuleCount>, String> {
+        let family = nft_family(family)?;
+        self.nfnetlink("nft list rules", move |s| {
+            nfnetlink::rule_counts(s, family, nft::TABLE)
         })
         .await
     }
@@ -187,11 +187,7 @@ impl HostOps for NetnsOps {
             .await
     }
     async fn nft_delete_table(&self, family: &str) -> Result<(), String> {
-        let family = match family {
-            "inet" => nfnetlink::NFPROTO_INET,
-            "netdev" => nfnetlink::NFPROTO_NETDEV,
-            other => return Err(format!("nft: no family {other} for smig's table")),
-        };
+        let family = nft_family(family)?;
         self.nfnetlink("nft delete table", move |s| {
             nfnetlink::delete_table(s, family, nft::TABLE)
         })
@@ -746,6 +742,15 @@ async fn forget(
     Ok(())
 }
 
+/// The netlink protocol family of smig's table of nftables family `family`.
+fn nft_family(family: &str) -> Result<u8, String> {
+    match family {
+        "inet" => Ok(nfnetlink::NFPROTO_INET),
+        "netdev" => Ok(nfnetlink::NFPROTO_NETDEV),
+        other => Err(format!("nft: no family {other} for smig's table")),
+    }
+}
+
 /// Removes the transient reset rules from every armed host, all at once.
 async fn disarm(op: &str, armed: &[(HostId, Arc<dyn HostOps>)]) -> DriverResult<()> {
     let deleting = armed.iter().map(|(h, o)| async move {
@@ -1133,14 +1138,16 @@ impl HostNetwork for NetnsHostNetwork {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                     let mut sent = std::collections::BTreeSet::new();
+                    // Counters read over nfnetlink: libnftables' one call at a time stays
+                    // free for the steps meanwhile.
                     let listing = armed.iter().map(|(h, o)| async move {
-                        o.nft_list(nft::RESET_FAMILY)
+                        o.nft_rule_counts(nft::RESET_FAMILY)
                             .await
                             .map_err(|e| DriverError::failed(op, h, e))
                     });
                     for listed in futures_util::future::join_all(listing).await {
                         match listed {
-                            Ok(listed) => sent.extend(nft::resets_sent(&listed)),
+                            Ok(rules) => sent.extend(nft::resets_sent(&rules)),
                             Err(e) => outcome = Err(e),
                         }
                     }

@@ -21,7 +21,17 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_GETRULE: u16 = 7;
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+/// libnftnl's user data type of a rule's comment.
+const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
 /// nftables families (`NFPROTO_*`).
 pub const NFPROTO_INET: u8 = 1;
@@ -113,6 +123,91 @@ pub fn delete_table(s: &Socket, family: u8, name: &str) -> io::Result<()> {
     match s.recv_all(|_| {}) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r,
+    }
+}
+
+/// One rule of a table, as its counters saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleCount {
+    /// The rule's comment, if it has one.
+    pub comment: Option<String>,
+    /// Packets matched by the rule's counters.
+    pub packets: u64,
+}
+
+/// The request for every rule of table `family name`.
+pub fn get_rules_message(family: u8, name: &str) -> Vec<u8> {
+    let mut text = name.as_bytes().to_vec();
+    text.push(0);
+    let mut attrs = Vec::new();
+    push_attr(&mut attrs, NFTA_RULE_TABLE, &text);
+    message(
+        NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        family,
+        0,
+        &attrs,
+    )
+}
+
+/// A rule of a GETRULE reply (the payload after its `nfgenmsg` header).
+pub fn parse_rule_count(b: &[u8]) -> RuleCount {
+    let mut rule = RuleCount {
+        comment: None,
+        packets: 0,
+    };
+    for (ty, v) in attrs(b) {
+        match ty {
+            NFTA_RULE_USERDATA => rule.comment = udata_comment(v),
+            NFTA_RULE_EXPRESSIONS => {
+                for (_, expr) in attrs(v).into_iter().filter(|(t, _)| *t == NFTA_LIST_ELEM) {
+                    let parts = attrs(expr);
+                    let named = |n: &[u8]| {
+                        parts.iter().any(|(t, v)| {
+                            *t == NFTA_EXPR_NAME && v.split(|c| *c == 0).next() == Some(n)
+                        })
+                    };
+                    if !named(b"counter") {
+                        continue;
+                    }
+                    for (_, data) in parts.iter().filter(|(t, _)| *t == NFTA_EXPR_DATA) {
+                        for (t, v) in attrs(data) {
+                            if let (NFTA_COUNTER_PACKETS, Ok(n)) = (t, <[u8; 8]>::try_from(v)) {
+                                rule.packets += u64::from_be_bytes(n);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    rule
+}
+
+/// The comment in a rule's user data (type-length-value records, as libnftnl writes them).
+fn udata_comment(mut b: &[u8]) -> Option<String> {
+    while let [ty, len, rest @ ..] = b {
+        let len = usize::from(*len);
+        let value = rest.get(..len)?;
+        if *ty == NFTNL_UDATA_RULE_COMMENT {
+            let text = value.split(|c| *c == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        b = &rest[len..];
+    }
+    None
+}
+
+/// Every rule of table `family name` with what its counters matched, through `s`; an absent
+/// table has none. A dump reads the counters without libnftables (no cache, no JSON).
+pub fn rule_counts(s: &Socket, family: u8, name: &str) -> io::Result<Vec<RuleCount>> {
+    s.send(&get_rules_message(family, name))?;
+    let mut out = Vec::new();
+    match s.recv_all(|b| out.push(parse_rule_count(b))) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+        r => r.map(|()| out),
     }
 }
 
@@ -323,6 +418,39 @@ mod tests {
         assert_eq!(attrs(payload), vec![(NFTA_TABLE_NAME, &b"smig\0"[..])]);
         // Only the deletion is acknowledged: the batch markers are not.
         assert!(m[0].1 & NLM_F_ACK == 0 && m[2].1 & NLM_F_ACK == 0);
+    }
+
+    #[test]
+    fn a_rule_reads_back_with_its_comment_and_counted_packets() {
+        let expr = |name: &str, data: Vec<u8>| {
+            let mut e = Vec::new();
+            push_attr(&mut e, NFTA_EXPR_NAME, format!("{name}\0").as_bytes());
+            e.extend(nested(NFTA_EXPR_DATA, data));
+            nested(NFTA_LIST_ELEM, e)
+        };
+        let mut counter = Vec::new();
+        push_attr(&mut counter, 1, &52u64.to_be_bytes()); // bytes
+        push_attr(&mut counter, NFTA_COUNTER_PACKETS, &2u64.to_be_bytes());
+        let mut payload = get_rules_message(NFPROTO_NETDEV, "smig")[20..].to_vec();
+        let mut exprs = expr("payload", vec![0; 8]);
+        exprs.extend(expr("counter", counter));
+        exprs.extend(expr("reject", Vec::new()));
+        payload.extend(nested(NFTA_RULE_EXPRESSIONS, exprs));
+        let comment = b"smig reset 3\0";
+        let mut udata = vec![9, 1, 0, NFTNL_UDATA_RULE_COMMENT, comment.len() as u8];
+        udata.extend_from_slice(comment);
+        push_attr(&mut payload, NFTA_RULE_USERDATA, &udata);
+        let rule = parse_rule_count(&payload);
+        assert_eq!(rule.comment.as_deref(), Some("smig reset 3"));
+        assert_eq!(rule.packets, 2);
+        let bare = parse_rule_count(&get_rules_message(NFPROTO_NETDEV, "smig")[20..]);
+        assert_eq!((bare.comment, bare.packets), (None, 0));
+        // The request names the table and asks for a dump.
+        let m = messages(&get_rules_message(NFPROTO_NETDEV, "smig"));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETRULE);
+        assert_eq!(m[0].1, NLM_F_REQUEST | NLM_F_DUMP);
+        assert_eq!(m[0].2, NFPROTO_NETDEV);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   ports, packets crossing them marked, the mark copied to conntrack ([`IPSEC_MARK`]) by
 //!   `guard-forward`.
 
+use super::nfnetlink::RuleCount;
 use crate::model::BlockRule;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -492,28 +493,18 @@ pub fn delete_table_commands() -> Vec<Value> {
     cmds
 }
 
-/// Which flows (by index in [`reset_commands`]) have been answered with a reset, from
-/// `nft -j list table netdev smig`.
-pub fn resets_sent(json: &Value) -> std::collections::BTreeSet<usize> {
-    json.get("nftables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i.get("rule"))
+/// Which flows (by index in [`reset_commands`]) have been answered with a reset, from the
+/// counters of table `netdev smig`'s rules.
+pub fn resets_sent(rules: &[RuleCount]) -> std::collections::BTreeSet<usize> {
+    rules
+        .iter()
+        .filter(|r| r.packets > 0)
         .filter_map(|r| {
-            let n = r
-                .get("comment")
-                .and_then(Value::as_str)?
+            r.comment
+                .as_deref()?
                 .strip_prefix("smig reset ")?
                 .parse()
-                .ok()?;
-            let hit = r
-                .get("expr")
-                .and_then(Value::as_array)?
-                .iter()
-                .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
-                .any(|p| p > 0);
-            hit.then_some(n)
+                .ok()
         })
         .collect()
 }
@@ -678,12 +669,17 @@ mod tests {
 
     #[test]
     fn resets_are_counted_per_flow() {
-        let listed = json!({"nftables": [
-            {"rule": {"comment": "smig reset 0", "expr": [{"counter": {"packets": 0, "bytes": 0}}]}},
-            {"rule": {"comment": "smig reset 1", "expr": [{"counter": {"packets": 1, "bytes": 52}}]}},
-            {"rule": {"comment": "smig reset 0", "expr": [{"counter": {"packets": 0, "bytes": 0}}]}},
-            {"rule": {"comment": "other", "expr": [{"counter": {"packets": 9, "bytes": 9}}]}}
-        ]});
+        let rule = |comment: Option<&str>, packets| RuleCount {
+            comment: comment.map(str::to_string),
+            packets,
+        };
+        let listed = [
+            rule(Some("smig reset 0"), 0),
+            rule(Some("smig reset 1"), 1),
+            rule(Some("smig reset 0"), 0),
+            rule(Some("other"), 9),
+            rule(None, 3),
+        ];
         assert_eq!(
             resets_sent(&listed).into_iter().collect::<Vec<_>>(),
             vec![1]
