@@ -16,18 +16,18 @@
 //! `cargo bench --bench lab_migration` (root); `SMIG_BENCH_ROUNDS` rounds (default 3).
 //! Holds the lab lock for its whole run and leaves db on dc.hv2.
 //!
-//! Measured on the 2-core build machine (load average 0.7-1.7), 7 rounds, medians:
+//! Measured on the 2-core build machine (load average 1.0-2.0), 7 rounds, medians:
 //!
 //! | db hv2 → c1 | wall | migration | smig's own time | outside / before / after | blackout | blackout / bare |
 //! |---|---:|---:|---:|---:|---:|---:|
-//! | bare `virsh migrate` | 3,235 ms | 3,235 ms | — | — | 220 ms | 1.0x |
-//! | smig block-first | 3,151 ms | 2,925 ms | 236 ms | 102 / 6 / 129 ms | 3,110 ms | 14.1x |
-//! | smig prestaged | 2,887 ms | 2,703 ms | 191 ms | 86 / 51 / 57 ms | 210 ms | 1.0x |
+//! | bare `virsh migrate` | 2,667 ms | 2,667 ms | — | — | 220 ms | 1.0x |
+//! | smig block-first | 3,011 ms | 2,673 ms | 218 ms | 97 / 7 / 109 ms | 2,930 ms | 13.3x |
+//! | smig prestaged | 2,791 ms | 2,608 ms | 203 ms | 92 / 47 / 57 ms | 210 ms | 1.0x |
 //!
 //! The pre-staged blackout target (≤ 2x bare) is met; the overhead target (≤ max(5%, 200 ms))
-//! is met by prestaged but not by block-first while a cleartext connection is reset: per round,
-//! block-first 225-270 ms, prestaged 178-245 ms. README.md, "Measured", says where the time
-//! goes.
+//! is not, while a cleartext connection is reset: per round, block-first 185-338 ms, prestaged
+//! 183-978 ms (the slowest rounds lost their time outside the walk). README.md, "Measured",
+//! says where the time goes.
 
 #[path = "../tests/lab_support/mod.rs"]
 mod lab_support;

@@ -5,36 +5,37 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine with the lab's guests running (load average 1.1-2.5),
-//! with the system allocator as in the binary; three runs of the default repetitions (7 and 3
+//! Measured on the 2-core build machine with the lab's guests running (load average 1.0-2.4),
+//! with the system allocator as in the binary; six runs of the default repetitions (7 and 3
 //! timed builds), medians of the runs' medians. "build CPU" is this thread's own CPU time;
 //! "first build" is the first timed build, which faults in the plan's memory as the one build
 //! of a `smig plan` does:
 //!
 //! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 10,000 | 500 | 14,835 | 24.8 ms | 23.5 ms | 24.0 ms | 34-36 ms | 32 MiB |
-//! | 100,000 | 5,000 | 148,093 | 426 ms | 412-429 ms | 424 ms | 509-541 ms | 297 MiB |
+//! | 10,000 | 500 | 14,835 | 25.8 ms (22.4-39.9) | 21.1 ms | 26 ms | 34 ms | 36 MiB |
+//! | 100,000 | 5,000 | 148,093 | 413 ms (382-455) | 344 ms | 411 ms | 501 ms | 259 MiB |
 //!
-//! The 100k/10k ratio is 17.2x (first builds: 14.7x): the 12x target is still **missed**.
-//! Before this change, on the same machine: 10k 25.3 ms, 38 MiB; 100k 451 ms, 348 MiB (18x).
+//! The 100k/10k ratio is 16x (first builds: 14.6x): the 12x target is still **missed**.
+//! Before this change, on the same machine: 10k 24.8-30.6 ms, 32 MiB; 100k 426-432 ms,
+//! 297 MiB (14-17x).
 //!
-//! What changed: `Inverse::Action` boxes its action, so a step no longer holds two actions
-//! inline (360 -> 264 bytes); the draft keeps its steps in chunks of 256 instead of one
-//! vector that grows with the plan; the invariant check finds VMs by the address of the plan
-//! context's shared name, by text only for names it does not share.
+//! What changed: names are interned (`model::Name` wraps a `ustr::Ustr`): a clone copies a
+//! pointer without touching a reference count, equal names are equal pointers, and the diff
+//! and the invariant check find VMs and domains by that address, never by text. A step is
+//! 208 bytes (was 272), so the graph's node array at 100k (~31 MiB) stays in the heap instead
+//! of a fresh mmap per build: ~2,000 page faults per build instead of ~19,000 (`perf stat -e
+//! page-faults`). The plan's memory at 100k is 184 MiB (was 212 MiB).
 //!
 //! Where the rest goes: every phase (diff, passes, numbering, resource changes, context,
-//! invariant check) costs 12-17x at 100k for the same work per VM or step, because the
-//! landscape (~110 MiB) and the plan (~190 MiB) are far beyond the 32 MiB L3, so each random
-//! access (a VM by name, a link's members, a step's strings, an `Arc`'s count) goes to DRAM;
-//! callgrind counts ~10x the instructions. glibc also serves each allocation of 32 MiB or more
-//! with a fresh mmap: at 100k the graph's node array (148,093 x 272 bytes, 40 MB) is one, so
-//! every build faults in ~10,000 pages (`perf stat -e page-faults`; at 10k, none after the
-//! first build). A step of at most ~216 bytes would keep it in the heap; a one-pointer `Name`
-//! gets there, but only with hand-written unsafe code, not kept. What would remain to try:
-//! fewer allocations per step (key string, fact vectors, cloned peer lists), integer ids
-//! instead of names in the planner's joins, and the resource-change JSON (three maps per move).
+//! invariant check) costs 13-20x at 100k for the same work per VM or step, because the
+//! landscape and the plan are far beyond the 32 MiB L3: each random access goes to DRAM, and
+//! on this virtual machine each TLB miss walks nested page tables (with transparent huge pages
+//! for the heap, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, 100k builds run ~13% faster, the
+//! first build of a process twice as slow). The resource-change JSON scales best (~9x: less
+//! work per byte). What would remain to try: fewer allocations per step (key string, fact
+//! vectors, cloned peer lists, ~12 per step) and integer ids instead of names in the
+//! planner's joins.
 //!
 //! The first build of a process pays the page faults of a fresh heap.
 
