@@ -259,12 +259,6 @@ impl<'p> Index<'p> {
             .iter()
             .map(|p| sa_pair_ref(&p.link, &p.a, &p.b))
             .collect();
-        let mut index = Index {
-            placements,
-            links: HashMap::new(),
-            established,
-            hosts,
-        };
         let mut links: HashMap<VmKey, Vec<&SecureLink>> = HashMap::new();
         for s in plan.graph.node_weights() {
             if let (StepKind::Restart | StepKind::Enable, Some(vm)) = (s.kind, vm_of(&s.action)) {
@@ -281,8 +275,12 @@ impl<'p> Index<'p> {
                 }
             }
         }
-        index.links = links;
-        index
+        Index {
+            placements,
+            links,
+            established,
+            hosts,
+        }
     }
 
     /// The SAs the VM keyed `vm` needs when it runs on `host`, given where its peers end up.
