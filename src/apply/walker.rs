@@ -228,10 +228,7 @@ impl Walker {
             Some(o) => {
                 let mut q = BTreeSet::new();
                 for s in g.node_weights() {
-                    for f in s.precondition.iter().chain(&s.effect) {
-                        fact_queries(f, &locator, &mut q);
-                    }
-                    action_queries(&s.action, &mut q);
+                    check_queries(s, &locator, &mut q);
                 }
                 Readings::seeded(o, q)
             }
@@ -741,6 +738,15 @@ async fn next_interrupt(rx: &mut Option<watch::Receiver<u8>>) -> u8 {
     }
 }
 
+/// The reads of a step's check before it runs: its effect, its preconditions and what its
+/// action works from.
+fn check_queries(step: &Step, locator: &Locator, out: &mut BTreeSet<Query>) {
+    for f in step.effect.iter().chain(&step.precondition) {
+        fact_queries(f, locator, out);
+    }
+    action_queries(&step.action, out);
+}
+
 /// The reads that decide [`effect_holds`].
 fn effect_queries(step: &Step, locator: &Locator) -> BTreeSet<Query> {
     let mut q = BTreeSet::new();
@@ -918,10 +924,7 @@ async fn run_step(
         }
     };
     let mut q: BTreeSet<Query> = BTreeSet::new();
-    for f in step.effect.iter().chain(&step.precondition) {
-        fact_queries(f, &checks.locator, &mut q);
-    }
-    action_queries(&step.action, &mut q);
+    check_queries(&step, &checks.locator, &mut q);
     let o = match checks.readings.observe(&ctx.drivers, &q).await {
         Ok(o) => o,
         Err(e) => return fail(format!("cannot check the landscape: {e}")),
