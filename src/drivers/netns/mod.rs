@@ -73,6 +73,11 @@ pub struct NetnsOps {
     thread: NamespaceThread,
     /// The namespace's conntrack table, followed from the first read on.
     conntrack: tokio::sync::Mutex<Option<conntrack::Watch>>,
+    /// Netfilter sockets opened in the namespace and free for the next exchange. They stay
+    /// open: the kernel makes the close of a netfilter socket wait for the release of
+    /// recently deleted rules and tables (an RCU grace period, ~10 ms, holding the
+    /// namespace's nftables lock).
+    sockets: std::sync::Mutex<Vec<nfnetlink::Socket>>,
 }
 
 impl NetnsOps {
@@ -81,6 +86,7 @@ impl NetnsOps {
         Ok(NetnsOps {
             thread: NamespaceThread::enter(name)?,
             conntrack: tokio::sync::Mutex::new(None),
+            sockets: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -91,20 +97,38 @@ impl NetnsOps {
         self.thread.run(f).await.map_err(|e| e.to_string())?
     }
 
-    /// Opens a netfilter netlink socket in the namespace, then runs the blocking `f` with it
-    /// on tokio's blocking pool: the namespace's thread stays free while the kernel works.
+    /// Runs the blocking `f` with a netfilter netlink socket of the namespace (a free one, or
+    /// one opened on the namespace's thread) on tokio's blocking pool: the namespace's thread
+    /// stays free while the kernel works. The socket is kept for the next exchange unless `f`
+    /// failed, which may leave replies unread in it.
     async fn nfnetlink<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&nfnetlink::Socket) -> std::io::Result<T> + Send + 'static,
     ) -> Result<T, String> {
-        let s = self
-            .run(move |_| nfnetlink::Socket::open().map_err(|e| format!("{what}: {e}")))
-            .await?;
-        tokio::task::spawn_blocking(move || f(&s))
-            .await
-            .map_err(|e| format!("{what}: {e}"))?
-            .map_err(|e| format!("{what}: {e}"))
+        let free = self.sockets.lock().ok().and_then(|mut v| v.pop());
+        let s = match free {
+            Some(s) => s,
+            None => {
+                self.run(move |_| nfnetlink::Socket::open().map_err(|e| format!("{what}: {e}")))
+                    .await?
+            }
+        };
+        let (s, r) = tokio::task::spawn_blocking(move || {
+            let r = f(&s);
+            (s, r)
+        })
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+        match r {
+            Ok(v) => {
+                if let Ok(mut free) = self.sockets.lock() {
+                    free.push(s);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(format!("{what}: {e}")),
+        }
     }
 
     async fn netlink<T, F, Fut>(&self, f: F) -> Result<T, String>
