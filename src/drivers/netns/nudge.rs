@@ -73,16 +73,38 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
     !(sum as u16)
 }
 
-/// Sends each frame out of the link with index `ifindex`, in the calling thread's network
-/// namespace.
-pub fn send(ifindex: u32, frames: &[[u8; FRAME_LEN]]) -> io::Result<()> {
+/// Opens an `AF_PACKET` socket for sending only (protocol 0: it receives nothing) in the
+/// calling thread's network namespace.
+fn packet_socket() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: plain socket syscall; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Sends each frame out of the link with index `ifindex`, in the calling thread's network
+/// namespace. The kernel makes every close of an `AF_PACKET` socket wait for an RCU grace
+/// period (`synchronize_net`, ~10 ms), so the socket is closed on a thread of its own: the
+/// namespace's thread goes on with its next job meanwhile.
+pub fn send(ifindex: u32, frames: &[[u8; FRAME_LEN]]) -> io::Result<()> {
+    let sock = packet_socket()?;
+    let sent = send_on(&sock, ifindex, frames);
+    let closing = std::thread::Builder::new()
+        .name("smig-close".into())
+        .spawn(move || drop(sock));
+    // Without a thread the socket was dropped with the failed spawn's closure, here.
+    drop(closing);
+    sent
+}
+
+fn send_on(
+    sock: &std::os::fd::OwnedFd,
+    ifindex: u32,
+    frames: &[[u8; FRAME_LEN]],
+) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
@@ -95,7 +117,7 @@ pub fn send(ifindex: u32, frames: &[[u8; FRAME_LEN]]) -> io::Result<()> {
         // SAFETY: the buffer and the address are valid for the lengths given.
         let sent = unsafe {
             libc::sendto(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                std::os::fd::AsRawFd::as_raw_fd(sock),
                 frame.as_ptr().cast(),
                 frame.len(),
                 0,
