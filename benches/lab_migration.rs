@@ -16,18 +16,17 @@
 //! `cargo bench --bench lab_migration` (root); `SMIG_BENCH_ROUNDS` rounds (default 3).
 //! Holds the lab lock for its whole run and leaves db on dc.hv2.
 //!
-//! Measured on the 2-core build machine (load average 1.0-2.0), 7 rounds, medians:
+//! Measured on the 2-core build machine (load average 1.0-1.8), 7 rounds, medians:
 //!
 //! | db hv2 → c1 | wall | migration | smig's own time | outside / before / after | blackout | blackout / bare |
 //! |---|---:|---:|---:|---:|---:|---:|
-//! | bare `virsh migrate` | 2,667 ms | 2,667 ms | — | — | 220 ms | 1.0x |
-//! | smig block-first | 3,011 ms | 2,673 ms | 218 ms | 97 / 7 / 109 ms | 2,930 ms | 13.3x |
-//! | smig prestaged | 2,791 ms | 2,608 ms | 203 ms | 92 / 47 / 57 ms | 210 ms | 1.0x |
+//! | bare `virsh migrate` | 2,579 ms | 2,579 ms | — | — | 230 ms | 1.0x |
+//! | smig block-first | 2,672 ms | 2,475 ms | 179 ms | 97 / 6 / 79 ms | 2,650 ms | 11.5x |
+//! | smig prestaged | 2,781 ms | 2,604 ms | 175 ms | 92 / 38 / 29 ms | 320 ms | 1.4x |
 //!
-//! The pre-staged blackout target (≤ 2x bare) is met; the overhead target (≤ max(5%, 200 ms))
-//! is not, while a cleartext connection is reset: per round, block-first 185-338 ms, prestaged
-//! 183-978 ms (the slowest rounds lost their time outside the walk). README.md, "Measured",
-//! says where the time goes.
+//! Both targets are met: the pre-staged blackout (≤ 2x bare) and the overhead (≤ max(5%, 200
+//! ms)), with a cleartext connection reset in every round; per round, block-first 158-197 ms,
+//! prestaged 136-181 ms. README.md, "Measured", says where the time goes.
 
 #[path = "../tests/lab_support/mod.rs"]
 mod lab_support;
