@@ -154,9 +154,11 @@ pub(crate) fn load(
             sink.files[*i].text = Arc::from(mask(&sources[*i].text, &spans));
         }
     }
+    // The decoded blocks take what they need out of the syntax trees (several times the size
+    // of the text), which go before the landscape is built.
     let mut blocks = Vec::new();
-    for (i, body) in &bodies {
-        blocks.extend(syntax::decode_root(*i, body, &mut sink));
+    for (i, body) in bodies {
+        blocks.extend(syntax::decode_root(i, body, &mut sink));
     }
     let mut loader = Loader {
         sink,
@@ -1185,7 +1187,6 @@ impl Loader {
     /// A context holding the functions and the values a set of attributes refers to.
     fn context_for(&self, prepared: &[&Prepared]) -> Context<'static> {
         let mut ctx = super::eval::template_context();
-        let base = base_context();
         let mut funcs: Vec<&str> = Vec::new();
         let mut spaces: BTreeMap<Ns, Map<String, Value>> = BTreeMap::new();
         for p in prepared {
@@ -1208,7 +1209,7 @@ impl Loader {
             }
         }
         if !funcs.is_empty() {
-            ctx = base;
+            ctx = base_context();
         }
         for (ns, m) in spaces {
             ctx.declare_var(ns.root(), Value::Object(m));

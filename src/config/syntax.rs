@@ -277,7 +277,7 @@ fn next_char_boundary(text: &str, offset: usize) -> usize {
 }
 
 /// Decodes a parsed body against `schema`, reporting unknown blocks and attributes.
-pub(crate) fn decode_root(file: usize, body: &Body, sink: &mut Sink) -> Vec<RawBlock> {
+pub(crate) fn decode_root(file: usize, body: Body, sink: &mut Sink) -> Vec<RawBlock> {
     let (attrs, blocks) = decode_body(file, body, &ROOT, sink);
     debug_assert!(attrs.is_empty());
     blocks
@@ -285,13 +285,14 @@ pub(crate) fn decode_root(file: usize, body: &Body, sink: &mut Sink) -> Vec<RawB
 
 fn decode_body(
     file: usize,
-    body: &Body,
+    body: Body,
     schema: &Schema,
     sink: &mut Sink,
 ) -> (Vec<RawAttr>, Vec<RawBlock>) {
     let mut attrs: Vec<RawAttr> = Vec::new();
     let mut blocks: Vec<RawBlock> = Vec::new();
-    for structure in body.iter() {
+    // The blocks take the expressions out of the syntax tree: it is not needed afterwards.
+    for structure in body {
         match structure {
             Structure::Attribute(attr) => {
                 let name = attr.key.as_str();
@@ -323,11 +324,12 @@ fn decode_body(
                     );
                     continue;
                 }
+                let value = loc(file, attr.value.span());
                 attrs.push(RawAttr {
                     name: name.to_string(),
-                    expr: attr.value.clone(),
+                    expr: attr.value,
                     key,
-                    value: loc(file, attr.value.span()),
+                    value,
                 });
             }
             Structure::Block(block) => {
@@ -362,7 +364,7 @@ fn decode_body(
     (attrs, blocks)
 }
 
-fn decode_block(file: usize, block: &Block, parent: &Schema, sink: &mut Sink) -> Option<RawBlock> {
+fn decode_block(file: usize, block: Block, parent: &Schema, sink: &mut Sink) -> Option<RawBlock> {
     let kind = block.ident.as_str();
     let ident_loc = loc(file, block.ident.span());
     let Some(schema) = parent.blocks.iter().find(|s| s.kind == kind) else {
@@ -431,7 +433,7 @@ fn decode_block(file: usize, block: &Block, parent: &Schema, sink: &mut Sink) ->
             return None;
         }
     }
-    let (attrs, blocks) = decode_body(file, &block.body, schema, sink);
+    let (attrs, blocks) = decode_body(file, block.body, schema, sink);
     Some(RawBlock {
         kind: schema.kind,
         labels,
