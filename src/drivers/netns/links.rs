@@ -5,7 +5,9 @@ use super::nft::{LINK_PREFIX, VXLAN_PORT};
 use futures_util::stream::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkExtentMask, LinkInfo,
+};
 use rtnetlink::packet_route::neighbour::{NeighbourAttribute, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::packet_route::AddressFamily;
@@ -58,7 +60,13 @@ pub fn connect() -> Result<Handle, String> {
 /// Every link.
 pub async fn links(h: &Handle) -> Result<Vec<LinkEntry>, String> {
     let mut out = Vec::new();
-    let mut s = h.link().get().execute();
+    let mut request = h.link().get();
+    // No statistics: smig reads none, and decoding them is much of a dump's cost.
+    request
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let mut s = request.execute();
     while let Some(m) = s.try_next().await.map_err(|e| nl_err("link dump", e))? {
         let mut l = LinkEntry {
             index: m.header.index,
