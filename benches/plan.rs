@@ -5,39 +5,34 @@
 //! `cargo bench --bench plan`; `SMIG_BENCH_SIZES=1000,10000` picks sizes, `SMIG_BENCH_REPS`
 //! the number of timed builds per size (0: only generate the landscapes).
 //!
-//! Measured on the 2-core build machine with the lab's guests running (load average 1.0-2.4),
-//! with the system allocator as in the binary; six runs of the default repetitions (7 and 3
-//! timed builds), medians of the runs' medians. "build CPU" is this thread's own CPU time;
-//! "first build" is the first timed build, which faults in the plan's memory as the one build
-//! of a `smig plan` does:
+//! Measured on the 2-core build machine, with the system allocator as in the binary. "build
+//! CPU" is this thread's own CPU time; "first build" is the first timed build, which faults in
+//! the plan's memory as the one build of a `smig plan` does. Three runs without the lab
+//! running (load average < 0.5), one with its guests running:
 //!
-//! | VMs | hosts | steps | build median | build min | build CPU median | first build | peak RSS |
-//! |---:|---:|---:|---:|---:|---:|---:|---:|
-//! | 10,000 | 500 | 14,835 | 25.8 ms (22.4-39.9) | 21.1 ms | 26 ms | 34 ms | 36 MiB |
-//! | 100,000 | 5,000 | 148,093 | 413 ms (382-455) | 344 ms | 411 ms | 501 ms | 259 MiB |
+//! | VMs | hosts | steps | build median | build min | first build | peak RSS |
+//! |---:|---:|---:|---:|---:|---:|---:|
+//! | 10,000 | 500 | 14,835 | 17.8-20.2 ms (lab: 22.1 ms) | 17.7-19.4 ms | 29-47 ms | 36 MiB |
+//! | 100,000 | 5,000 | 148,093 | 399-420 ms (lab: 408 ms) | 384-403 ms | 478-493 ms | 259 MiB |
 //!
-//! The 100k/10k ratio is 16x (first builds: 14.6x): the 12x target is still **missed**.
-//! Before this change, on the same machine: 10k 24.8-30.6 ms, 32 MiB; 100k 426-432 ms,
-//! 297 MiB (14-17x).
+//! The 100k/10k ratio is 19-22x against the medians (first builds: 10-17x): the 12x target is
+//! **missed**. The stop before, on another machine of the same size with the lab's guests
+//! running, measured 25.8 ms and 413 ms (16x): the 10k build got faster here, the 100k one did
+//! not. With transparent huge pages for the heap (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) 100k
+//! builds take ~345 ms (19x).
 //!
-//! What changed: names are interned (`model::Name` wraps a `ustr::Ustr`): a clone copies a
-//! pointer without touching a reference count, equal names are equal pointers, and the diff
-//! and the invariant check find VMs and domains by that address, never by text. A step is
-//! 208 bytes (was 272), so the graph's node array at 100k (~31 MiB) stays in the heap instead
-//! of a fresh mmap per build: ~2,000 page faults per build instead of ~19,000 (`perf stat -e
-//! page-faults`). The plan's memory at 100k is 184 MiB (was 212 MiB).
+//! Where it goes: names are interned (`model::Name` wraps a `ustr::Ustr`), so clones copy a
+//! pointer and the diff and the invariant check find VMs and domains by that address; a step
+//! is 208 bytes. Every phase (diff, passes, numbering, resource changes, context, invariant
+//! check) still costs 13-25x at 100k for the same work per VM or step: at 10k the landscape and
+//! plan stay in the caches across builds, at 100k each random access goes to memory, and on
+//! this virtual machine each TLB miss walks nested page tables. The allocator's own work
+//! (malloc, free, consolidating freed chunks) is about a quarter of a build at both sizes. What
+//! would remain to try: fewer allocations per step (key string, fact vectors, cloned peer
+//! lists, ~12 per step), integer ids instead of names in the planner's joins, and the resource
+//! changes without `serde_json` maps.
 //!
-//! Where the rest goes: every phase (diff, passes, numbering, resource changes, context,
-//! invariant check) costs 13-20x at 100k for the same work per VM or step, because the
-//! landscape and the plan are far beyond the 32 MiB L3: each random access goes to DRAM, and
-//! on this virtual machine each TLB miss walks nested page tables (with transparent huge pages
-//! for the heap, `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, 100k builds run ~13% faster, the
-//! first build of a process twice as slow). The resource-change JSON scales best (~9x: less
-//! work per byte). What would remain to try: fewer allocations per step (key string, fact
-//! vectors, cloned peer lists, ~12 per step) and integer ids instead of names in the
-//! planner's joins.
-//!
-//! The first build of a process pays the page faults of a fresh heap.
+//! `benches/plan_command.rs` times `smig plan` end to end, configuration loading included.
 
 use smig::plan::synthetic::{generate, SyntheticSpec};
 use smig::plan::{build, invariants, PlanOptions};
