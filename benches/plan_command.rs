@@ -56,12 +56,14 @@ fn write_landscape(dir: &Path, n: usize) -> (std::path::PathBuf, std::path::Path
 /// Runs the command once: its wall time and peak RSS in KiB.
 fn run(args: &[&std::ffi::OsStr]) -> (Duration, i64) {
     let t = Instant::now();
+    // Reaped below by wait4, which also gives the child's own peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_smig"))
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| fail(format!("cannot start smig: {e}")));
     let pid = child.id() as libc::pid_t;
