@@ -138,7 +138,7 @@ thread_local! {
 }
 
 /// Runs `commands` (nft syntax or a JSON batch) with JSON output, as `nft -j -f -` would, in
-/// the calling thread's network namespace. Returns the output.
+/// the network namespace of the calling thread's context (see the module). Returns the output.
 pub fn run(commands: &str) -> Result<String, String> {
     let api = api()?;
     let text = CString::new(commands).map_err(|_| "nft commands contain a NUL byte")?;

@@ -74,9 +74,8 @@ pub struct NetnsOps {
     /// The namespace's conntrack table, followed from the first read on.
     conntrack: tokio::sync::Mutex<Option<conntrack::Watch>>,
     /// Netfilter sockets opened in the namespace and free for the next exchange. They stay
-    /// open: the kernel makes the close of a netfilter socket wait for the release of
-    /// recently deleted rules and tables (an RCU grace period, ~10 ms, holding the
-    /// namespace's nftables lock).
+    /// open for the reason libnftables' contexts do (`libnft::CONTEXT`): a close waits for
+    /// recently deleted nftables objects to be released.
     sockets: std::sync::Mutex<Vec<nfnetlink::Socket>>,
 }
 

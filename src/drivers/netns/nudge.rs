@@ -92,11 +92,10 @@ fn packet_socket() -> io::Result<std::os::fd::OwnedFd> {
 pub fn send(ifindex: u32, frames: &[[u8; FRAME_LEN]]) -> io::Result<()> {
     let sock = packet_socket()?;
     let sent = send_on(&sock, ifindex, frames);
-    let closing = std::thread::Builder::new()
+    // Should no thread start, the closure and the socket are dropped here instead.
+    let _ = std::thread::Builder::new()
         .name("smig-close".into())
         .spawn(move || drop(sock));
-    // Without a thread the socket was dropped with the failed spawn's closure, here.
-    drop(closing);
     sent
 }
 
