@@ -39,18 +39,19 @@ fn fail(msg: impl std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
-/// Writes the synthetic landscape of `n` VMs under `dir`: `n/main.smig.hcl` and
-/// `n/observed.json`.
-fn write_landscape(dir: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf) {
+/// Writes the synthetic landscape of `n` VMs under `dir`: `N/main.smig.hcl` and
+/// `observed-N.json`. Returns their paths and the configuration's size in bytes.
+fn write_landscape(dir: &Path, n: usize) -> (std::path::PathBuf, std::path::PathBuf, usize) {
     let (desired, observed) = generate(&SyntheticSpec::new(n));
     let config = dir.join(n.to_string());
     std::fs::create_dir_all(&config).unwrap_or_else(|e| fail(e));
     let fixture = Fixture::from_parts(desired, observed);
-    std::fs::write(config.join("main.smig.hcl"), fixture.to_hcl()).unwrap_or_else(|e| fail(e));
+    let hcl = fixture.to_hcl();
+    std::fs::write(config.join("main.smig.hcl"), &hcl).unwrap_or_else(|e| fail(e));
     let snapshot = dir.join(format!("observed-{n}.json"));
     let json = serde_json::to_vec(&fixture.observed).unwrap_or_else(|e| fail(e));
     std::fs::write(&snapshot, json).unwrap_or_else(|e| fail(e));
-    (config, snapshot)
+    (config, snapshot, hcl.len())
 }
 
 /// Runs the command once: its wall time and peak RSS in KiB.
@@ -76,7 +77,7 @@ fn run(args: &[&std::ffi::OsStr]) -> (Duration, i64) {
     if r != pid {
         fail(format!("wait4: {}", std::io::Error::last_os_error()));
     }
-    // `plan` exits 0 (no changes) or, with changes and without --detailed-exitcode, 0 too.
+    // Without --detailed-exitcode, a plan with changes exits 0 as well.
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         fail(format!(
             "smig plan exited with {status}: {}",
@@ -87,11 +88,6 @@ fn run(args: &[&std::ffi::OsStr]) -> (Duration, i64) {
         ));
     }
     (wall, usage.ru_maxrss)
-}
-
-fn median<T: Copy + Ord>(v: &mut [T]) -> T {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -114,10 +110,7 @@ fn main() {
     println!("|---:|---|---:|---:|---:|---:|");
     let mut at_10k: [Option<Duration>; 2] = [None, None];
     for n in sizes {
-        let (config, snapshot) = write_landscape(dir, n);
-        let size = std::fs::metadata(config.join("main.smig.hcl"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let (config, snapshot, size) = write_landscape(dir, n);
         for (k, json) in [false, true].into_iter().enumerate() {
             let mut args: Vec<&std::ffi::OsStr> = vec![
                 "plan".as_ref(),
@@ -130,11 +123,9 @@ fn main() {
             }
             let (mut walls, mut rss): (Vec<Duration>, Vec<i64>) =
                 (0..runs).map(|_| run(&args)).unzip();
-            let (lo, hi) = (
-                *walls.iter().min().unwrap_or(&Duration::ZERO),
-                *walls.iter().max().unwrap_or(&Duration::ZERO),
-            );
-            let wall = median(&mut walls);
+            walls.sort();
+            rss.sort();
+            let (lo, wall, hi) = (walls[0], walls[runs / 2], walls[runs - 1]);
             if n == 10_000 {
                 at_10k[k] = Some(wall);
             }
@@ -150,7 +141,7 @@ fn main() {
                 ms(wall),
                 ms(lo),
                 ms(hi),
-                median(&mut rss) as f64 / 1024.0,
+                rss[runs / 2] as f64 / 1024.0,
             );
         }
     }
