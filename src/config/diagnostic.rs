@@ -184,6 +184,32 @@ pub(crate) struct Loc {
     pub span: Range<usize>,
 }
 
+/// Where a parsed text lies: its file, and the byte offset in that file where the text
+/// starts. Spans the parser reports are relative to the text; [`Origin::loc`] makes them
+/// file positions. A file parsed whole has offset 0; a large file parsed in parts has parts
+/// that start further in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub file: usize,
+    pub offset: usize,
+}
+
+impl Origin {
+    /// The start of a whole file.
+    pub fn file(file: usize) -> Self {
+        Origin { file, offset: 0 }
+    }
+    /// The file position of a span of the parsed text (an empty span at its start if the
+    /// parser gave none).
+    pub fn loc(self, span: Option<Range<usize>>) -> Loc {
+        let span = span.unwrap_or(0..0);
+        Loc {
+            file: self.file,
+            span: span.start + self.offset..span.end + self.offset,
+        }
+    }
+}
+
 /// One configuration problem.
 #[derive(Debug, Clone)]
 pub struct ConfigError {

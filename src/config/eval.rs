@@ -1,7 +1,7 @@
 //! Expressions: the references an expression makes (with spans), the functions the language
 //! offers, and evaluation errors turned into messages that never print a value.
 
-use super::diagnostic::Loc;
+use super::diagnostic::{Loc, Origin};
 use hcl::eval::{Context, ErrorKind, Evaluate, FuncArgs, FuncDef, ParamType};
 use hcl::{Map, Number, Value};
 use hcl_edit::expr::{Expression, ObjectKey, TraversalOperator};
@@ -33,21 +33,14 @@ pub(crate) struct Refs {
 }
 
 impl Refs {
-    /// Collects the references of `expr` (in file `file`) into `self`.
-    pub fn collect(&mut self, file: usize, expr: &Expression) {
+    /// Collects the references of `expr` (parsed from a text at `at`) into `self`.
+    pub fn collect(&mut self, at: Origin, expr: &Expression) {
         let mut scope = Vec::new();
-        walk(self, file, expr, &mut scope);
+        walk(self, at, expr, &mut scope);
     }
 }
 
-fn span_loc(file: usize, span: Option<std::ops::Range<usize>>) -> Loc {
-    Loc {
-        file,
-        span: span.unwrap_or(0..0),
-    }
-}
-
-fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>) {
+fn walk(out: &mut Refs, at: Origin, expr: &Expression, scope: &mut Vec<String>) {
     match expr {
         Expression::Null(_)
         | Expression::Bool(_)
@@ -55,7 +48,7 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
         | Expression::String(_) => {}
         Expression::Array(a) => {
             for e in a.iter() {
-                walk(out, file, e, scope);
+                walk(out, at, e, scope);
             }
         }
         Expression::Object(o) => {
@@ -63,30 +56,30 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                 if let ObjectKey::Expression(k) = k {
                     // A bare name in parentheses or a traversal used as a key is evaluated.
                     if !matches!(k, Expression::Variable(_)) {
-                        walk(out, file, k, scope);
+                        walk(out, at, k, scope);
                     }
                 }
-                walk(out, file, v.expr(), scope);
+                walk(out, at, v.expr(), scope);
             }
         }
-        Expression::StringTemplate(t) => walk_template(out, file, t, scope),
-        Expression::HeredocTemplate(h) => walk_template(out, file, &h.template, scope),
-        Expression::Parenthesis(p) => walk(out, file, p.inner(), scope),
+        Expression::StringTemplate(t) => walk_template(out, at, t, scope),
+        Expression::HeredocTemplate(h) => walk_template(out, at, &h.template, scope),
+        Expression::Parenthesis(p) => walk(out, at, p.inner(), scope),
         Expression::Variable(v) => {
             let name = v.as_str();
             if !scope.iter().any(|s| s == name) {
                 out.refs.push(Ref {
                     root: name.to_string(),
                     path: Vec::new(),
-                    loc: span_loc(file, v.span()),
+                    loc: at.loc(v.span()),
                     in_template: out.template_depth > 0,
                 });
             }
         }
         Expression::Conditional(c) => {
-            walk(out, file, &c.cond_expr, scope);
-            walk(out, file, &c.true_expr, scope);
-            walk(out, file, &c.false_expr, scope);
+            walk(out, at, &c.cond_expr, scope);
+            walk(out, at, &c.true_expr, scope);
+            walk(out, at, &c.false_expr, scope);
         }
         Expression::FuncCall(f) => {
             let mut name = String::new();
@@ -95,9 +88,9 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                 name.push_str("::");
             }
             name.push_str(f.name.name.as_str());
-            out.funcs.push((name, span_loc(file, f.name.name.span())));
+            out.funcs.push((name, at.loc(f.name.name.span())));
             for a in f.args.iter() {
-                walk(out, file, a, scope);
+                walk(out, at, a, scope);
             }
         }
         Expression::Traversal(t) => {
@@ -123,29 +116,26 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
                     out.refs.push(Ref {
                         root: name.to_string(),
                         path,
-                        loc: Loc {
-                            file,
-                            span: start..end.max(start),
-                        },
+                        loc: at.loc(Some(start..end.max(start))),
                         in_template: out.template_depth > 0,
                     });
                 }
             } else {
-                walk(out, file, &t.expr, scope);
+                walk(out, at, &t.expr, scope);
             }
             for op in t.operators.iter().skip(static_ops) {
                 if let TraversalOperator::Index(e) = op.value() {
-                    walk(out, file, e, scope);
+                    walk(out, at, e, scope);
                 }
             }
         }
-        Expression::UnaryOp(u) => walk(out, file, &u.expr, scope),
+        Expression::UnaryOp(u) => walk(out, at, &u.expr, scope),
         Expression::BinaryOp(b) => {
-            walk(out, file, &b.lhs_expr, scope);
-            walk(out, file, &b.rhs_expr, scope);
+            walk(out, at, &b.lhs_expr, scope);
+            walk(out, at, &b.rhs_expr, scope);
         }
         Expression::ForExpr(f) => {
-            walk(out, file, &f.intro.collection_expr, scope);
+            walk(out, at, &f.intro.collection_expr, scope);
             let before = scope.len();
             if let Some(k) = &f.intro.key_var {
                 scope.push(k.as_str().to_string());
@@ -153,11 +143,11 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
             scope.push(f.intro.value_var.as_str().to_string());
             out.template_depth += 1;
             if let Some(k) = &f.key_expr {
-                walk(out, file, k, scope);
+                walk(out, at, k, scope);
             }
-            walk(out, file, &f.value_expr, scope);
+            walk(out, at, &f.value_expr, scope);
             if let Some(c) = &f.cond {
-                walk(out, file, &c.expr, scope);
+                walk(out, at, &c.expr, scope);
             }
             out.template_depth -= 1;
             scope.truncate(before);
@@ -165,34 +155,34 @@ fn walk(out: &mut Refs, file: usize, expr: &Expression, scope: &mut Vec<String>)
     }
 }
 
-fn walk_template(out: &mut Refs, file: usize, t: &Template, scope: &mut Vec<String>) {
+fn walk_template(out: &mut Refs, at: Origin, t: &Template, scope: &mut Vec<String>) {
     out.template_depth += 1;
-    walk_template_elements(out, file, t, scope);
+    walk_template_elements(out, at, t, scope);
     out.template_depth -= 1;
 }
 
-fn walk_template_elements(out: &mut Refs, file: usize, t: &Template, scope: &mut Vec<String>) {
+fn walk_template_elements(out: &mut Refs, at: Origin, t: &Template, scope: &mut Vec<String>) {
     for el in t.iter() {
         match el {
             Element::Literal(_) => {}
-            Element::Interpolation(i) => walk(out, file, &i.expr, scope),
+            Element::Interpolation(i) => walk(out, at, &i.expr, scope),
             Element::Directive(d) => match d.as_ref() {
                 Directive::If(i) => {
-                    walk(out, file, &i.if_expr.cond_expr, scope);
-                    walk_template(out, file, &i.if_expr.template, scope);
+                    walk(out, at, &i.if_expr.cond_expr, scope);
+                    walk_template(out, at, &i.if_expr.template, scope);
                     if let Some(e) = &i.else_expr {
-                        walk_template(out, file, &e.template, scope);
+                        walk_template(out, at, &e.template, scope);
                     }
                 }
                 Directive::For(f) => {
                     let fe = &f.for_expr;
-                    walk(out, file, &fe.collection_expr, scope);
+                    walk(out, at, &fe.collection_expr, scope);
                     let before = scope.len();
                     if let Some(k) = &fe.key_var {
                         scope.push(k.as_str().to_string());
                     }
                     scope.push(fe.value_var.as_str().to_string());
-                    walk_template(out, file, &fe.template, scope);
+                    walk_template(out, at, &fe.template, scope);
                     scope.truncate(before);
                 }
             },
@@ -1093,7 +1083,7 @@ mod tests {
     fn references_with_spans() {
         let e = hcl_edit::parser::parse_expr(r#"[for v in var.list: "${v}-${local.x}"]"#).unwrap();
         let mut r = Refs::default();
-        r.collect(0, &e);
+        r.collect(Origin::file(0), &e);
         let roots: Vec<_> = r
             .refs
             .iter()

@@ -2,7 +2,7 @@
 //! variables, evaluation in dependency order, `count`/`for_each` expansion, and the checks
 //! that need the whole landscape.
 
-use super::diagnostic::{Code, ConfigErrors, Loc, SharedSource, Sink};
+use super::diagnostic::{Code, ConfigErrors, Loc, Origin, SharedSource, Sink};
 use super::eval::{base_context, describe_error, type_name, Ref, Refs};
 use super::syntax::{self, RawAttr, RawBlock};
 use super::types::VarType;
@@ -89,7 +89,7 @@ struct Node<'a> {
 struct Prepared<'a> {
     raw: &'a RawAttr,
     expr: hcl::Expression,
-    refs: Refs,
+    refs: &'a Refs,
     /// A reference in it is invalid (already reported) or unknown: it cannot be evaluated.
     unknown: bool,
     /// It refers to a sensitive value.
@@ -136,11 +136,20 @@ pub(crate) fn load(
             .collect(),
         ..Default::default()
     };
-    let mut bodies = Vec::new();
+    // Each file parsed in parts on several threads (large files) or whole.
+    enum Parsed {
+        Whole(hcl_edit::structure::Body),
+        InParts(syntax::Decoded),
+    }
+    let mut parsed = Vec::new();
     let mut unparsed = false;
     for (i, s) in sources.iter().enumerate() {
+        if let Some(decoded) = syntax::parse_in_parts(i, &s.text, &sink) {
+            parsed.push((i, Parsed::InParts(decoded)));
+            continue;
+        }
         match syntax::parse_file(i, &s.text, &mut sink) {
-            Some(body) => bodies.push((i, body)),
+            Some(body) => parsed.push((i, Parsed::Whole(body))),
             None => unparsed = true,
         }
     }
@@ -148,17 +157,25 @@ pub(crate) fn load(
         return Err(ConfigErrors::new(sink.errors));
     }
     // Diagnostics show source lines: mask the defaults of sensitive variables first.
-    for (i, body) in &bodies {
-        let spans = syntax::sensitive_default_spans(body);
+    for (i, p) in &parsed {
+        let spans = match p {
+            Parsed::Whole(body) => &syntax::sensitive_default_spans(body),
+            Parsed::InParts(decoded) => &decoded.sensitive_spans,
+        };
         if !spans.is_empty() {
-            sink.files[*i].text = Arc::from(mask(&sources[*i].text, &spans));
+            sink.files[*i].text = Arc::from(mask(&sources[*i].text, spans));
         }
     }
     // The decoded blocks take what they need out of the syntax trees (several times the size
     // of the text), which go before the landscape is built.
     let mut blocks = Vec::new();
-    for (i, body) in bodies {
-        blocks.extend(syntax::decode_root(i, body, &mut sink));
+    for (i, p) in parsed {
+        match p {
+            Parsed::Whole(body) => {
+                blocks.extend(syntax::decode_root(Origin::file(i), body, &mut sink));
+            }
+            Parsed::InParts(decoded) => blocks.extend(decoded.blocks),
+        }
     }
     let mut loader = Loader {
         sink,
@@ -405,14 +422,14 @@ impl Loader {
     }
 
     /// Every reference a node's expressions make.
-    fn node_refs(&self, n: &Node) -> Vec<Ref> {
-        let mut refs = Refs::default();
+    fn node_refs<'n>(&self, n: &Node<'n>) -> Vec<&'n Ref> {
+        let mut refs = Vec::new();
         match n.body {
             NodeBody::Var => {}
-            NodeBody::Local(a) => refs.collect(a.key.file, &a.expr),
+            NodeBody::Local(a) => refs.extend(&a.refs.refs),
             NodeBody::Block(b) => collect_block(&mut refs, b),
         }
-        refs.refs
+        refs
     }
 
     // ---- variables -------------------------------------------------------------------------
@@ -488,9 +505,7 @@ impl Loader {
 
     /// Evaluates an attribute that may not refer to anything (variable settings, var files).
     fn eval_const(&mut self, a: &RawAttr) -> Option<Value> {
-        let mut refs = Refs::default();
-        refs.collect(a.key.file, &a.expr);
-        if let Some(r) = refs.refs.first() {
+        if let Some(r) = a.refs.refs.first() {
             self.sink.error(
                 Code::UnknownReference,
                 &r.loc,
@@ -500,8 +515,7 @@ impl Loader {
             );
             return None;
         }
-        let expr: hcl::Expression = a.expr.clone().into();
-        match expr.evaluate(&base_context()) {
+        match a.expr.evaluate(&base_context()) {
             Ok(v) => Some(v),
             Err(e) => {
                 let code = match e.kind() {
@@ -569,18 +583,12 @@ impl Loader {
                         );
                     }
                     hcl_edit::structure::Structure::Attribute(attr) => {
-                        let raw = RawAttr {
-                            name: attr.key.as_str().to_string(),
-                            expr: attr.value.clone(),
-                            key: Loc {
-                                file: idx,
-                                span: attr.key.span().unwrap_or(0..0),
-                            },
-                            value: Loc {
-                                file: idx,
-                                span: attr.value.span().unwrap_or(0..0),
-                            },
-                        };
+                        let raw = RawAttr::new(
+                            Origin::file(idx),
+                            attr.key.as_str(),
+                            attr.key.span(),
+                            attr.value.clone(),
+                        );
                         let Some(decl) = vars.get(&raw.name) else {
                             let known: Vec<&str> = vars.keys().map(String::as_str).collect();
                             let help = syntax::suggestion(&raw.name, &known, "variables");
@@ -698,7 +706,7 @@ impl Loader {
             };
             let evaluated = parsed.and_then(|e| {
                 let mut refs = Refs::default();
-                refs.collect(0, &e);
+                refs.collect(Origin::file(0), &e);
                 if !refs.refs.is_empty() {
                     return None;
                 }
@@ -747,13 +755,10 @@ impl Loader {
                 ok = false;
                 continue;
             };
-            let mut refs = Refs::default();
-            refs.collect(cond.key.file, &cond.expr);
-            refs.collect(msg.key.file, &msg.expr);
-            if let Some(r) = refs
-                .refs
-                .iter()
-                .find(|r| !(r.root == "var" && r.path.first().map(String::as_str) == Some(name)))
+            if let Some(r) =
+                cond.refs.refs.iter().chain(&msg.refs.refs).find(|r| {
+                    !(r.root == "var" && r.path.first().map(String::as_str) == Some(name))
+                })
             {
                 self.sink.error(
                     Code::UnknownReference,
@@ -769,8 +774,7 @@ impl Loader {
             let mut obj = Map::new();
             obj.insert(name.to_string(), value.clone());
             ctx.declare_var("var", Value::Object(obj));
-            let expr: hcl::Expression = cond.expr.clone().into();
-            match expr.evaluate(&ctx) {
+            match cond.expr.evaluate(&ctx) {
                 Ok(Value::Bool(true)) => {}
                 Ok(Value::Bool(false)) => {
                     let mut shown = Map::new();
@@ -784,8 +788,7 @@ impl Loader {
                     );
                     let mut mctx = base_context();
                     mctx.declare_var("var", Value::Object(shown));
-                    let m: hcl::Expression = msg.expr.clone().into();
-                    let text = match m.evaluate(&mctx) {
+                    let text = match msg.expr.evaluate(&mctx) {
                         Ok(Value::String(s)) => s,
                         _ => format!("invalid value for variable `{name}`"),
                     };
@@ -847,8 +850,7 @@ impl Loader {
         each: bool,
         vars: &IndexMap<String, VarDecl>,
     ) -> Prepared<'a> {
-        let mut refs = Refs::default();
-        refs.collect(a.key.file, &a.expr);
+        let refs = &a.refs;
         let mut unknown = false;
         let mut sensitive = false;
         let in_link = node.key.0 == Ns::Link;
@@ -882,7 +884,7 @@ impl Loader {
         }
         Prepared {
             raw: a,
-            expr: super::eval::compile(&a.expr.clone().into(), 0),
+            expr: super::eval::compile(&a.expr, 0),
             refs,
             unknown,
             sensitive,
@@ -1147,9 +1149,9 @@ fn base_context_has(name: &str) -> bool {
 }
 
 /// Collects the references of every attribute of a block and its nested blocks.
-fn collect_block(refs: &mut Refs, b: &RawBlock) {
+fn collect_block<'b>(refs: &mut Vec<&'b Ref>, b: &'b RawBlock) {
     for a in &b.attrs {
-        refs.collect(a.key.file, &a.expr);
+        refs.extend(&a.refs.refs);
     }
     for nb in &b.blocks {
         collect_block(refs, nb);

@@ -2,7 +2,8 @@
 //! against the language's block schema (unknown blocks and attributes, labels, duplicates).
 
 use super::depth;
-use super::diagnostic::{Code, Loc, Sink};
+use super::diagnostic::{Code, Loc, Origin, Sink};
+use super::eval::Refs;
 use hcl_edit::expr::Expression;
 use hcl_edit::structure::{Block, Body, Structure};
 use hcl_edit::Span;
@@ -145,9 +146,29 @@ pub(crate) const ROOT: Schema = Schema {
 #[derive(Debug, Clone)]
 pub(crate) struct RawAttr {
     pub name: String,
-    pub expr: Expression,
+    /// The value as the evaluator takes it: without the syntax tree's layout and spans.
+    pub expr: hcl::Expression,
+    /// What the value refers to, with the places in the file.
+    pub refs: Refs,
     pub key: Loc,
     pub value: Loc,
+}
+
+impl RawAttr {
+    /// The attribute `name = value` of a text parsed at `at`, `key` being the span of its
+    /// name. The references are read off the syntax tree (which has the spans), then the
+    /// value is moved out of it.
+    pub fn new(at: Origin, name: &str, key: Option<Range<usize>>, value: Expression) -> Self {
+        let mut refs = Refs::default();
+        refs.collect(at, &value);
+        RawAttr {
+            name: name.to_string(),
+            key: at.loc(key),
+            value: at.loc(value.span()),
+            refs,
+            expr: value.into(),
+        }
+    }
 }
 
 /// A block with its spans, its attributes and nested blocks, in source order.
@@ -178,13 +199,6 @@ impl RawBlock {
     /// The location of the name label, or of the header.
     pub fn name_loc(&self) -> &Loc {
         self.labels.first().map_or(&self.head, |(_, l)| l)
-    }
-}
-
-fn loc(file: usize, span: Option<Range<usize>>) -> Loc {
-    Loc {
-        file,
-        span: span.unwrap_or(0..0),
     }
 }
 
@@ -265,6 +279,118 @@ pub(crate) fn parse_file(file: usize, text: &str, sink: &mut Sink) -> Option<Bod
     }
 }
 
+/// A file's top-level blocks, decoded, and the spans of its sensitive variable defaults.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub blocks: Vec<RawBlock>,
+    pub sensitive_spans: Vec<Range<usize>>,
+}
+
+/// Files from this size on are parsed in parts, one thread each.
+const PARTS_FROM_BYTES: usize = 256 * 1024;
+
+/// Parses and decodes a large file in parts on several threads: the top-level blocks and the
+/// spans of sensitive variable defaults, as [`parse_file`], [`sensitive_default_spans`] and
+/// [`decode_root`] give them. `None` when the file is small, the machine
+/// has one core, or any part has a problem: the caller then parses the file whole, so every
+/// diagnostic is the one a whole parse reports.
+///
+/// A part ends after a line holding only `}` that is followed (past empty lines) by a line
+/// starting with a letter: in a usual file, the end of a top-level block. Parsed alone, a
+/// part cut anywhere else (inside a block, a heredoc or a comment) is left unclosed and
+/// fails, so a file whose parts all parse and decode cleanly yields the blocks of its whole
+/// parse, in order.
+pub(crate) fn parse_in_parts(file: usize, text: &str, sink: &Sink) -> Option<Decoded> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if text.len() < PARTS_FROM_BYTES || threads < 2 || depth::too_deep_at(text).is_some() {
+        return None;
+    }
+    let mut bounds = vec![0];
+    for k in 1..threads {
+        let from = (text.len() * k / threads).max(*bounds.last()?);
+        if let Some(at) = part_boundary(text, from) {
+            bounds.push(at);
+        }
+    }
+    bounds.push(text.len());
+    bounds.dedup();
+    if bounds.len() < 3 {
+        return None;
+    }
+    let parts: Vec<Option<Decoded>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let (start, end) = (w[0], w[1]);
+                let files = sink.files.clone();
+                // The parser recurses: as much stack as the main thread has.
+                std::thread::Builder::new()
+                    .stack_size(8 << 20)
+                    .spawn_scoped(scope, move || {
+                        let body = hcl_edit::parser::parse_body(&text[start..end]).ok()?;
+                        let sensitive_spans = sensitive_default_spans(&body)
+                            .into_iter()
+                            .map(|s| s.start + start..s.end + start)
+                            .collect();
+                        let mut part_sink = Sink {
+                            files,
+                            ..Default::default()
+                        };
+                        let at = Origin {
+                            file,
+                            offset: start,
+                        };
+                        let blocks = decode_root(at, body, &mut part_sink);
+                        (!part_sink.has_errors()).then_some(Decoded {
+                            blocks,
+                            sensitive_spans,
+                        })
+                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.ok().and_then(|h| h.join().ok().flatten()))
+            .collect()
+    });
+    let mut blocks = Vec::new();
+    let mut sensitive_spans = Vec::new();
+    for part in parts {
+        let part = part?;
+        blocks.extend(part.blocks);
+        sensitive_spans.extend(part.sensitive_spans);
+    }
+    // Blocks allowed once at the top level are checked per part; across parts, a second one
+    // is reported by the whole parse.
+    for schema in ROOT.blocks.iter().filter(|s| !s.repeat) {
+        if blocks.iter().filter(|b| b.kind == schema.kind).count() > 1 {
+            return None;
+        }
+    }
+    Some(Decoded {
+        blocks,
+        sensitive_spans,
+    })
+}
+
+/// The first offset after `from` that starts a line beginning with a letter, after a line
+/// holding only `}` and any empty lines.
+fn part_boundary(text: &str, from: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut at = from;
+    loop {
+        let found = text.get(at..)?.find("\n}\n")?;
+        let mut next = at + found + 3;
+        while bytes.get(next) == Some(&b'\n') {
+            next += 1;
+        }
+        if bytes.get(next).is_some_and(u8::is_ascii_alphabetic) {
+            return Some(next);
+        }
+        at = at + found + 1;
+    }
+}
+
 fn next_char_boundary(text: &str, offset: usize) -> usize {
     if offset >= text.len() {
         return offset;
@@ -277,14 +403,14 @@ fn next_char_boundary(text: &str, offset: usize) -> usize {
 }
 
 /// Decodes a parsed body against `schema`, reporting unknown blocks and attributes.
-pub(crate) fn decode_root(file: usize, body: Body, sink: &mut Sink) -> Vec<RawBlock> {
-    let (attrs, blocks) = decode_body(file, body, &ROOT, sink);
+pub(crate) fn decode_root(at: Origin, body: Body, sink: &mut Sink) -> Vec<RawBlock> {
+    let (attrs, blocks) = decode_body(at, body, &ROOT, sink);
     debug_assert!(attrs.is_empty());
     blocks
 }
 
 fn decode_body(
-    file: usize,
+    at: Origin,
     body: Body,
     schema: &Schema,
     sink: &mut Sink,
@@ -296,7 +422,7 @@ fn decode_body(
         match structure {
             Structure::Attribute(attr) => {
                 let name = attr.key.as_str();
-                let key = loc(file, attr.key.span());
+                let key = at.loc(attr.key.span());
                 if !schema.any_attrs && !schema.attrs.contains(&name) {
                     let what = if schema.kind.is_empty() {
                         "attributes are not allowed at the top level of a file".to_string()
@@ -324,16 +450,10 @@ fn decode_body(
                     );
                     continue;
                 }
-                let value = loc(file, attr.value.span());
-                attrs.push(RawAttr {
-                    name: name.to_string(),
-                    expr: attr.value,
-                    key,
-                    value,
-                });
+                attrs.push(RawAttr::new(at, name, attr.key.span(), attr.value));
             }
             Structure::Block(block) => {
-                if let Some(b) = decode_block(file, block, schema, sink) {
+                if let Some(b) = decode_block(at, block, schema, sink) {
                     if !b.kind.is_empty() {
                         let repeat = schema
                             .blocks
@@ -364,9 +484,9 @@ fn decode_body(
     (attrs, blocks)
 }
 
-fn decode_block(file: usize, block: Block, parent: &Schema, sink: &mut Sink) -> Option<RawBlock> {
+fn decode_block(at: Origin, block: Block, parent: &Schema, sink: &mut Sink) -> Option<RawBlock> {
     let kind = block.ident.as_str();
-    let ident_loc = loc(file, block.ident.span());
+    let ident_loc = at.loc(block.ident.span());
     let Some(schema) = parent.blocks.iter().find(|s| s.kind == kind) else {
         let kinds: Vec<&str> = parent.blocks.iter().map(|s| s.kind).collect();
         let label = if parent.kind.is_empty() {
@@ -392,14 +512,14 @@ fn decode_block(file: usize, block: Block, parent: &Schema, sink: &mut Sink) -> 
         .labels
         .last()
         .and_then(|l| l.span())
-        .map_or(ident_loc.span.end, |s| s.end);
+        .map_or(ident_loc.span.end, |s| s.end + at.offset);
     let head = Loc {
-        file,
+        file: at.file,
         span: ident_loc.span.start..head_end.max(ident_loc.span.start),
     };
     let mut labels = Vec::new();
     for label in &block.labels {
-        labels.push((label.as_str().to_string(), loc(file, label.span())));
+        labels.push((label.as_str().to_string(), at.loc(label.span())));
     }
     if labels.len() != schema.labels.len() {
         let want = match schema.labels.len() {
@@ -433,7 +553,7 @@ fn decode_block(file: usize, block: Block, parent: &Schema, sink: &mut Sink) -> 
             return None;
         }
     }
-    let (attrs, blocks) = decode_body(file, block.body, schema, sink);
+    let (attrs, blocks) = decode_body(at, block.body, schema, sink);
     Some(RawBlock {
         kind: schema.kind,
         labels,
@@ -504,6 +624,95 @@ mod tests {
         assert!(!is_name("web[0]"));
         assert!(!is_name("a.b"));
         assert!(!is_name(""));
+    }
+
+    /// A file of `n` VM blocks (about 200 bytes each), numbered from 0.
+    fn vms(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "vm \"vm{i}\" {{\n  host    = environment.dc.host.hv{}\n  subnet  = subnet.app\n  address = \"10.0.{}.{}\"\n  migration {{\n    mode = \"live\"\n  }}\n}}\n\n",
+                    i % 7,
+                    i / 250,
+                    i % 250
+                )
+            })
+            .collect()
+    }
+
+    fn whole(text: &str) -> Option<Decoded> {
+        let mut sink = Sink::default();
+        let body = parse_file(0, text, &mut sink)?;
+        let sensitive_spans = sensitive_default_spans(&body);
+        let blocks = decode_root(Origin::file(0), body, &mut sink);
+        (!sink.has_errors()).then_some(Decoded {
+            blocks,
+            sensitive_spans,
+        })
+    }
+
+    fn in_parts(text: &str) -> Option<Decoded> {
+        parse_in_parts(0, text, &Sink::default())
+    }
+
+    #[test]
+    fn a_large_file_parsed_in_parts_gives_the_blocks_of_a_whole_parse() {
+        let sensitive = "variable \"key\" {\n  sensitive = true\n  default   = \"k\"\n}\n\n";
+        let text = format!("{sensitive}{}{sensitive}", vms(3000)).replacen("key", "key2", 1);
+        assert!(text.len() >= PARTS_FROM_BYTES);
+        let Some(Decoded {
+            blocks,
+            sensitive_spans: spans,
+        }) = in_parts(&text)
+        else {
+            // One core: nothing to compare.
+            assert_eq!(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                1
+            );
+            return;
+        };
+        let want = whole(&text).unwrap();
+        let (want_blocks, want_spans) = (want.blocks, want.sensitive_spans);
+        assert_eq!(blocks.len(), 3002);
+        assert_eq!(spans, want_spans);
+        assert_eq!(spans.len(), 2);
+        // Spans, labels, attributes, references and expressions alike.
+        assert_eq!(format!("{blocks:?}"), format!("{want_blocks:?}"));
+        let last = &blocks[3000];
+        assert_eq!(&text[last.name_loc().span.clone()], "\"vm2999\"");
+        let host = &last.attr("host").unwrap().refs.refs[0];
+        assert_eq!(&text[host.loc.span.clone()], "environment.dc.host.hv3");
+    }
+
+    #[test]
+    fn a_file_whose_parts_do_not_stand_alone_is_left_to_a_whole_parse() {
+        let head = vms(1500);
+        let tail = vms(1500);
+        // A heredoc and a comment that run across any cut between the two halves.
+        let heredoc = format!("locals {{\n  doc = <<EOT\n{head}EOT\n}}\n\n{tail}");
+        let comment = format!("/*\n{head}*/\n{tail}");
+        // Blocks written without indentation: a `}` line inside a block.
+        let flat = format!("{}{tail}", head.replace("  ", ""));
+        for text in [&heredoc, &comment, &flat] {
+            assert!(text.len() >= PARTS_FROM_BYTES);
+            match in_parts(text) {
+                None => {}
+                Some(parts) => {
+                    let want = whole(text).unwrap();
+                    assert_eq!(format!("{:?}", parts.blocks), format!("{:?}", want.blocks));
+                    assert_eq!(parts.sensitive_spans, want.sensitive_spans);
+                }
+            }
+        }
+        // A problem in a part, or a block allowed once written in two parts.
+        let policy = "policy {\n  parallelism = 2\n}\n\n";
+        let bad = format!("{head}vm \"x\" {{\n  colour = 1\n}}\n\n{tail}");
+        let twice = format!("{policy}{head}{tail}{policy}");
+        for text in [&bad, &twice] {
+            assert!(in_parts(text).is_none());
+        }
+        assert!(in_parts(&vms(10)).is_none(), "small files are parsed whole");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! `object({...})`, `tuple([...])`, `any`) and conversion of values to them.
 
 use super::eval::type_name;
+use hcl::expr::{Expression, ObjectKey};
 use hcl::{Map, Value};
-use hcl_edit::expr::{Expression, ObjectKey};
 
 /// A type constraint.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,12 +48,12 @@ impl VarType {
                             let mut fields = Vec::new();
                             for (k, v) in o.iter() {
                                 let key = match k {
-                                    ObjectKey::Ident(i) => i.as_str().to_string(),
+                                    ObjectKey::Identifier(i) => i.as_str().to_string(),
                                     ObjectKey::Expression(Expression::String(s)) => s.as_str().to_string(),
                                     ObjectKey::Expression(Expression::Variable(i)) => i.as_str().to_string(),
                                     _ => return Err("object attribute names must be names".into()),
                                 };
-                                fields.push((key, VarType::parse(v.expr())?));
+                                fields.push((key, VarType::parse(v)?));
                             }
                             Ok(VarType::Object(fields))
                         }
@@ -198,7 +198,7 @@ mod tests {
     use super::*;
 
     fn ty(s: &str) -> VarType {
-        VarType::parse(&hcl_edit::parser::parse_expr(s).unwrap()).unwrap()
+        VarType::parse(&Expression::from(hcl_edit::parser::parse_expr(s).unwrap())).unwrap()
     }
 
     #[test]
@@ -209,7 +209,10 @@ mod tests {
             ty("map(object({a = string}))").describe(),
             "map(object({a = string}))"
         );
-        assert!(VarType::parse(&hcl_edit::parser::parse_expr("strng").unwrap()).is_err());
+        assert!(VarType::parse(&Expression::from(
+            hcl_edit::parser::parse_expr("strng").unwrap()
+        ))
+        .is_err());
     }
 
     #[test]
