@@ -422,3 +422,33 @@ secure_link "l" {
     plan.sort_by_key(|c| c.as_str());
     assert_eq!(plan, vec![Code::MissingVariable, Code::MissingVariable]);
 }
+
+/// A configuration large enough to be parsed in parts loads as the same text parsed whole
+/// (CRLF line ends: no cut point is found), and an error in a late part is reported at its
+/// line in the file.
+#[test]
+fn a_large_configuration_loads_alike_in_parts_and_whole() {
+    use smig::plan::synthetic::{generate, Fixture, SyntheticSpec};
+    let (desired, observed) = generate(&SyntheticSpec::new(2_000));
+    let text = Fixture::from_parts(desired, observed).to_hcl();
+    assert!(text.len() > 512 * 1024, "{} bytes", text.len());
+    let load = |text: &str| {
+        config::load(
+            &[SourceFile::new("big.smig.hcl", text)],
+            &VarInputs::default(),
+            Mode::Plan,
+        )
+    };
+    let in_parts = load(&text).unwrap();
+    let whole = load(&text.replace('\n', "\r\n")).unwrap();
+    assert_eq!(in_parts.vms.len(), 2_000);
+    assert_eq!(format!("{in_parts:?}"), format!("{whole:?}"));
+
+    let at = text.rfind("\nvm \"").unwrap() + 1;
+    let line = text[..at].matches('\n').count() + 1;
+    let broken = format!("{}vm \"x\" {{\n  colour = 1\n}}\n\n{}", &text[..at], &text[at..]);
+    let err = load(&broken).unwrap_err();
+    assert_eq!(err.codes()[0], Code::UnknownAttribute);
+    let shown = format!("{:?}", miette::Report::new(err));
+    assert!(shown.contains(&format!("big.smig.hcl:{}:3", line + 1)), "{shown}");
+}

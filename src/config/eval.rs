@@ -196,20 +196,21 @@ pub(crate) const TEMPLATE_FUNC: &str = "__smig_template";
 /// Rewrites quoted-string templates without directives (`"c${count.index}"`) into a call of
 /// [`TEMPLATE_FUNC`]. The evaluator re-parses a template string on every evaluation; the
 /// rewritten form is parsed once, and [`bind`] can resolve the references inside it.
-pub(crate) fn compile(e: &hcl::Expression, depth: usize) -> hcl::Expression {
+pub(crate) fn compile(e: hcl::Expression, depth: usize) -> hcl::Expression {
     use hcl::expr::{Expression as E, Operation, TemplateExpr, TraversalOperator as Op};
     use hcl::template::{Element, Strip};
     if depth > 2 * super::depth::MAX_DEPTH {
-        return e.clone();
+        return e;
     }
     let d = depth + 1;
+    let take = |e: &mut E| std::mem::replace(e, E::Null);
     match e {
         E::TemplateExpr(t) => {
-            let TemplateExpr::QuotedString(_) = &**t else {
-                return e.clone();
+            let TemplateExpr::QuotedString(_) = &*t else {
+                return E::TemplateExpr(t);
             };
-            let Ok(tpl) = hcl::Template::from_expr(t) else {
-                return e.clone();
+            let Ok(tpl) = hcl::Template::from_expr(&t) else {
+                return E::TemplateExpr(t);
             };
             let elements = tpl.elements();
             let mut args = Vec::with_capacity(elements.len());
@@ -217,9 +218,9 @@ pub(crate) fn compile(e: &hcl::Expression, depth: usize) -> hcl::Expression {
                 match el {
                     Element::Literal(l) => args.push(E::String(l.clone())),
                     Element::Interpolation(i) if i.strip == Strip::None => {
-                        args.push(compile(&i.expr, d))
+                        args.push(compile(i.expr.clone(), d))
                     }
-                    _ => return e.clone(),
+                    _ => return E::TemplateExpr(t),
                 }
             }
             if let [E::String(_)] = args.as_slice() {
@@ -233,67 +234,60 @@ pub(crate) fn compile(e: &hcl::Expression, depth: usize) -> hcl::Expression {
             call.args = args;
             E::FuncCall(Box::new(call))
         }
-        E::Array(a) => E::Array(a.iter().map(|x| compile(x, d)).collect()),
+        E::Array(a) => E::Array(a.into_iter().map(|x| compile(x, d)).collect()),
         E::Object(o) => E::Object(
-            o.iter()
+            o.into_iter()
                 .map(|(k, v)| {
                     let k = match k {
                         hcl::ObjectKey::Expression(ke) => {
                             hcl::ObjectKey::Expression(compile(ke, d))
                         }
-                        other => other.clone(),
+                        other => other,
                     };
                     (k, compile(v, d))
                 })
                 .collect(),
         ),
-        E::Parenthesis(p) => E::Parenthesis(Box::new(compile(p, d))),
-        E::FuncCall(f) => {
-            let mut f = (**f).clone();
+        E::Parenthesis(p) => E::Parenthesis(Box::new(compile(*p, d))),
+        E::FuncCall(mut f) => {
             for a in &mut f.args {
-                *a = compile(a, d);
+                *a = compile(take(a), d);
             }
-            E::FuncCall(Box::new(f))
+            E::FuncCall(f)
         }
-        E::Conditional(c) => {
-            let mut c = (**c).clone();
-            c.cond_expr = compile(&c.cond_expr, d);
-            c.true_expr = compile(&c.true_expr, d);
-            c.false_expr = compile(&c.false_expr, d);
-            E::Conditional(Box::new(c))
+        E::Conditional(mut c) => {
+            c.cond_expr = compile(take(&mut c.cond_expr), d);
+            c.true_expr = compile(take(&mut c.true_expr), d);
+            c.false_expr = compile(take(&mut c.false_expr), d);
+            E::Conditional(c)
         }
-        E::Operation(op) => E::Operation(Box::new(match &**op {
-            Operation::Unary(u) => {
-                let mut u = u.clone();
-                u.expr = compile(&u.expr, d);
-                Operation::Unary(u)
-            }
-            Operation::Binary(b) => {
-                let mut b = b.clone();
-                b.lhs_expr = compile(&b.lhs_expr, d);
-                b.rhs_expr = compile(&b.rhs_expr, d);
-                Operation::Binary(b)
-            }
-        })),
-        E::ForExpr(f) => {
-            let mut f = (**f).clone();
-            f.collection_expr = compile(&f.collection_expr, d);
-            f.key_expr = f.key_expr.as_ref().map(|k| compile(k, d));
-            f.value_expr = compile(&f.value_expr, d);
-            f.cond_expr = f.cond_expr.as_ref().map(|c| compile(c, d));
-            E::ForExpr(Box::new(f))
-        }
-        E::Traversal(t) => {
-            let mut t = (**t).clone();
-            t.expr = compile(&t.expr, d);
-            for op in &mut t.operators {
-                if let Op::Index(ix) = op {
-                    *ix = compile(ix, d);
+        E::Operation(mut op) => {
+            match &mut *op {
+                Operation::Unary(u) => u.expr = compile(take(&mut u.expr), d),
+                Operation::Binary(b) => {
+                    b.lhs_expr = compile(take(&mut b.lhs_expr), d);
+                    b.rhs_expr = compile(take(&mut b.rhs_expr), d);
                 }
             }
-            E::Traversal(Box::new(t))
+            E::Operation(op)
         }
-        _ => e.clone(),
+        E::ForExpr(mut f) => {
+            f.collection_expr = compile(take(&mut f.collection_expr), d);
+            f.key_expr = f.key_expr.take().map(|k| compile(k, d));
+            f.value_expr = compile(take(&mut f.value_expr), d);
+            f.cond_expr = f.cond_expr.take().map(|c| compile(c, d));
+            E::ForExpr(f)
+        }
+        E::Traversal(mut t) => {
+            t.expr = compile(take(&mut t.expr), d);
+            for op in &mut t.operators {
+                if let Op::Index(ix) = op {
+                    *ix = compile(take(ix), d);
+                }
+            }
+            E::Traversal(t)
+        }
+        other => other,
     }
 }
 

@@ -88,7 +88,7 @@ struct Node<'a> {
 /// An attribute prepared for evaluation.
 struct Prepared<'a> {
     raw: &'a RawAttr,
-    expr: hcl::Expression,
+    expr: &'a hcl::Expression,
     refs: &'a Refs,
     /// A reference in it is invalid (already reported) or unknown: it cannot be evaluated.
     unknown: bool,
@@ -120,12 +120,21 @@ impl Scope {
     }
 }
 
-/// Loads and validates a configuration; see [`super::load`].
+/// What the loader worked with, apart from the landscape: see [`super::Scratch`].
+#[derive(Default)]
+pub(crate) struct Leftovers {
+    _blocks: Vec<RawBlock>,
+    _scope: Scope,
+    _vm_locs: HashMap<String, VmLocs>,
+    _link_locs: HashMap<String, LinkLocs>,
+}
+
+/// Loads and validates a configuration; see [`super::load_keeping_scratch`].
 pub(crate) fn load(
     sources: &[SourceFile],
     inputs: &VarInputs,
     mode: Mode,
-) -> Result<Landscape, ConfigErrors> {
+) -> (Result<Landscape, ConfigErrors>, Leftovers) {
     let mut sink = Sink {
         files: sources
             .iter()
@@ -154,7 +163,7 @@ pub(crate) fn load(
         }
     }
     if unparsed {
-        return Err(ConfigErrors::new(sink.errors));
+        return (Err(ConfigErrors::new(sink.errors)), Leftovers::default());
     }
     // Diagnostics show source lines: mask the defaults of sensitive variables first.
     for (i, p) in &parsed {
@@ -190,11 +199,26 @@ pub(crate) fn load(
         referenced: HashSet::new(),
     };
     loader.run(&blocks, inputs);
-    if loader.sink.has_errors() {
-        Err(ConfigErrors::new(loader.sink.errors))
+    let Loader {
+        sink,
+        landscape,
+        scope,
+        vm_locs,
+        link_locs,
+        ..
+    } = loader;
+    let result = if sink.has_errors() {
+        Err(ConfigErrors::new(sink.errors))
     } else {
-        Ok(loader.landscape)
-    }
+        Ok(landscape)
+    };
+    let leftovers = Leftovers {
+        _blocks: blocks,
+        _scope: scope,
+        _vm_locs: vm_locs,
+        _link_locs: link_locs,
+    };
+    (result, leftovers)
 }
 
 /// Where the parts of the landscape were written, for the whole-landscape checks.
@@ -884,7 +908,7 @@ impl Loader {
         }
         Prepared {
             raw: a,
-            expr: super::eval::compile(&a.expr, 0),
+            expr: &a.expr,
             refs,
             unknown,
             sensitive,
@@ -1230,11 +1254,11 @@ impl Loader {
                 .and_then(|ns| values.get(&ns))
                 .and_then(|m| m.get(name))
         };
-        let result = match super::eval::resolve_plain(&p.expr, &lookup) {
+        let result = match super::eval::resolve_plain(p.expr, &lookup) {
             Some(v) => Ok(v.clone()),
             None => {
                 let mut binder = super::eval::Binder::new(ctx);
-                super::eval::bind(&p.expr, &lookup, &mut binder).and_then(|e| binder.evaluate(&e))
+                super::eval::bind(p.expr, &lookup, &mut binder).and_then(|e| binder.evaluate(&e))
             }
         };
         match result {

@@ -8,6 +8,7 @@ use hcl_edit::expr::Expression;
 use hcl_edit::structure::{Block, Body, Structure};
 use hcl_edit::Span;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The shape of a block type: its labels, attributes and nested blocks.
 pub(crate) struct Schema {
@@ -146,7 +147,8 @@ pub(crate) const ROOT: Schema = Schema {
 #[derive(Debug, Clone)]
 pub(crate) struct RawAttr {
     pub name: String,
-    /// The value as the evaluator takes it: without the syntax tree's layout and spans.
+    /// The value as the evaluator takes it: without the syntax tree's layout and spans, its
+    /// templates compiled (see [`compile`](super::eval::compile)).
     pub expr: hcl::Expression,
     /// What the value refers to, with the places in the file.
     pub refs: Refs,
@@ -161,12 +163,14 @@ impl RawAttr {
     pub fn new(at: Origin, name: &str, key: Option<Range<usize>>, value: Expression) -> Self {
         let mut refs = Refs::default();
         refs.collect(at, &value);
+        // Kept for the whole load, one per attribute: no spare capacity.
+        refs.refs.shrink_to_fit();
         RawAttr {
             name: name.to_string(),
             key: at.loc(key),
             value: at.loc(value.span()),
             refs,
-            expr: value.into(),
+            expr: super::eval::compile(value.into(), 0),
         }
     }
 }
@@ -286,14 +290,18 @@ pub(crate) struct Decoded {
     pub sensitive_spans: Vec<Range<usize>>,
 }
 
-/// Files from this size on are parsed in parts, one thread each.
+/// Files from this size on are parsed in parts.
 const PARTS_FROM_BYTES: usize = 256 * 1024;
+/// About the size of a part: the syntax tree of a part is many times its text, and only the
+/// parts being parsed have one.
+const PART_BYTES: usize = 128 * 1024;
 
-/// Parses and decodes a large file in parts on several threads: the top-level blocks and the
-/// spans of sensitive variable defaults, as [`parse_file`], [`sensitive_default_spans`] and
-/// [`decode_root`] give them. `None` when the file is small, the machine
-/// has one core, or any part has a problem: the caller then parses the file whole, so every
-/// diagnostic is the one a whole parse reports.
+/// Parses and decodes a large file in parts, on up to four threads: the top-level blocks and
+/// the spans of sensitive variable defaults, as [`parse_file`], [`sensitive_default_spans`]
+/// and [`decode_root`] give them. Each part is decoded as soon as it is parsed, so the
+/// syntax trees of only a few parts exist at a time. `None` when the file is small or any
+/// part has a problem: the caller then parses the file whole, so every diagnostic is the one
+/// a whole parse reports.
 ///
 /// A part ends after a line holding only `}` that is followed (past empty lines) by a line
 /// starting with a letter: in a usual file, the end of a top-level block. Parsed alone, a
@@ -301,62 +309,66 @@ const PARTS_FROM_BYTES: usize = 256 * 1024;
 /// fails, so a file whose parts all parse and decode cleanly yields the blocks of its whole
 /// parse, in order.
 pub(crate) fn parse_in_parts(file: usize, text: &str, sink: &Sink) -> Option<Decoded> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if text.len() < PARTS_FROM_BYTES || threads < 2 || depth::too_deep_at(text).is_some() {
+    if text.len() < PARTS_FROM_BYTES || depth::too_deep_at(text).is_some() {
         return None;
     }
     let mut bounds = vec![0];
-    for k in 1..threads {
-        let from = (text.len() * k / threads).max(*bounds.last()?);
-        if let Some(at) = part_boundary(text, from) {
-            bounds.push(at);
-        }
+    while let Some(at) = part_boundary(text, bounds.last()? + PART_BYTES) {
+        bounds.push(at);
     }
     bounds.push(text.len());
     bounds.dedup();
-    if bounds.len() < 3 {
+    let parts: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+    if parts.len() < 2 {
         return None;
     }
-    let parts: Vec<Option<Decoded>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = bounds
-            .windows(2)
-            .map(|w| {
-                let (start, end) = (w[0], w[1]);
-                let files = sink.files.clone();
-                // The parser recurses: as much stack as the main thread has.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(parts.len());
+    // Each thread takes the next part until none is left or one has failed.
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || {
+        let mut done = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(start, end)) = parts.get(i) else {
+                break;
+            };
+            match parse_part(file, text, start..end, sink) {
+                Some(d) => done.push((i, d)),
+                None => failed.store(true, Ordering::Relaxed),
+            }
+        }
+        done
+    };
+    let mut done: Vec<(usize, Decoded)> = std::thread::scope(|scope| {
+        // The parser recurses: the helpers get as much stack as the main thread has.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| {
                 std::thread::Builder::new()
                     .stack_size(8 << 20)
-                    .spawn_scoped(scope, move || {
-                        let body = hcl_edit::parser::parse_body(&text[start..end]).ok()?;
-                        let sensitive_spans = sensitive_default_spans(&body)
-                            .into_iter()
-                            .map(|s| s.start + start..s.end + start)
-                            .collect();
-                        let mut part_sink = Sink {
-                            files,
-                            ..Default::default()
-                        };
-                        let at = Origin {
-                            file,
-                            offset: start,
-                        };
-                        let blocks = decode_root(at, body, &mut part_sink);
-                        (!part_sink.has_errors()).then_some(Decoded {
-                            blocks,
-                            sensitive_spans,
-                        })
-                    })
+                    .spawn_scoped(scope, work)
+                    .ok()
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.ok().and_then(|h| h.join().ok().flatten()))
-            .collect()
+        let mut done = work();
+        for h in helpers {
+            match h.join() {
+                Ok(d) => done.extend(d),
+                Err(_) => failed.store(true, Ordering::Relaxed),
+            }
+        }
+        done
     });
+    if failed.load(Ordering::Relaxed) || done.len() != parts.len() {
+        return None;
+    }
+    done.sort_unstable_by_key(|(i, _)| *i);
     let mut blocks = Vec::new();
     let mut sensitive_spans = Vec::new();
-    for part in parts {
-        let part = part?;
+    for (_, part) in done {
         blocks.extend(part.blocks);
         sensitive_spans.extend(part.sensitive_spans);
     }
@@ -368,6 +380,29 @@ pub(crate) fn parse_in_parts(file: usize, text: &str, sink: &Sink) -> Option<Dec
         }
     }
     Some(Decoded {
+        blocks,
+        sensitive_spans,
+    })
+}
+
+/// One part of a file, parsed and decoded; `None` if it has any problem.
+fn parse_part(file: usize, text: &str, part: Range<usize>, sink: &Sink) -> Option<Decoded> {
+    let start = part.start;
+    let body = hcl_edit::parser::parse_body(text.get(part)?).ok()?;
+    let sensitive_spans = sensitive_default_spans(&body)
+        .into_iter()
+        .map(|s| s.start + start..s.end + start)
+        .collect();
+    let mut part_sink = Sink {
+        files: sink.files.clone(),
+        ..Default::default()
+    };
+    let at = Origin {
+        file,
+        offset: start,
+    };
+    let blocks = decode_root(at, body, &mut part_sink);
+    (!part_sink.has_errors()).then_some(Decoded {
         blocks,
         sensitive_spans,
     })
@@ -481,6 +516,8 @@ fn decode_body(
             }
         }
     }
+    attrs.shrink_to_fit();
+    blocks.shrink_to_fit();
     (attrs, blocks)
 }
 
