@@ -13,7 +13,6 @@ use crate::plan::{
     ResourceChange, Step, StepKind, Target,
 };
 use petgraph::graph::NodeIndex;
-use petgraph::Direction;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -216,29 +215,34 @@ pub enum PlanFileError {
 }
 
 impl PlanFile {
-    /// Builds the document of `plan`.
-    pub fn new(plan: &Plan, fingerprints: Fingerprints) -> Self {
-        let graph = &plan.graph;
-        let steps: Vec<PlannedStep> = graph
-            .node_indices()
-            .map(|ix| {
-                let step = &graph[ix];
-                let depends_on: BTreeSet<usize> = graph
-                    .neighbors_directed(ix, Direction::Incoming)
-                    .map(|d| d.index() + 1)
-                    .collect();
+    /// Builds the document of `plan`, taking its steps and changes over.
+    pub fn new(plan: Plan, fingerprints: Fingerprints) -> Self {
+        let (nodes, edges) = plan.graph.into_nodes_edges();
+        // Step numbers count from 1; a step's dependencies in ascending order.
+        let mut depends_on: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for e in &edges {
+            depends_on[e.target().index()].push(e.source().index() + 1);
+        }
+        let steps: Vec<PlannedStep> = nodes
+            .into_iter()
+            .zip(depends_on)
+            .enumerate()
+            .map(|(i, (node, mut depends_on))| {
+                depends_on.sort_unstable();
+                depends_on.dedup();
+                let step = node.weight;
                 PlannedStep {
-                    number: ix.index() + 1,
-                    key: step.key.clone(),
+                    number: i + 1,
+                    key: step.key,
                     kind: step.kind,
                     fig3: step.kind.patent_blocks().to_string(),
-                    subject: step.subject.clone(),
-                    target: step.target.clone(),
-                    action: step.action.clone(),
-                    precondition: step.precondition.clone(),
-                    effect: step.effect.clone(),
-                    inverse: step.inverse.clone(),
-                    depends_on: depends_on.into_iter().collect(),
+                    subject: step.subject,
+                    target: step.target,
+                    action: step.action,
+                    precondition: step.precondition,
+                    effect: step.effect,
+                    inverse: step.inverse,
+                    depends_on,
                 }
             })
             .collect();
@@ -247,11 +251,11 @@ impl PlanFile {
             smig_version: env!("CARGO_PKG_VERSION").to_string(),
             fingerprints,
             summary: Summary::of(&plan.changes, steps.len()),
-            changes: plan.changes.clone(),
+            changes: plan.changes,
             steps,
-            invariants: plan.invariants.results.clone(),
-            warnings: plan.warnings.clone(),
-            context: plan.context.clone(),
+            invariants: plan.invariants.results,
+            warnings: plan.warnings,
+            context: plan.context,
             targeting: Targeting::default(),
         }
     }

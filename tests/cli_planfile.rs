@@ -302,7 +302,7 @@ fn observed_fingerprint_follows_the_landscape() {
 fn a_document_survives_plan_and_back() {
     for plan in [reference_plan(), kitchen_sink_plan()] {
         let doc = doc_of(&plan, invariants(false));
-        assert_eq!(PlanFile::new(&doc.to_plan(), doc.fingerprints.clone()), doc);
+        assert_eq!(PlanFile::new(doc.to_plan(), doc.fingerprints.clone()), doc);
     }
 }
 

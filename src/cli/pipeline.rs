@@ -17,6 +17,8 @@ use std::path::Path;
 pub struct Loaded {
     pub landscape: Landscape,
     pub fingerprint: String,
+    /// What loading worked with; a command that exits next leaves it to the exit.
+    pub scratch: config::Scratch,
 }
 
 /// The loader's view of an input file.
@@ -40,10 +42,11 @@ pub fn load(args: &ConfigArgs, mode: Mode) -> miette::Result<Loaded> {
     let vars = inputs::read_vars(&args.vars, &args.var_files, std::env::vars_os())?;
     let fingerprint = inputs::config_fingerprint(&sources, &vars);
     let files: Vec<SourceFile> = sources.iter().map(source_file).collect();
-    let landscape = config::load(&files, &var_inputs(&vars), mode)?;
+    let (landscape, scratch) = config::load_keeping_scratch(&files, &var_inputs(&vars), mode);
     Ok(Loaded {
-        landscape,
+        landscape: landscape?,
         fingerprint,
+        scratch,
     })
 }
 
@@ -97,17 +100,29 @@ pub fn plan(
         targets: targets.to_vec(),
         excludes: excludes.to_vec(),
     };
+    // The discovered landscape's fingerprint is worked out beside the build: both only read.
+    let (observed_fingerprint, built) = std::thread::scope(|scope| {
+        let fingerprint = std::thread::Builder::new()
+            .spawn_scoped(scope, || planfile::observed_fingerprint(observed));
+        let built = plan::build(&loaded.landscape, observed, &options);
+        let fingerprint = match fingerprint.map(|t| t.join()) {
+            Ok(Ok(f)) => f,
+            _ => planfile::observed_fingerprint(observed),
+        };
+        (fingerprint, built)
+    });
     let fingerprints = Fingerprints {
         config: loaded.fingerprint.clone(),
-        observed: planfile::observed_fingerprint(observed),
+        observed: observed_fingerprint,
     };
-    match plan::build(&loaded.landscape, observed, &options) {
+    match built {
         Ok(p) => Ok(Planned {
-            doc: PlanFile::new(&p, fingerprints).with_targeting(targets, excludes),
+            doc: PlanFile::new(p, fingerprints).with_targeting(targets, excludes),
             refused: None,
         }),
         Err(PlanError::InvariantViolated { report, plan }) => {
-            let doc = PlanFile::new(&plan, fingerprints).with_targeting(targets, excludes);
+            let doc =
+                PlanFile::new((*plan).clone(), fingerprints).with_targeting(targets, excludes);
             Ok(Planned {
                 doc,
                 refused: Some(PlanError::InvariantViolated { report, plan }.into()),

@@ -59,16 +59,28 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
         })?,
     };
     let planned = pipeline::plan(&loaded, &observed, &args.targets, &args.excludes)?;
+    let exit = show(&args, no_color, &planned.doc, planned.refused);
+    super::leave_to_exit((loaded, observed, planned.doc));
+    exit
+}
+
+/// Prints the plan, saves it with `--out`, and gives the exit status.
+fn show(
+    args: &Args,
+    no_color: bool,
+    doc: &planfile::PlanFile,
+    refused: Option<miette::Report>,
+) -> miette::Result<Exit> {
     let paint = Paint {
         color: color_stdout(no_color),
     };
-    print(&view(args.rendering(), paint).render(&planned.doc))?;
-    if let Some(refused) = planned.refused {
+    print(&view(args.rendering(), paint).render(doc))?;
+    if let Some(refused) = refused {
         // The plan was shown so the reviewer sees the failed invariants; it is not saved.
         return Err(refused);
     }
     if let Some(out) = &args.out {
-        planfile::write(out, &planned.doc)?;
+        planfile::write(out, doc)?;
         let note = format!(
             "\nSaved the plan to {0}. Apply it with: smig apply {0}\n",
             out.display()
@@ -80,11 +92,9 @@ pub fn run(args: Args, no_color: bool) -> miette::Result<Exit> {
             let _ = std::io::stderr().lock().write_all(note.as_bytes());
         }
     }
-    Ok(
-        if args.detailed_exitcode && planned.doc.summary.has_changes() {
-            Exit::Changes
-        } else {
-            Exit::Success
-        },
-    )
+    Ok(if args.detailed_exitcode && doc.summary.has_changes() {
+        Exit::Changes
+    } else {
+        Exit::Success
+    })
 }

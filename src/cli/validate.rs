@@ -11,7 +11,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> miette::Result<Exit> {
-    pipeline::load(&args.config, Mode::Validate)?;
+    let loaded = pipeline::load(&args.config, Mode::Validate)?;
     print("Success! The configuration is valid.\n")?;
+    super::leave_to_exit(loaded);
     Ok(Exit::Success)
 }

@@ -291,7 +291,7 @@ pub fn doc_of(plan: &Plan, invariants: Vec<InvariantResult>) -> PlanFile {
     plan.invariants = InvariantReport {
         results: invariants,
     };
-    PlanFile::new(&plan, fingerprints())
+    PlanFile::new(plan, fingerprints())
 }
 
 /// The reference plan as a document.

@@ -137,24 +137,24 @@ fn steps(out: &mut String, steps: &[PlannedStep], p: Paint) {
         .map(|s| s.subject.chars().count())
         .max()
         .unwrap_or(0);
-    let place_w = steps
+    // Each step's placement and dependencies, written once.
+    let columns: Vec<(String, String)> = steps.iter().map(|s| (placement(s), after(s))).collect();
+    let place_w = columns
         .iter()
-        .map(|s| placement(s).chars().count())
+        .map(|(place, _)| place.chars().count())
         .max()
         .unwrap_or(0);
-    let after_w = steps
+    let after_w = columns
         .iter()
-        .map(|s| after(s).chars().count())
+        .map(|(_, after)| after.chars().count())
         .max()
         .unwrap_or(0);
-    for s in steps {
+    for (s, (place, after)) in steps.iter().zip(&columns) {
         let num = format!("#{}", s.number);
         let line = format!(
-            "  {num:>num_w$}  {:<kind_w$}  {:<subj_w$}  {:<place_w$}  {:<after_w$}  [{}]",
+            "  {num:>num_w$}  {:<kind_w$}  {:<subj_w$}  {place:<place_w$}  {after:<after_w$}  [{}]",
             s.kind.as_str(),
             s.subject,
-            placement(s),
-            after(s),
             s.fig3,
         );
         let _ = writeln!(out, "{}", line.trim_end());
