@@ -340,6 +340,27 @@ pub(crate) fn resolve_plain<'v>(e: &hcl::Expression, lookup: &Lookup<'v>) -> Opt
     Some(cur)
 }
 
+/// The value of `e` when it needs no evaluator: a literal, a plain reference (see
+/// [`resolve_plain`]), or a list of these, as `[vm.web, vm.db]` or `["aes256-sha256"]`.
+pub(crate) fn resolve_simple(e: &hcl::Expression, lookup: &Lookup<'_>) -> Option<Value> {
+    use hcl::expr::Expression as E;
+    fn go(e: &E, lookup: &Lookup<'_>, depth: usize) -> Option<Value> {
+        match e {
+            E::Null => Some(Value::Null),
+            E::Bool(b) => Some(Value::Bool(*b)),
+            E::Number(n) => Some(Value::Number(*n)),
+            E::String(s) => Some(Value::String(s.clone())),
+            E::Array(a) if depth < 4 => a
+                .iter()
+                .map(|x| go(x, lookup, depth + 1))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array),
+            _ => resolve_plain(e, lookup).cloned(),
+        }
+    }
+    go(e, lookup, 0)
+}
+
 /// Where [`bind`] puts the values it resolves: variables of the evaluation context, so the
 /// evaluator copies each once instead of converting it to an expression and back. Values are
 /// held back until an evaluation needs them, so a result that is just bound values
@@ -1071,6 +1092,38 @@ mod tests {
         assert!(!err.contains("canary"), "{err}");
         let err = eval(r#"length(true)"#).unwrap_err();
         assert!(err.contains("bool"), "{err}");
+    }
+
+    #[test]
+    fn simple_values_resolve_as_the_evaluator_gives_them() {
+        let mut vm = Map::new();
+        vm.insert("id".to_string(), Value::from("web"));
+        let vms: Map<String, Value> = [("web".to_string(), Value::Object(vm))]
+            .into_iter()
+            .collect();
+        let lookup = |root: &str, name: &str| (root == "vm").then(|| vms.get(name)).flatten();
+        let mut ctx = base_context();
+        ctx.declare_var("vm", Value::Object(vms.clone()));
+        for src in [
+            r#"["aes256-sha256", 2, true, null]"#,
+            "[vm.web, [vm.web.id]]",
+            "vm.web.id",
+            "1.5",
+        ] {
+            let e = compile(hcl_edit::parser::parse_expr(src).unwrap().into(), 0);
+            let want = e.evaluate(&ctx).unwrap();
+            assert_eq!(resolve_simple(&e, &lookup), Some(want), "{src}");
+        }
+        // Anything else is left to the evaluator.
+        for src in [
+            "[vm.web, 1 + 1]",
+            "vm.db",
+            r#""${vm.web.id}-x""#,
+            "length([])",
+        ] {
+            let e = compile(hcl_edit::parser::parse_expr(src).unwrap().into(), 0);
+            assert_eq!(resolve_simple(&e, &lookup), None, "{src}");
+        }
     }
 
     #[test]

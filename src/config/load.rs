@@ -1254,8 +1254,8 @@ impl Loader {
                 .and_then(|ns| values.get(&ns))
                 .and_then(|m| m.get(name))
         };
-        let result = match super::eval::resolve_plain(p.expr, &lookup) {
-            Some(v) => Ok(v.clone()),
+        let result = match super::eval::resolve_simple(p.expr, &lookup) {
+            Some(v) => Ok(v),
             None => {
                 let mut binder = super::eval::Binder::new(ctx);
                 super::eval::bind(p.expr, &lookup, &mut binder).and_then(|e| binder.evaluate(&e))
