@@ -446,9 +446,16 @@ fn a_large_configuration_loads_alike_in_parts_and_whole() {
 
     let at = text.rfind("\nvm \"").unwrap() + 1;
     let line = text[..at].matches('\n').count() + 1;
-    let broken = format!("{}vm \"x\" {{\n  colour = 1\n}}\n\n{}", &text[..at], &text[at..]);
+    let broken = format!(
+        "{}vm \"x\" {{\n  colour = 1\n}}\n\n{}",
+        &text[..at],
+        &text[at..]
+    );
     let err = load(&broken).unwrap_err();
     assert_eq!(err.codes()[0], Code::UnknownAttribute);
     let shown = format!("{:?}", miette::Report::new(err));
-    assert!(shown.contains(&format!("big.smig.hcl:{}:3", line + 1)), "{shown}");
+    assert!(
+        shown.contains(&format!("big.smig.hcl:{}:3", line + 1)),
+        "{shown}"
+    );
 }

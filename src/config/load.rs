@@ -16,7 +16,8 @@ use hcl::{Map, Value};
 use indexmap::IndexMap;
 use ipnet::Ipv4Net;
 use petgraph::graph::{DiGraph, NodeIndex};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
