@@ -11,12 +11,12 @@ use crate::model::{
     Environment, Host, HostId, IpsecAuth, IpsecSpec, Landscape, Migration, MigrationMode, Name,
     Policy, RoutingCore, Secret, SecureLink, Strategy, Subnet, Vm,
 };
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use hcl::eval::{Context, Evaluate};
 use hcl::{Map, Value};
 use indexmap::IndexMap;
 use ipnet::Ipv4Net;
 use petgraph::graph::{DiGraph, NodeIndex};
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
