@@ -7,19 +7,20 @@
 //!
 //! Measured on the 2-core build machine, with the system allocator as in the binary. "build
 //! CPU" is this thread's own CPU time; "first build" is the first timed build, which faults in
-//! the plan's memory as the one build of a `smig plan` does. Three runs without the lab
-//! running (load average < 0.5), one with its guests running:
+//! the plan's memory as the one build of a `smig plan` does. Four runs without the lab running
+//! (load average < 1), one with its guests running:
 //!
 //! | VMs | hosts | steps | build median | build min | first build | peak RSS |
 //! |---:|---:|---:|---:|---:|---:|---:|
-//! | 10,000 | 500 | 14,835 | 17.8-20.2 ms (lab: 22.1 ms) | 17.7-19.4 ms | 29-47 ms | 36 MiB |
-//! | 100,000 | 5,000 | 148,093 | 399-420 ms (lab: 408 ms) | 384-403 ms | 478-493 ms | 259 MiB |
+//! | 10,000 | 500 | 14,835 | 17.8-20.2 ms (lab: 22.1 ms) | 17.7-19.4 ms | 28-47 ms | 36 MiB |
+//! | 100,000 | 5,000 | 148,093 | 387-437 ms (lab: 408 ms) | 384-433 ms | 466-520 ms | 259 MiB |
 //!
-//! The 100k/10k ratio is 19-22x against the medians (first builds: 10-17x): the 12x target is
-//! **missed**. The stop before, on another machine of the same size with the lab's guests
-//! running, measured 25.8 ms and 413 ms (16x): the 10k build got faster here, the 100k one did
-//! not. With transparent huge pages for the heap (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`) 100k
-//! builds take ~345 ms (19x).
+//! The 100k/10k ratio of the build alone is 19-22x against the medians (first builds:
+//! 14-17x): it misses the 12x target, which `smig plan` as a whole meets (10-11x, see
+//! `benches/plan_command.rs`; the build is a tenth of that command at 100k). glibc's tunables
+//! change nothing here: `mxfast=0`, a 256 MiB `top_pad` and a larger tcache all leave the
+//! ratio at 20-22x; transparent huge pages for the heap (`hugetlb=1`) bring 100k to ~337 ms
+//! and 10k to ~16.5 ms, still 20x.
 //!
 //! Where it goes: names are interned (`model::Name` wraps a `ustr::Ustr`), so clones copy a
 //! pointer and the diff and the invariant check find VMs and domains by that address; a step
@@ -27,8 +28,11 @@
 //! check) still costs 13-25x at 100k for the same work per VM or step: at 10k the landscape and
 //! plan stay in the caches across builds, at 100k each random access goes to memory, and on
 //! this virtual machine each TLB miss walks nested page tables. The allocator's own work
-//! (malloc, free, consolidating freed chunks) is about a quarter of a build at both sizes. What
-//! would remain to try: fewer allocations per step (key string, fact vectors, cloned peer
+//! (malloc, free, consolidating freed chunks) is about a quarter of a build at both sizes.
+//! Counted with a counting allocator at 100k: 1.83 million allocations per build, a plan of
+//! 134 MiB of which the resource changes (`serde_json` maps) are 69 MiB and the steps 63 MiB
+//! (443 bytes each with what they own). Building no resource changes at all makes both sizes
+//! faster (14.7 and 336 ms) but leaves the ratio at 23x. What would remain to try: fewer allocations per step (key string, fact vectors, cloned peer
 //! lists, ~12 per step), integer ids instead of names in the planner's joins, and the resource
 //! changes without `serde_json` maps.
 //!

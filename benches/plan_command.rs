@@ -13,21 +13,23 @@
 //! `SMIG_BENCH_RUNS` the number of runs per size and output (default 5), `SMIG_BENCH_DIR` a
 //! directory to write the landscapes to and keep (for profiling the command on them).
 //!
-//! Measured on the 2-core build machine with the lab's guests running (load average ~1.5), 3
-//! runs each:
+//! Measured on the 2-core build machine (lab down, load average < 1), two runs of 5 each on
+//! the final code (the range is over the runs' medians):
 //!
-//! | VMs | output | configuration | wall median (min-max) | peak RSS | / 10k |
+//! | VMs | output | configuration | wall median | peak RSS | / 10k |
 //! |---:|---|---:|---:|---:|---:|
-//! | 1,000 | human | 0.3 MiB | 63 ms (62-84) | 41 MiB | — |
-//! | 10,000 | human | 3.1 MiB | 628 ms (624-637) | 167 MiB | — |
-//! | 10,000 | `--json` | 3.1 MiB | 666 ms (656-669) | 180 MiB | — |
-//! | 100,000 | human | 31.3 MiB | 8,599 ms (7,910-10,610) | 1,423 MiB | 13.7x |
-//! | 100,000 | `--json` | 31.3 MiB | 8,618 ms (8,249-8,677) | 1,497 MiB | 12.9x |
+//! | 1,000 | human | 0.3 MiB | 50 ms | 40 MiB | — |
+//! | 10,000 | human | 3.1 MiB | 388-417 ms | 161 MiB | — |
+//! | 10,000 | `--json` | 3.1 MiB | 379-406 ms | 173 MiB | — |
+//! | 100,000 | human | 31.3 MiB | 3,846-4,556 ms | 1,354-1,359 MiB | 9.9-10.9x |
+//! | 100,000 | `--json` | 31.3 MiB | 3,898-4,606 ms | 1,480-1,484 MiB | 10.3-11.3x |
 //!
-//! End to end, the 10k plan is over SPEC.md's 500 ms (and under its 200 MB): loading the
-//! configuration (`smig validate`) takes ~510 ms of it, of which hcl-edit's parser ~150 ms;
-//! the build is ~20 ms. Before the loader moved expressions out of the syntax trees, the 10k
-//! command peaked at 247 MiB.
+//! The 10k plan is within SPEC.md's 500 ms and 200 MB, and 100k within 12 times it. Where
+//! the 10k command's time goes: loading the configuration ~280 ms (the file parsed in parts on
+//! both cores ~95 ms, evaluation ~180 ms), the snapshot 6 ms, the build, the snapshot's
+//! fingerprint beside it and the plan document ~45 ms, the output ~30 ms. The loader's working
+//! data and the plan are left to the process's exit instead of being freed. Before these
+//! changes the command took 628 ms (human) and 666 ms (`--json`) at 10k, 8.6 s at 100k.
 
 use smig::plan::synthetic::{generate, Fixture, SyntheticSpec};
 use std::path::Path;
