@@ -413,6 +413,9 @@ fn parse_part(file: usize, text: &str, part: Range<usize>, sink: &Sink) -> Optio
 fn part_boundary(text: &str, from: usize) -> Option<usize> {
     let bytes = text.as_bytes();
     let mut at = from;
+    while at < text.len() && !text.is_char_boundary(at) {
+        at += 1;
+    }
     loop {
         let found = text.get(at..)?.find("\n}\n")?;
         let mut next = at + found + 3;
@@ -663,12 +666,12 @@ mod tests {
         assert!(!is_name(""));
     }
 
-    /// A file of `n` VM blocks (about 200 bytes each), numbered from 0.
+    /// A file of `n` VM blocks (about 200 bytes each, with a non-ASCII comment), numbered from 0.
     fn vms(n: usize) -> String {
         (0..n)
             .map(|i| {
                 format!(
-                    "vm \"vm{i}\" {{\n  host    = environment.dc.host.hv{}\n  subnet  = subnet.app\n  address = \"10.0.{}.{}\"\n  migration {{\n    mode = \"live\"\n  }}\n}}\n\n",
+                    "vm \"vm{i}\" {{\n  host    = environment.dc.host.hv{}\n  subnet  = subnet.app # Ωmega\n  address = \"10.0.{}.{}\"\n  migration {{\n    mode = \"live\"\n  }}\n}}\n\n",
                     i % 7,
                     i / 250,
                     i % 250
@@ -720,6 +723,9 @@ mod tests {
         assert_eq!(&text[last.name_loc().span.clone()], "\"vm2999\"");
         let host = &last.attr("host").unwrap().refs.refs[0];
         assert_eq!(&text[host.loc.span.clone()], "environment.dc.host.hv3");
+        // A cut searched from inside a character.
+        let inside = text.find('Ω').unwrap() + 1;
+        assert!(part_boundary(&text, inside).is_some_and(|at| text.is_char_boundary(at)));
     }
 
     #[test]
