@@ -306,6 +306,12 @@ impl PlanFile {
         serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
 
+    /// Writes [`PlanFile::to_json`]'s text to `out` as it is serialized.
+    pub fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        out.write_all(b"\n")
+    }
+
     /// Parses and checks a plan document; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<PlanFile, PlanFileError> {
         let path = origin.to_string();
@@ -549,8 +555,10 @@ pub fn write(path: &Path, doc: &PlanFile) -> Result<(), PlanFileError> {
     tmp_name.push(format!(".{}.tmp", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(doc.to_json().as_bytes())?;
+        // Written as it is serialized: the text of a 10,000-VM plan is ~19 MB.
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        doc.write_json(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;

@@ -27,6 +27,8 @@ fn write_then_read_gives_the_same_plan() {
     for plan in [reference_plan(), kitchen_sink_plan(), Plan::default()] {
         let doc = doc_of(&plan, invariants(true));
         planfile::write(&path, &doc).unwrap();
+        // The file is the document's text, written as it is serialized.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), doc.to_json());
         let back = planfile::read(&path).unwrap();
         assert_eq!(back, doc);
         let rebuilt = back.to_plan();
