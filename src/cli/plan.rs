@@ -74,7 +74,11 @@ fn show(
     let paint = Paint {
         color: color_stdout(no_color),
     };
-    print(&view(args.rendering(), paint).render(doc))?;
+    match args.rendering() {
+        // Written as it is serialized: a 10,000-VM document is ~19 MB of text.
+        Rendering::Json => super::print_with(|out| doc.write_json(out))?,
+        rendering => print(&view(rendering, paint).render(doc))?,
+    }
     if let Some(refused) = refused {
         // The plan was shown so the reviewer sees the failed invariants; it is not saved.
         return Err(refused);
