@@ -16,7 +16,7 @@
 //! | 100,000 | 5,000 | 148,093 | 387-437 ms (lab: 408 ms) | 384-433 ms | 466-520 ms | 259 MiB |
 //!
 //! The 100k/10k ratio of the build alone is 19-22x against the medians (first builds:
-//! 14-17x): it misses the 12x target, which `smig plan` as a whole meets (10-11x, see
+//! 14-17x): it misses the 12x target, which `smig plan` as a whole meets (~10x, see
 //! `benches/plan_command.rs`; the build is a tenth of that command at 100k). glibc's tunables
 //! change nothing here: `mxfast=0`, a 256 MiB `top_pad` and a larger tcache all leave the
 //! ratio at 20-22x; transparent huge pages for the heap (`hugetlb=1`) bring 100k to ~337 ms
