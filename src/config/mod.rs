@@ -42,7 +42,7 @@ mod types;
 
 pub use depth::MAX_DEPTH;
 pub use diagnostic::{Code, ConfigError, ConfigErrors};
-pub use load::{FUNCTIONS, MAX_INSTANCES_PER_BLOCK, MAX_INSTANCES_TOTAL};
+pub use load::{Scratch, FUNCTIONS, MAX_INSTANCES_PER_BLOCK, MAX_INSTANCES_TOTAL};
 
 use crate::model::Landscape;
 
@@ -103,27 +103,7 @@ pub fn load_keeping_scratch(
     vars: &VarInputs,
     mode: Mode,
 ) -> (Result<Landscape, ConfigErrors>, Scratch) {
-    let (result, leftovers) = load::load(sources, vars, mode);
-    (
-        result,
-        Scratch {
-            _leftovers: leftovers,
-        },
-    )
-}
-
-/// The loader's working data once the landscape is built: the decoded blocks and the
-/// evaluated values. For a 10,000-VM configuration that is several hundred thousand small
-/// allocations, which take tens of milliseconds to free; a command that exits right after
-/// its work can leave them to the end of the process. Dropping it frees it.
-pub struct Scratch {
-    _leftovers: load::Leftovers,
-}
-
-impl std::fmt::Debug for Scratch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scratch")
-    }
+    load::load(sources, vars, mode)
 }
 
 /// Formats a configuration file canonically (`smig fmt`): two-space indentation, aligned `=`
